@@ -1,0 +1,40 @@
+# The same targets for developers and CI.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-done
+DEBS   := nftables python3-nftables python3-venv iproute2 iputils-ping nginx-light curl wrk haproxy
+PYTEST ?= $(PY) -m pytest
+
+.PHONY: setup demo test test-unit test-lab lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup-debs.sh
+	sh scripts/setup-debs.sh $(DEBS)
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m clusterip.demo
+
+test: setup
+	$(PYTEST) -q
+
+test-unit: setup
+	$(PYTEST) -q tests/unit
+
+test-lab: setup
+	$(PYTEST) -q tests/lab
+
+lint: setup
+	$(VENV)/bin/ruff check clusterip tests bench
+	$(VENV)/bin/ruff format --check clusterip tests bench
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from clusterip.cli import main
+
+main()

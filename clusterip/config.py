@@ -1,0 +1,347 @@
+"""Cluster VIP configuration: the data every node must agree on, its validation and TOML form.
+
+Pure: no I/O except `load_toml`, which reads the file it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+HASHMODES = ("sourceip", "sourceip-sourceport", "sourceip-sourceport-destport")
+PROTOCOLS = ("tcp", "udp", "sctp", "all")
+DEFAULT_HASHMODE = "sourceip-sourceport"
+DEFAULT_PROTOCOL = "all"
+MAX_NODES = 64
+IFNAMSIZ = 15
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
+
+
+class ConfigError(ValueError):
+    """Bad input: the message names the bad value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class VipConfig:
+    """One virtual IP served by the cluster, as every node must see it.
+
+    `local_nodes` is this node's own part (static mode); everything else must be identical on
+    every node.
+    """
+
+    vip: ipaddress.IPv4Address
+    interface: str
+    total_nodes: int
+    local_nodes: tuple[int, ...] = ()
+    protocol: str = DEFAULT_PROTOCOL
+    dports: tuple[int, ...] = ()
+    hashmode: str = DEFAULT_HASHMODE
+    clustermac: str = ""
+    seed: int = 0
+    prefixlen: int = 32
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def uses_ports(self) -> bool:
+        return self.hashmode != "sourceip"
+
+    def cluster_fields(self) -> dict[str, Any]:
+        """The fields every node must agree on (for fingerprints and comparison)."""
+        return {
+            "vip": str(self.vip),
+            "protocol": self.protocol,
+            "dports": list(self.dports),
+            "hashmode": self.hashmode,
+            "clustermac": self.clustermac,
+            "seed": self.seed,
+            "total_nodes": self.total_nodes,
+        }
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "vip": str(self.vip) if self.prefixlen == 32 else f"{self.vip}/{self.prefixlen}",
+            "interface": self.interface,
+            "protocol": self.protocol,
+            "hashmode": self.hashmode,
+            "clustermac": self.clustermac,
+            "total_nodes": self.total_nodes,
+            "local_node": list(self.local_nodes),
+            "seed": f"{self.seed:08x}",
+        }
+        if self.dports:
+            d["dport"] = list(self.dports)
+        return d
+
+
+def derive_mac(vip: ipaddress.IPv4Address) -> str:
+    """Cluster MAC from the VIP, as Microsoft NLB's multicast mode does: 03:bf + the 4 VIP bytes.
+
+    0x03 = multicast bit + locally-administered bit, so it can never clash with a vendor MAC
+    or with the 01:00:5e IPv4 multicast range that IGMP snooping manages.
+    """
+    return "03:bf:" + ":".join(f"{b:02x}" for b in vip.packed)
+
+
+def derive_seed(vip: ipaddress.IPv4Address) -> int:
+    """A 32-bit hash seed from the VIP: identical on every node, different per VIP."""
+    return int.from_bytes(hashlib.sha256(b"clusterip-seed\0" + vip.packed).digest()[:4], "big")
+
+
+def parse_vip(text: str) -> tuple[ipaddress.IPv4Address, int]:
+    raw = str(text).strip()
+    try:
+        iface = ipaddress.ip_interface(raw)
+    except ValueError:
+        raise ConfigError(
+            f"bad VIP {raw!r}: expected an IPv4 address such as 192.0.2.10 (optionally /prefix)"
+        ) from None
+    if iface.version != 4:
+        raise ConfigError(f"bad VIP {raw!r}: only IPv4 VIPs are supported so far")
+    addr = ipaddress.IPv4Address(iface.ip)
+    if addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr == ipaddress.IPv4Address(
+        "255.255.255.255"
+    ):
+        raise ConfigError(f"bad VIP {raw!r}: must be a unicast address")
+    return addr, iface.network.prefixlen
+
+
+def parse_ip(text: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"bad {what} {text!r}: expected an IPv4 address such as 192.0.2.7") from None
+
+
+def parse_mac(text: str) -> str:
+    raw = str(text).strip()
+    if not _MAC_RE.match(raw):
+        raise ConfigError(f"bad cluster MAC {raw!r}: expected six hex bytes such as 03:bf:c0:00:02:0a")
+    mac = raw.lower().replace("-", ":")
+    if not int(mac[:2], 16) & 1:
+        raise ConfigError(
+            f"bad cluster MAC {raw!r}: must be a multicast MAC (low bit of the first byte set, "
+            "e.g. 01:.. or 03:..)"
+        )
+    if mac == "ff:ff:ff:ff:ff:ff":
+        raise ConfigError(f"bad cluster MAC {raw!r}: the broadcast MAC is not allowed")
+    return mac
+
+
+def parse_seed(text: str | int) -> int:
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        raw = str(text).strip()
+        digits = raw[2:] if raw.lower().startswith("0x") else raw
+        if not digits or not re.fullmatch(r"[0-9a-fA-F]{1,8}", digits):
+            raise ConfigError(f"bad seed {raw!r}: expected 1 to 8 hex digits, e.g. 0x1a2b3c4d")
+        value = int(digits, 16)
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ConfigError(f"bad seed {text!r}: must fit in 32 bits (0 to 0xffffffff)")
+    return value
+
+
+def parse_hashmode(text: str) -> str:
+    mode = str(text).strip()
+    if mode not in HASHMODES:
+        raise ConfigError(f"bad hashmode {mode!r}: allowed are {', '.join(HASHMODES)}")
+    return mode
+
+
+def parse_protocol(text: str) -> str:
+    proto = str(text).strip().lower()
+    if proto not in PROTOCOLS:
+        raise ConfigError(f"bad protocol {text!r}: allowed are {', '.join(PROTOCOLS)}")
+    return proto
+
+
+def parse_port(value: str | int, what: str = "port") -> int:
+    try:
+        port = int(str(value).strip(), 10)
+    except ValueError:
+        raise ConfigError(f"bad {what} {value!r}: expected a number from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"bad {what} {value!r}: expected a number from 1 to 65535")
+    return port
+
+
+def parse_dports(values: Iterable[str | int]) -> tuple[int, ...]:
+    ports: set[int] = set()
+    for value in values:
+        for part in str(value).split(","):
+            if part.strip():
+                ports.add(parse_port(part, "destination port"))
+    return tuple(sorted(ports))
+
+
+def parse_interface(text: str) -> str:
+    name = str(text).strip()
+    if not _IFNAME_RE.match(name):
+        raise ConfigError(
+            f"bad interface name {text!r}: 1 to {IFNAMSIZ} characters of letters, digits, _.:@-"
+        )
+    return name
+
+
+def parse_total_nodes(value: str | int) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"bad total nodes {value!r}: expected a number from 1 to {MAX_NODES}") from None
+    if not 1 <= n <= MAX_NODES:
+        raise ConfigError(f"bad total nodes {value!r}: expected a number from 1 to {MAX_NODES}")
+    return n
+
+
+def parse_node(value: str | int, total: int) -> int:
+    try:
+        k = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"bad local node {value!r}: expected a number from 1 to {total}") from None
+    if not 1 <= k <= total:
+        raise ConfigError(f"bad local node {value!r}: expected a number from 1 to {total}")
+    return k
+
+
+def build(
+    *,
+    vip: str,
+    interface: str,
+    total_nodes: str | int,
+    local_nodes: Iterable[str | int] = (),
+    protocol: str = DEFAULT_PROTOCOL,
+    dports: Iterable[str | int] = (),
+    hashmode: str = DEFAULT_HASHMODE,
+    clustermac: str | None = None,
+    seed: str | int | None = None,
+) -> VipConfig:
+    """Validate raw values (from flags or TOML) into a VipConfig; raises ConfigError."""
+    addr, prefixlen = parse_vip(vip)
+    iface = parse_interface(interface)
+    total = parse_total_nodes(total_nodes)
+    nodes = tuple(sorted({parse_node(k, total) for k in local_nodes}))
+    proto = parse_protocol(protocol)
+    ports = parse_dports(dports)
+    if ports and proto == "all":
+        # Ports only exist for protocols that have them; "all" + ports means tcp, udp and sctp.
+        pass
+    mode = parse_hashmode(hashmode)
+    mac = parse_mac(clustermac) if clustermac else derive_mac(addr)
+    seed_value = parse_seed(seed) if seed is not None and seed != "" else derive_seed(addr)
+    return VipConfig(
+        vip=addr,
+        interface=iface,
+        total_nodes=total,
+        local_nodes=nodes,
+        protocol=proto,
+        dports=ports,
+        hashmode=mode,
+        clustermac=mac,
+        seed=seed_value,
+        prefixlen=prefixlen,
+    )
+
+
+_TOML_KEYS = {
+    "vip",
+    "interface",
+    "total_nodes",
+    "local_node",
+    "local_nodes",
+    "protocol",
+    "dport",
+    "dports",
+    "hashmode",
+    "clustermac",
+    "seed",
+}
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+def from_mapping(data: Mapping[str, Any], *, known_extra: Iterable[str] = ()) -> VipConfig:
+    """One `[[vip]]` table of a TOML file (keys as the long flags, with _ for -)."""
+    allowed = _TOML_KEYS | set(known_extra)
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"unknown key {key!r} in config: allowed are {', '.join(sorted(allowed))}")
+    for key in ("vip", "interface", "total_nodes"):
+        if key not in data:
+            raise ConfigError(f"missing key {key!r} in config entry {dict(data)!r}")
+    cfg = build(
+        vip=data["vip"],
+        interface=data["interface"],
+        total_nodes=data["total_nodes"],
+        local_nodes=_as_list(data.get("local_node")) + _as_list(data.get("local_nodes")),
+        protocol=data.get("protocol", DEFAULT_PROTOCOL),
+        dports=_as_list(data.get("dport")) + _as_list(data.get("dports")),
+        hashmode=data.get("hashmode", DEFAULT_HASHMODE),
+        clustermac=data.get("clustermac"),
+        seed=data.get("seed"),
+    )
+    extra = {k: v for k, v in data.items() if k not in _TOML_KEYS}
+    return replace(cfg, extra=extra)
+
+
+def load_toml(path: str, *, known_extra: Iterable[str] = ()) -> list[VipConfig]:
+    """Read a config file: `[[vip]]` tables (or one top-level table); raises ConfigError."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"bad config file {path!r}: {exc}") from None
+    return parse_document(data, source=path, known_extra=known_extra)
+
+
+def parse_document(
+    data: Mapping[str, Any], *, source: str = "config", known_extra: Iterable[str] = ()
+) -> list[VipConfig]:
+    if "vip" in data and isinstance(data["vip"], list):
+        entries = data["vip"]
+    elif "vip" in data:
+        entries = [data]
+    else:
+        raise ConfigError(f"bad config {source!r}: expected [[vip]] tables")
+    configs = [from_mapping(e, known_extra=known_extra) for e in entries]
+    seen: set[ipaddress.IPv4Address] = set()
+    for cfg in configs:
+        if cfg.vip in seen:
+            raise ConfigError(f"bad config {source!r}: VIP {cfg.vip} appears twice")
+        seen.add(cfg.vip)
+    return configs
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def dump_toml(configs: Iterable[VipConfig]) -> str:
+    """The TOML text that `load_toml` reads back into the same configs."""
+    out: list[str] = []
+    for cfg in configs:
+        out.append("[[vip]]")
+        for key, value in cfg.to_toml_dict().items():
+            out.append(f"{key} = {_toml_value(value)}")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,168 @@
+"""The link boundary: the VIP address, the cluster MAC on the interface, gratuitous ARP.
+
+Addresses go through pyroute2 (netlink). Linux has no netlink call for a link-layer multicast
+address: `ip maddr` itself uses the SIOCADDMULTI/SIOCDELMULTI ioctls, and so do we. The kernel
+keeps a reference count per address, so we add it once and delete it once, and an entry someone
+else added stays.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import socket
+import struct
+from typing import Protocol
+
+from clusterip.config import ConfigError
+
+SIOCADDMULTI = 0x8931
+SIOCDELMULTI = 0x8932
+ARPHRD_ETHER = 1
+ETH_P_ARP = 0x0806
+
+
+class Link(Protocol):
+    def check_interface(self, ifname: str) -> None: ...
+    def has_address(self, ifname: str, addr: ipaddress.IPv4Address) -> bool: ...
+    def add_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None: ...
+    def del_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None: ...
+    def multicast_macs(self, ifname: str) -> set[str]: ...
+    def add_multicast(self, ifname: str, mac: str) -> None: ...
+    def del_multicast(self, ifname: str, mac: str) -> None: ...
+    def send_garp(self, ifname: str, vip: ipaddress.IPv4Address, mac: str) -> None: ...
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+def garp_frames(own_mac: str, vip: ipaddress.IPv4Address, cluster_mac: str) -> list[bytes]:
+    """A gratuitous ARP request and reply announcing VIP at the cluster MAC.
+
+    The Ethernet source stays the node's own MAC: a multicast source address is invalid and
+    a switch must never learn the cluster MAC on one port.
+    """
+    bcast = b"\xff" * 6
+    eth = bcast + _mac_bytes(own_mac) + struct.pack("!H", ETH_P_ARP)
+    frames = []
+    for op, target in ((1, b"\0" * 6), (2, bcast)):
+        arp = struct.pack("!HHBBH", ARPHRD_ETHER, 0x0800, 6, 4, op)
+        arp += _mac_bytes(cluster_mac) + vip.packed + target + vip.packed
+        frames.append(eth + arp)
+    return frames
+
+
+class NetlinkLink:
+    """The real interface, in the current network namespace."""
+
+    def _index(self, ipr: object, ifname: str) -> int:
+        found = ipr.link_lookup(ifname=ifname)  # type: ignore[attr-defined]
+        if not found:
+            raise ConfigError(f"no interface {ifname!r} in this network namespace")
+        return int(found[0])
+
+    def check_interface(self, ifname: str) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            self._index(ipr, ifname)
+
+    def has_address(self, ifname: str, addr: ipaddress.IPv4Address) -> bool:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            index = self._index(ipr, ifname)
+            for msg in ipr.get_addr(family=socket.AF_INET, index=index):
+                if msg.get_attr("IFA_LOCAL") == str(addr) or msg.get_attr("IFA_ADDRESS") == str(
+                    addr
+                ):
+                    return True
+        return False
+
+    def add_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            ipr.addr("add", index=self._index(ipr, ifname), address=str(addr), prefixlen=prefixlen)
+
+    def del_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            ipr.addr("del", index=self._index(ipr, ifname), address=str(addr), prefixlen=prefixlen)
+
+    def own_mac(self, ifname: str) -> str:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            msg = ipr.get_links(self._index(ipr, ifname))[0]
+            return str(msg.get_attr("IFLA_ADDRESS"))
+
+    def multicast_macs(self, ifname: str) -> set[str]:
+        """The interface's link-layer multicast list (/proc/net/dev_mcast, per namespace)."""
+        macs: set[str] = set()
+        with open("/proc/net/dev_mcast") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 5 and parts[1] == ifname:
+                    raw = parts[4]
+                    macs.add(":".join(raw[i : i + 2] for i in range(0, 12, 2)))
+        return macs
+
+    def _ioctl(self, request: int, ifname: str, mac: str) -> None:
+        # struct ifreq: char ifr_name[16]; struct sockaddr ifr_hwaddr (family + 14 bytes)
+        # ifr_hwaddr.sa_family must be AF_UNSPEC (net/core/dev_ioctl.c), as iproute2 leaves it.
+        ifreq = struct.pack("16sH14s", ifname.encode(), socket.AF_UNSPEC, _mac_bytes(mac))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            fcntl.ioctl(sock.fileno(), request, ifreq)
+
+    def add_multicast(self, ifname: str, mac: str) -> None:
+        self._ioctl(SIOCADDMULTI, ifname, mac)
+
+    def del_multicast(self, ifname: str, mac: str) -> None:
+        self._ioctl(SIOCDELMULTI, ifname, mac)
+
+    def send_garp(self, ifname: str, vip: ipaddress.IPv4Address, mac: str) -> None:
+        frames = garp_frames(self.own_mac(ifname), vip, mac)
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
+            sock.bind((ifname, ETH_P_ARP))
+            for frame in frames:
+                sock.send(frame)
+
+
+class FakeLink:
+    """In-memory interfaces for unit tests."""
+
+    def __init__(self, interfaces: dict[str, str] | None = None) -> None:
+        self.interfaces = dict(interfaces or {"eth0": "02:00:00:00:00:01"})
+        self.addresses: dict[str, set[tuple[str, int]]] = {i: set() for i in self.interfaces}
+        self.mcast: dict[str, list[str]] = {i: [] for i in self.interfaces}
+        self.garps: list[tuple[str, str, str]] = []
+
+    def check_interface(self, ifname: str) -> None:
+        if ifname not in self.interfaces:
+            raise ConfigError(f"no interface {ifname!r} in this network namespace")
+
+    def has_address(self, ifname: str, addr: ipaddress.IPv4Address) -> bool:
+        self.check_interface(ifname)
+        return any(a == str(addr) for a, _ in self.addresses[ifname])
+
+    def add_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None:
+        self.check_interface(ifname)
+        self.addresses[ifname].add((str(addr), prefixlen))
+
+    def del_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None:
+        self.addresses[ifname].discard((str(addr), prefixlen))
+
+    def multicast_macs(self, ifname: str) -> set[str]:
+        return set(self.mcast.get(ifname, []))
+
+    def add_multicast(self, ifname: str, mac: str) -> None:
+        self.mcast[ifname].append(mac)
+
+    def del_multicast(self, ifname: str, mac: str) -> None:
+        self.mcast[ifname].remove(mac)
+
+    def send_garp(self, ifname: str, vip: ipaddress.IPv4Address, mac: str) -> None:
+        self.garps.append((ifname, str(vip), mac))

@@ -1,0 +1,90 @@
+"""The firewall boundary: one small interface, the libnftables implementation and a fake.
+
+Every change goes in as one nft script, which libnftables sends as one batch: one atomic
+transaction, all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from clusterip.render import TABLE_PREFIX
+
+
+class FirewallError(RuntimeError):
+    """The kernel refused a transaction; nothing was changed."""
+
+
+class Firewall(Protocol):
+    def apply(self, script: str) -> None:
+        """Run an nft script as one transaction."""
+
+    def ruleset(self) -> list[dict[str, Any]]:
+        """The objects of every clusterip table (nft JSON, the `nftables` array)."""
+
+
+class NftFirewall:
+    """libnftables in the current network namespace.
+
+    The netlink socket lives as long as this object: tables created with `flags owner` through
+    it vanish when it is closed or the process dies (see the field notes).
+    """
+
+    def __init__(self) -> None:
+        self._nft: Any = None
+
+    def _ctx(self) -> Any:
+        if self._nft is None:
+            import nftables
+
+            nft = nftables.Nftables()
+            nft.set_json_output(True)
+            nft.set_handle_output(False)
+            self._nft = nft
+        return self._nft
+
+    def apply(self, script: str) -> None:
+        rc, _out, err = self._ctx().cmd(script)
+        if rc != 0:
+            raise FirewallError(_first_error(err) or f"nft failed with status {rc}")
+
+    def ruleset(self) -> list[dict[str, Any]]:
+        nft = self._ctx()
+        rc, out, err = nft.cmd("list tables")
+        if rc != 0:
+            raise FirewallError(_first_error(err) or "nft list tables failed")
+        objects: list[dict[str, Any]] = []
+        for obj in json.loads(out or '{"nftables": []}')["nftables"]:
+            table = obj.get("table")
+            if not table or not table["name"].startswith(TABLE_PREFIX):
+                continue
+            rc, out, err = nft.cmd(f"list table {table['family']} {table['name']}")
+            if rc != 0:  # vanished in between (an agent exited): not ours to report
+                continue
+            objects.extend(json.loads(out)["nftables"])
+        return [o for o in objects if "metainfo" not in o]
+
+
+def _first_error(err: str) -> str:
+    for line in (err or "").splitlines():
+        if line.startswith("Error:") or "Error:" in line:
+            return line.strip()
+    return (err or "").strip().splitlines()[0] if (err or "").strip() else ""
+
+
+class RecordingFirewall:
+    """In-memory fake: records scripts, serves a canned ruleset (for unit tests)."""
+
+    def __init__(self, objects: list[dict[str, Any]] | None = None) -> None:
+        self.scripts: list[str] = []
+        self.objects = list(objects or [])
+        self.fail_with: str | None = None
+
+    def apply(self, script: str) -> None:
+        if self.fail_with:
+            raise FirewallError(self.fail_with)
+        self.scripts.append(script)
+
+    def ruleset(self) -> list[dict[str, Any]]:
+        return list(self.objects)

@@ -1,0 +1,159 @@
+"""Static-mode operations of one node (CLUSTERIP's job): up, down, take, release, status.
+
+The kernel state is read back from nftables, so every command sees the truth; each change to
+the ruleset is one nft transaction. I/O goes through the Firewall and Link interfaces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+from clusterip.config import ConfigError, VipConfig
+from clusterip.link import Link
+from clusterip.nft import Firewall
+from clusterip.render import Ownership, render, render_delete
+from clusterip.state import VipState, parse_tables
+
+ADDR_FLAG = "addr=1"
+
+
+class Node:
+    def __init__(self, firewall: Firewall, link: Link) -> None:
+        self.firewall = firewall
+        self.link = link
+
+    def states(self) -> list[VipState]:
+        return parse_tables(self.firewall.ruleset())
+
+    def state(self, vip: ipaddress.IPv4Address) -> VipState | None:
+        for st in self.states():
+            if st.config.vip == vip:
+                return st
+        return None
+
+    def require(self, vip: ipaddress.IPv4Address) -> VipState:
+        st = self.state(vip)
+        if st is None:
+            up = ", ".join(str(s.config.vip) for s in self.states()) or "none"
+            raise ConfigError(f"VIP {vip} is not up on this node (up here: {up})")
+        return st
+
+    def up(self, cfg: VipConfig) -> str:
+        """Serve cfg.vip as nodes cfg.local_nodes of cfg.total_nodes. Idempotent."""
+        self.link.check_interface(cfg.interface)
+        old = self.state(cfg.vip)
+        if old is not None and old.mode != "static":
+            raise ConfigError(f"VIP {cfg.vip} is run by an agent on this node; stop it first")
+        had_addr = self.link.has_address(cfg.interface, cfg.vip)
+        added_addr = (old is not None and ADDR_FLAG in _extra(old)) or not had_addr
+        same = old is not None and _same_setup(old.config, cfg)
+        owned = frozenset(cfg.local_nodes)
+        keep: frozenset[int] = frozenset()
+        if same and old is not None:
+            # Buckets this node no longer owns keep their established flows.
+            keep = (old.ownership.owned | old.ownership.draining) - owned
+        own = Ownership(cfg.total_nodes, owned, keep)
+        script = render(cfg, own, note_extra=ADDR_FLAG if added_addr else "")
+        if old is not None and not same:
+            script = render_delete(old.config) + script
+        self.firewall.apply(script)
+        if old is not None and not same:
+            self._unlink(old, keep=cfg)
+        new_addr = False
+        try:
+            if not self.link.has_address(cfg.interface, cfg.vip):
+                self.link.add_address(cfg.interface, cfg.vip, cfg.prefixlen)
+                new_addr = True
+            if cfg.clustermac not in self.link.multicast_macs(cfg.interface):
+                self.link.add_multicast(cfg.interface, cfg.clustermac)
+        except Exception:
+            # Undo this call's own changes so that a failed `up` leaves nothing behind.
+            self.firewall.apply(render_delete(cfg))
+            if new_addr:
+                self.link.del_address(cfg.interface, cfg.vip, cfg.prefixlen)
+            raise
+        self.link.send_garp(cfg.interface, cfg.vip, cfg.clustermac)
+        nodes = ",".join(str(k) for k in sorted(owned)) or "none"
+        verb = "updated" if old is not None else "up"
+        return (
+            f"{cfg.vip} {verb} on {cfg.interface}: node {nodes} of {cfg.total_nodes}, "
+            f"{cfg.hashmode}, mac {cfg.clustermac}"
+        )
+
+    def down(self, vip: ipaddress.IPv4Address) -> str:
+        st = self.state(vip)
+        if st is None:
+            return f"{vip} is not up here: nothing to do"
+        if st.mode != "static":
+            raise ConfigError(f"VIP {vip} is run by an agent on this node; stop the agent")
+        self.firewall.apply(render_delete(st.config))
+        self._unlink(st)
+        return f"{vip} down"
+
+    def _unlink(self, st: VipState, keep: VipConfig | None = None) -> None:
+        """Remove the old setup's MAC and address, except what `keep` still uses."""
+        cfg = st.config
+        same_if = keep is not None and keep.interface == cfg.interface
+        if not (same_if and keep is not None and keep.clustermac == cfg.clustermac) and (
+            cfg.clustermac in self.link.multicast_macs(cfg.interface)
+        ):
+            self.link.del_multicast(cfg.interface, cfg.clustermac)
+        if (
+            not (same_if and keep is not None and keep.prefixlen == cfg.prefixlen)
+            and ADDR_FLAG in _extra(st)
+            and self.link.has_address(cfg.interface, cfg.vip)
+        ):
+            self.link.del_address(cfg.interface, cfg.vip, cfg.prefixlen)
+
+    def _change(self, st: VipState, own: Ownership) -> None:
+        extra = ADDR_FLAG if ADDR_FLAG in _extra(st) else ""
+        self.firewall.apply(render(st.config, own, note_extra=extra))
+
+    def take(self, vip: ipaddress.IPv4Address, bucket: int) -> str:
+        st = self.require(vip)
+        _check_bucket(st, bucket)
+        self._static_only(st)
+        self._change(st, st.ownership.take(bucket))
+        return f"{vip}: took {bucket}; owned {_fmt(st.ownership.take(bucket).owned)}"
+
+    def release(self, vip: ipaddress.IPv4Address, bucket: int, *, keep_flows: bool = True) -> str:
+        st = self.require(vip)
+        _check_bucket(st, bucket)
+        self._static_only(st)
+        own = st.ownership.release(bucket, keep_flows=keep_flows)
+        if not keep_flows:
+            own = Ownership(own.modulus, own.owned, own.draining - {bucket}, own.orphaned)
+        self._change(st, own)
+        kept = " (its established TCP flows stay here)" if bucket in own.draining else ""
+        return f"{vip}: released {bucket}{kept}; owned {_fmt(own.owned)}"
+
+    def _static_only(self, st: VipState) -> None:
+        if st.mode != "static":
+            raise ConfigError(f"VIP {st.config.vip} is run by an agent: it decides ownership")
+
+
+def _extra(st: VipState) -> set[str]:
+    return {f"{k}={v}" for k, v in st.comment_fields.items()}
+
+
+def _same_setup(a: VipConfig, b: VipConfig) -> bool:
+    return (
+        a.cluster_fields() == b.cluster_fields()
+        and a.interface == b.interface
+        and a.prefixlen == b.prefixlen
+    )
+
+
+def _check_bucket(st: VipState, bucket: int) -> None:
+    n = st.ownership.modulus
+    if not 1 <= bucket <= n:
+        raise ConfigError(f"bad node number {bucket}: expected 1 to {n} for VIP {st.config.vip}")
+
+
+def _fmt(values: frozenset[int]) -> str:
+    return ",".join(str(v) for v in sorted(values)) or "none"
+
+
+def with_local_nodes(cfg: VipConfig, nodes: tuple[int, ...]) -> VipConfig:
+    return replace(cfg, local_nodes=nodes)

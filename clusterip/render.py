@@ -1,0 +1,225 @@
+"""Render the nftables ruleset of one VIP: a pure function of (config, ownership).
+
+Two tables per VIP, both named `clusterip_<vip>`, always changed together in one batch:
+
+netdev (hooks on the cluster interface, before the IP stack and before conntrack):
+  ingress  packets to the VIP are hashed into buckets 1..N with the configured seed. An owned
+           bucket is accepted with pkttype set to host (the frame came to a multicast MAC, which
+           the IP and TCP stacks would otherwise drop); a draining bucket lets only non-SYN TCP
+           through (this node's established flows, checked against conntrack at prerouting);
+           everything else is dropped here, the cheapest place in the kernel.
+  egress   ARP requests and replies with the VIP as sender carry the cluster MAC in the
+           payload, so no client ever learns a node's own MAC for the VIP.
+ip (prerouting at priority mangle, after conntrack):
+  a TCP packet to the VIP with no conntrack entry here that is not a bare SYN belongs to a flow
+  of another node (a moved bucket): drop it rather than let the stack answer with a RST. Buckets
+  taken from a dead node (`orphaned`) are exempt, so their orphaned clients get the RST at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from clusterip.config import HASHMODES, ConfigError, VipConfig
+
+TABLE_PREFIX = "clusterip_"
+COMMENT_MAGIC = "clusterip/1"
+INGRESS_PRIORITY = -500
+MAX_COMMENT = 128
+# ICMP errors about a flow name the client in their inner header, not in the outer one; the
+# owner's conntrack marks them related, every other node's stack finds no socket and ignores
+# them. Accepting them everywhere keeps path MTU discovery working.
+ICMP_ERRORS = "destination-unreachable, time-exceeded, parameter-problem"
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Which buckets (1..modulus) this node serves.
+
+    owned     new connections and established flows;
+    draining  only this node's established TCP flows (the bucket moved away, its flows stay);
+    orphaned  subset of owned: taken over from a dead node; mid-flow TCP gets a RST at once.
+    """
+
+    modulus: int
+    owned: frozenset[int] = field(default_factory=frozenset)
+    draining: frozenset[int] = field(default_factory=frozenset)
+    orphaned: frozenset[int] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        for name, values in (
+            ("owned", self.owned),
+            ("draining", self.draining),
+            ("orphaned", self.orphaned),
+        ):
+            bad = [b for b in values if not 1 <= b <= self.modulus]
+            if bad:
+                raise ConfigError(f"bad {name} bucket {bad[0]}: expected 1 to {self.modulus}")
+        if self.owned & self.draining:
+            raise ConfigError(f"buckets {sorted(self.owned & self.draining)} both owned and draining")
+        if not self.orphaned <= self.owned:
+            raise ConfigError(f"orphaned buckets {sorted(self.orphaned - self.owned)} are not owned")
+
+    @classmethod
+    def of(
+        cls,
+        modulus: int,
+        owned: Iterable[int] = (),
+        draining: Iterable[int] = (),
+        orphaned: Iterable[int] = (),
+    ) -> Ownership:
+        return cls(modulus, frozenset(owned), frozenset(draining), frozenset(orphaned))
+
+    def take(self, bucket: int) -> Ownership:
+        return Ownership.of(
+            self.modulus, self.owned | {bucket}, self.draining - {bucket}, self.orphaned
+        )
+
+    def release(self, bucket: int, *, keep_flows: bool = True) -> Ownership:
+        draining = self.draining | {bucket} if keep_flows and bucket in self.owned else self.draining
+        return Ownership.of(
+            self.modulus, self.owned - {bucket}, draining, self.orphaned - {bucket}
+        )
+
+
+def table_name(cfg: VipConfig) -> str:
+    return TABLE_PREFIX + str(cfg.vip).replace(".", "_")
+
+
+def comment(cfg: VipConfig, *, mode: str = "static", extra: str = "") -> str:
+    """Table comment: what status needs to show and compare, compact enough for 128 bytes."""
+    text = (
+        f"{COMMENT_MAGIC} mode={mode} if={cfg.interface} mac={cfg.clustermac.replace(':', '')} "
+        f"hash={HASHMODES.index(cfg.hashmode)} n={cfg.total_nodes} seed={cfg.seed:08x} "
+        f"proto={cfg.protocol} plen={cfg.prefixlen}"
+    )
+    if extra:
+        text += " " + extra
+    if len(text) > MAX_COMMENT:
+        raise ConfigError(f"interface name {cfg.interface!r} too long for the table comment")
+    return text
+
+
+def _hash_expr(cfg: VipConfig, *, ports: bool, modulus: int) -> str:
+    fields = ["ip saddr"]
+    if ports and cfg.hashmode != "sourceip":
+        fields.append("th sport")
+        if cfg.hashmode == "sourceip-sourceport-destport":
+            fields.append("th dport")
+    return f"jhash {' . '.join(fields)} mod {modulus} seed 0x{cfg.seed:08x} offset 1"
+
+
+def _vmap(own: Ownership) -> str:
+    entries = [f"{b} : jump own" for b in sorted(own.owned)]
+    entries += [f"{b} : jump keep" for b in sorted(own.draining)]
+    if not entries:
+        return ""
+    return " vmap { " + ", ".join(entries) + " }"
+
+
+def _l4_match(cfg: VipConfig) -> str:
+    protos = "tcp, udp, sctp" if cfg.protocol == "all" else cfg.protocol
+    match = f"meta l4proto {{ {protos} }}" if cfg.protocol == "all" else f"meta l4proto {protos}"
+    if cfg.dports:
+        match += " th dport @dports"
+    return match
+
+
+def _vip_rules(cfg: VipConfig, own: Ownership) -> list[str]:
+    vmap = _vmap(own)
+    rules = [f"icmp type {{ {ICMP_ERRORS} }} meta pkttype set host accept"]
+    if vmap:
+        rules.append(f"{_l4_match(cfg)} {_hash_expr(cfg, ports=True, modulus=own.modulus)}{vmap}")
+        if cfg.protocol == "all" and not cfg.dports:
+            # Protocols without ports (ICMP, GRE, ...) and non-first fragments: by source IP.
+            rules.append(f"{_hash_expr(cfg, ports=False, modulus=own.modulus)}{vmap}")
+    rules.append('counter name "foreign" drop')
+    return rules
+
+
+def render(
+    cfg: VipConfig,
+    own: Ownership,
+    *,
+    mode: str = "static",
+    owner: bool = False,
+    note_extra: str = "",
+) -> str:
+    """The nft script that makes the kernel's state for this VIP exactly (cfg, own).
+
+    It is applied as one transaction: the `add`/`flush` prologue makes it work both on a fresh
+    ruleset and over a previous version of the same tables (named counters keep counting).
+    """
+    name = table_name(cfg)
+    vip = str(cfg.vip)
+    dev = cfg.interface
+    note = comment(cfg, mode=mode, extra=note_extra)
+    flags = " flags owner;" if owner else ""
+    dports = ""
+    if cfg.dports:
+        dports = (
+            "\n\tset dports {\n\t\ttype inet_service\n\t\telements = { "
+            + ", ".join(str(p) for p in cfg.dports)
+            + " }\n\t}"
+        )
+    vip_rules = "\n".join(f"\t\t{r}" for r in _vip_rules(cfg, own))
+    orphan_rule = ""
+    if own.orphaned:
+        entries = ", ".join(f"{b} : accept" for b in sorted(own.orphaned))
+        orphan_rule = (
+            f"\n\t\tmeta l4proto tcp {_hash_expr(cfg, ports=True, modulus=own.modulus)}"
+            f" vmap {{ {entries} }}"
+        )
+    return f"""# clusterip: VIP {vip} on {dev} (generated, do not edit)
+add table netdev {name} {{ comment "{note}";{flags} }}
+flush table netdev {name}
+add table ip {name} {{ comment "{note}";{flags} }}
+flush table ip {name}
+table netdev {name} {{
+	counter accepted {{
+	}}
+	counter kept {{
+	}}
+	counter foreign {{
+	}}
+	counter arps {{
+	}}{dports}
+	chain ingress {{
+		type filter hook ingress device "{dev}" priority {INGRESS_PRIORITY}; policy accept;
+		ip daddr {vip} jump vip comment "{note}"
+	}}
+	chain vip {{
+{vip_rules}
+	}}
+	chain own {{
+		meta pkttype set host counter name "accepted" accept
+	}}
+	chain keep {{
+		tcp flags & (syn | ack) == syn counter name "foreign" drop
+		meta l4proto != tcp counter name "foreign" drop
+		meta pkttype set host counter name "kept" accept
+	}}
+	chain egress {{
+		type filter hook egress device "{dev}" priority 0; policy accept;
+		arp saddr ip {vip} arp saddr ether set {cfg.clustermac} counter name "arps"
+	}}
+}}
+table ip {name} {{
+	counter midflow {{
+	}}
+	chain prerouting {{
+		type filter hook prerouting priority mangle; policy accept;
+		iif "{dev}" ip daddr {vip} ct state {{ new, invalid }} tcp flags & (fin | syn | rst | ack) != syn jump midflow
+	}}
+	chain midflow {{{orphan_rule}
+		counter name "midflow" drop
+	}}
+}}
+"""
+
+
+def render_delete(cfg: VipConfig) -> str:
+    """Remove both tables of a VIP (and nothing else) in one transaction, if present."""
+    name = table_name(cfg)
+    return f"add table netdev {name}\ndelete table netdev {name}\nadd table ip {name}\ndelete table ip {name}\n"
