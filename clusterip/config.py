@@ -165,9 +165,9 @@ def parse_port(value: str | int, what: str = "port") -> int:
     try:
         port = int(str(value).strip(), 10)
     except ValueError:
-        raise ConfigError(f"bad {what} {value!r}: expected a number from 1 to 65535") from None
+        raise ConfigError(f"bad {what} {str(value)!r}: expected a number from 1 to 65535") from None
     if not 1 <= port <= 65535:
-        raise ConfigError(f"bad {what} {value!r}: expected a number from 1 to 65535")
+        raise ConfigError(f"bad {what} {str(value)!r}: expected a number from 1 to 65535")
     return port
 
 
@@ -193,9 +193,9 @@ def parse_total_nodes(value: str | int) -> int:
     try:
         n = int(str(value).strip())
     except ValueError:
-        raise ConfigError(f"bad total nodes {value!r}: expected a number from 1 to {MAX_NODES}") from None
+        raise ConfigError(f"bad total nodes {str(value)!r}: expected a number from 1 to {MAX_NODES}") from None
     if not 1 <= n <= MAX_NODES:
-        raise ConfigError(f"bad total nodes {value!r}: expected a number from 1 to {MAX_NODES}")
+        raise ConfigError(f"bad total nodes {str(value)!r}: expected a number from 1 to {MAX_NODES}")
     return n
 
 
@@ -203,9 +203,9 @@ def parse_node(value: str | int, total: int) -> int:
     try:
         k = int(str(value).strip())
     except ValueError:
-        raise ConfigError(f"bad local node {value!r}: expected a number from 1 to {total}") from None
+        raise ConfigError(f"bad local node {str(value)!r}: expected a number from 1 to {total}") from None
     if not 1 <= k <= total:
-        raise ConfigError(f"bad local node {value!r}: expected a number from 1 to {total}")
+        raise ConfigError(f"bad local node {str(value)!r}: expected a number from 1 to {total}")
     return k
 
 
