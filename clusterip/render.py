@@ -223,3 +223,43 @@ def render_delete(cfg: VipConfig) -> str:
     """Remove both tables of a VIP (and nothing else) in one transaction, if present."""
     name = table_name(cfg)
     return f"add table netdev {name}\ndelete table netdev {name}\nadd table ip {name}\ndelete table ip {name}\n"
+
+
+GUARD_PREFIX = TABLE_PREFIX + "guard_"
+GUARD_PRIORITY = INGRESS_PRIORITY + 100
+
+
+def guard_name(cfg: VipConfig) -> str:
+    return GUARD_PREFIX + str(cfg.vip).replace(".", "_")
+
+
+def render_guard(cfg: VipConfig) -> str:
+    """The agent's fail-safe, a table that outlives the agent.
+
+    The agent's own tables carry the `owner` flag and vanish with its process. This one stays:
+    it drops every packet to the VIP that no owner claimed (the owner chain, which runs first,
+    sets pkttype to host on what it accepts; an unclaimed frame to the cluster MAC is still
+    `multicast`), and keeps rewriting ARP, so a node whose agent died never answers for the
+    VIP, not even UDP, and never teaches a client its own MAC for it.
+    """
+    name = guard_name(cfg)
+    vip = str(cfg.vip)
+    dev = cfg.interface
+    return f"""add table netdev {name}
+delete table netdev {name}
+table netdev {name} {{
+	chain ingress {{
+		type filter hook ingress device "{dev}" priority {GUARD_PRIORITY}; policy accept;
+		ip daddr {vip} meta pkttype != host drop
+	}}
+	chain egress {{
+		type filter hook egress device "{dev}" priority 0; policy accept;
+		arp saddr ip {vip} arp saddr ether set {cfg.clustermac}
+	}}
+}}
+"""
+
+
+def render_guard_delete(cfg: VipConfig) -> str:
+    name = guard_name(cfg)
+    return f"add table netdev {name}\ndelete table netdev {name}\n"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterip.config import HASHMODES, VipConfig
-from clusterip.render import COMMENT_MAGIC, TABLE_PREFIX, Ownership
+from clusterip.render import COMMENT_MAGIC, GUARD_PREFIX, TABLE_PREFIX, Ownership
 
 
 class StateError(RuntimeError):
@@ -85,7 +85,7 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
             name = body["name"]
         else:
             name = body.get("table", "")
-        if not name.startswith(TABLE_PREFIX):
+        if not name.startswith(TABLE_PREFIX) or name.startswith(GUARD_PREFIX):
             continue
         t = tables.setdefault(
             name, {"meta": {}, "rules": [], "counters": {}, "dports": [], "owner": False}

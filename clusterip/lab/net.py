@@ -1,0 +1,734 @@
+"""Build, run and tear down a lab (see `clusterip.lab.topo`) in network namespaces.
+
+Everything the build creates is written to the state file `/run/clusterip/lab-NAME.json`
+(atomically, under a lock) *before or right after* it is created, so a crash mid-build still
+leaves a record. `teardown()` removes exactly what is recorded there:
+
+* processes: only if /proc/PID/stat still shows the start time recorded at spawn (pid reuse);
+  SIGTERM to the process group, SIGKILL after a short wait;
+* anything still running inside a recorded namespace (children of `exec`, shells), found by
+  the namespace's inode, as long as /run/netns/NAME still is that namespace;
+* namespaces: only if /run/netns/NAME still has the recorded inode; removing a namespace
+  removes its veth ends and the bridge with it;
+* files (server logs) recorded by path; then the state file itself.
+
+Sysctls set in the lab (everything else keeps the kernel's defaults):
+* every namespace: net.ipv6.conf.{all,default}.disable_ipv6=1 (no DAD, RS or MLD frames that
+  would show up in captures and counters; the project is IPv4 only);
+* client: net.ipv4.conf.all.arp_announce=2 (ARP requests come from the gateway address, see
+  `topo`).
+The bridge has multicast snooping off, so frames to any multicast MAC (the cluster MAC
+03:bf:...) are flooded to every port; it otherwise learns and ages MACs like a switch (STP off,
+so ports forward at once). Node k's eth0 has the fixed MAC 02:c1:00:00:00:kk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from clusterip.lab.probe import ProbeResult, ProbeSpec
+from clusterip.lab.topo import LabTopo, check_name
+
+STATE_DIR = "/run/clusterip"
+NETNS_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+TERM_WAIT = 2.0
+_T = TypeVar("_T")
+
+
+class LabError(RuntimeError):
+    """A lab could not be built, found or used; the message says which and why."""
+
+
+class NoSuchLab(LabError):
+    pass
+
+
+# --- entering a namespace -------------------------------------------------------------------
+def _setns_to(fd: int) -> Callable[[], None]:
+    """A function joining the namespace open as `fd`. libc is looked up here, in the caller,
+    so that a forked child (preexec_fn) only makes the call."""
+    setns = ctypes.CDLL(None, use_errno=True).setns
+
+    def join() -> None:
+        if setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns: {os.strerror(err)}")
+
+    return join
+
+
+def in_netns(ns: str, fn: Callable[[], _T]) -> _T:
+    """Run `fn` in a short-lived thread that joined namespace `ns` (setns is per thread)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(os.path.join(NETNS_DIR, ns), os.O_RDONLY)
+            try:
+                _setns_to(fd)()
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{ns}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    value: _T = box["value"]
+    return value
+
+
+# --- network operations: the I/O boundary of the build ----------------------------------------
+Port = tuple[str, str, str]  # (switch port name, host namespace, host interface name)
+
+
+class NetOps(Protocol):
+    """What the build needs from the kernel. `Pyroute2Ops` is real, `MemoryNetOps` a fake."""
+
+    def list_ns(self) -> set[str]: ...
+    def create_ns(self, name: str) -> int: ...
+    def ns_inode(self, name: str) -> int | None: ...
+    def remove_ns(self, name: str) -> None: ...
+    def sysctls(self, ns: str, values: Mapping[str, str]) -> None: ...
+    def setup_switch(self, ns: str, bridge: str, ports: Sequence[Port]) -> None: ...
+    def setup_host(
+        self,
+        ns: str,
+        ifname: str,
+        mac: str,
+        addrs: Sequence[str],
+        prefixlen: int,
+        routes: Sequence[tuple[str, str]],
+    ) -> None: ...
+    def neighbour(self, ns: str, ip: str) -> str | None: ...
+
+
+class Pyroute2Ops:
+    """NetOps through pyroute2 netlink; sysctls through /proc/sys from a thread in the ns."""
+
+    def list_ns(self) -> set[str]:
+        from pyroute2 import netns
+
+        return set(netns.listnetns())
+
+    def create_ns(self, name: str) -> int:
+        from pyroute2 import netns
+
+        netns.create(name)
+        ino = self.ns_inode(name)
+        if ino is None:
+            raise LabError(f"namespace {name!r} vanished right after it was created")
+        return ino
+
+    def ns_inode(self, name: str) -> int | None:
+        path = os.path.join(NETNS_DIR, name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        # An unmounted leftover file is a plain file on /run's filesystem, not an nsfs inode.
+        return st.st_ino if os.path.ismount(path) else None
+
+    def remove_ns(self, name: str) -> None:
+        from pyroute2 import netns
+
+        with suppress(FileNotFoundError):
+            netns.remove(name)
+
+    def sysctls(self, ns: str, values: Mapping[str, str]) -> None:
+        def write() -> None:
+            for key, value in values.items():
+                path = "/proc/sys/" + key.replace(".", "/")
+                if os.path.exists(path):  # e.g. no ipv6 in this kernel: nothing to disable
+                    with open(path, "w") as fh:
+                        fh.write(value)
+
+        in_netns(ns, write)
+
+    def setup_switch(self, ns: str, bridge: str, ports: Sequence[Port]) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            ipr.link(
+                "add",
+                ifname=bridge,
+                kind="bridge",
+                br_stp_state=0,
+                br_mcast_snooping=0,
+                br_nf_call_iptables=0,
+                br_nf_call_arptables=0,
+            )
+            br = ipr.link_lookup(ifname=bridge)[0]
+            for port, peer_ns, peer_if in ports:
+                ipr.link(
+                    "add", ifname=port, kind="veth", peer={"ifname": peer_if, "net_ns_fd": peer_ns}
+                )
+                idx = ipr.link_lookup(ifname=port)[0]
+                ipr.link("set", index=idx, master=br)
+                ipr.brport("set", index=idx, mcast_flood=1, bcast_flood=1, unicast_flood=1)
+                ipr.link("set", index=idx, state="up")
+            ipr.link("set", index=br, state="up")
+
+    def setup_host(
+        self,
+        ns: str,
+        ifname: str,
+        mac: str,
+        addrs: Sequence[str],
+        prefixlen: int,
+        routes: Sequence[tuple[str, str]],
+    ) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            ipr.link("set", index=idx, address=mac)
+            for addr in addrs:
+                ipr.addr("add", index=idx, address=addr, prefixlen=prefixlen)
+            ipr.link("set", index=idx, state="up")
+            for dst, gateway in routes:
+                ipr.route("add", dst=dst, gateway=gateway, oif=idx)
+
+    def neighbour(self, ns: str, ip: str) -> str | None:
+        from pyroute2 import IPRoute
+
+        usable = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT
+        with IPRoute(netns=ns) as ipr:
+            for msg in ipr.get_neighbours(dst=ip):
+                lladdr = msg.get_attr("NDA_LLADDR")
+                if lladdr and msg["state"] & usable:
+                    return str(lladdr)
+        return None
+
+
+class MemoryNetOps:
+    """In-memory NetOps for tests without root: records namespaces, links and calls."""
+
+    def __init__(self) -> None:
+        self.namespaces: dict[str, int] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.sysctl_values: dict[str, dict[str, str]] = {}
+        self.links: dict[str, dict[str, Any]] = {}
+        self.neighbours: dict[tuple[str, str], str] = {}
+        self._next_ino = 1
+
+    def list_ns(self) -> set[str]:
+        return set(self.namespaces)
+
+    def create_ns(self, name: str) -> int:
+        if name in self.namespaces:
+            raise FileExistsError(name)
+        self.calls.append(("create_ns", name))
+        self.namespaces[name] = self._next_ino
+        self.links[name] = {"lo": {}}
+        self._next_ino += 1
+        return self.namespaces[name]
+
+    def ns_inode(self, name: str) -> int | None:
+        return self.namespaces.get(name)
+
+    def remove_ns(self, name: str) -> None:
+        self.calls.append(("remove_ns", name))
+        self.namespaces.pop(name, None)
+        self.links.pop(name, None)
+
+    def sysctls(self, ns: str, values: Mapping[str, str]) -> None:
+        self._need(ns, "sysctls")
+        self.sysctl_values.setdefault(ns, {}).update(values)
+
+    def setup_switch(self, ns: str, bridge: str, ports: Sequence[Port]) -> None:
+        self._need(ns, "setup_switch")
+        self.links[ns][bridge] = {"kind": "bridge", "up": True}
+        for port, peer_ns, peer_if in ports:
+            self._need(peer_ns, "setup_switch")
+            self.links[ns][port] = {"kind": "veth", "master": bridge, "up": True}
+            self.links[peer_ns][peer_if] = {"kind": "veth", "peer": (ns, port)}
+
+    def setup_host(
+        self,
+        ns: str,
+        ifname: str,
+        mac: str,
+        addrs: Sequence[str],
+        prefixlen: int,
+        routes: Sequence[tuple[str, str]],
+    ) -> None:
+        self._need(ns, "setup_host")
+        link = self.links[ns][ifname]
+        link.update(mac=mac, addrs=[f"{a}/{prefixlen}" for a in addrs], up=True)
+        link["routes"] = list(routes)
+
+    def neighbour(self, ns: str, ip: str) -> str | None:
+        return self.neighbours.get((ns, ip))
+
+    def _need(self, ns: str, call: str) -> None:
+        self.calls.append((call, ns))
+        if ns not in self.namespaces:
+            raise FileNotFoundError(f"no namespace {ns!r}")
+
+
+# --- processes ----------------------------------------------------------------------------------
+def proc_start_time(pid: int) -> int | None:
+    """Start time (clock ticks after boot) of a live, non-zombie process, else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in "ZX" else int(fields[19])
+
+
+def pids_in_netns(ino: int) -> list[int]:
+    """Processes whose network namespace has inode `ino` (never this process)."""
+    want = f"net:[{ino}]"
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            with suppress(OSError):
+                if os.readlink(f"/proc/{entry}/ns/net") == want:
+                    found.append(int(entry))
+    return found
+
+
+def _signal(pid: int, sig: int, group: bool) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        if group and os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+# --- the state file ---------------------------------------------------------------------------
+class StateStore:
+    """`DIR/lab-NAME.json`, replaced atomically, read-modify-written under a lock on DIR."""
+
+    def __init__(self, name: str, directory: str = STATE_DIR) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, f"lab-{check_name(name)}.json")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        os.makedirs(self.directory, mode=0o755, exist_ok=True)
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            with open(self.path) as fh:
+                data: dict[str, Any] = json.load(fh)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise LabError(f"unreadable lab state file {self.path}: {exc}") from None
+        return data
+
+    def create(self, data: dict[str, Any]) -> None:
+        with self.locked():
+            if os.path.exists(self.path):
+                raise LabError(
+                    f"lab state file {self.path} already exists: tear that lab down first "
+                    "(clusterip lab down --name NAME) or pick another name"
+                )
+            self._write(data)
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        with self.locked():
+            data = self.read()
+            if data is None:
+                raise LabError(f"lab state file {self.path} vanished")
+            change(data)
+            self._write(data)
+            return data
+
+    def delete(self) -> None:
+        with self.locked(), suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _write(self, data: dict[str, Any]) -> None:
+        tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, self.path)
+
+
+# --- the lab ------------------------------------------------------------------------------------
+class Lab:
+    """A built lab. Make one with `Lab.build(topo)` or `Lab.load(name)`; `with` tears down."""
+
+    def __init__(self, topo: LabTopo, store: StateStore, ops: NetOps) -> None:
+        self.topo = topo
+        self.store = store
+        self.ops = ops
+        self._children: dict[int, subprocess.Popen[Any]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.topo.name
+
+    @property
+    def state_path(self) -> str:
+        return self.store.path
+
+    # -- build / load / teardown
+    @classmethod
+    def build(
+        cls,
+        topo: LabTopo,
+        *,
+        servers: bool = True,
+        state_dir: str = STATE_DIR,
+        ops: NetOps | None = None,
+    ) -> Lab:
+        """Create the lab; on any failure remove what was made and re-raise."""
+        ops = ops if ops is not None else Pyroute2Ops()
+        store = StateStore(topo.name, state_dir)
+        if os.path.exists(store.path):
+            raise LabError(
+                f"lab {topo.name!r} already exists (state file {store.path}): tear it down first "
+                f"(clusterip lab down --name {topo.name}) or pick another name"
+            )
+        taken = sorted(set(topo.namespaces) & ops.list_ns())
+        if taken:
+            raise LabError(f"cannot build lab {topo.name!r}: namespace(s) {', '.join(taken)} exist")
+        store.create(
+            {
+                "version": 1,
+                "topo": {"name": topo.name, "nodes": topo.nodes, "clients": topo.clients},
+                "created": time.time(),
+                "namespaces": [],
+                "processes": [],
+                "files": [],
+            }
+        )
+        lab = cls(topo, store, ops)
+        try:
+            lab._build_net()
+            if servers:
+                lab.start_servers()
+        except BaseException:
+            lab.teardown()
+            raise
+        return lab
+
+    def _build_net(self) -> None:
+        topo, ops = self.topo, self.ops
+        for ns in topo.namespaces:
+            self._record("namespaces", {"name": ns, "ino": None})  # before: a crash leaves a trace
+            try:
+                ino = ops.create_ns(ns)
+            except FileExistsError:  # created by someone else since the check: not ours
+                self.store.update(partial(_drop, key="namespaces", field="name", value=ns))
+                raise
+            self.store.update(partial(_set_ino, ns=ns, ino=ino))
+        no_ipv6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+        for ns in topo.namespaces:
+            ops.sysctls(ns, no_ipv6)
+        ops.sysctls(topo.client_ns, {"net.ipv4.conf.all.arp_announce": "2"})
+        ops.setup_switch(
+            topo.switch_ns, topo.bridge, [(p, ns, topo.interface) for p, ns in topo.ports()]
+        )
+        routes = [(net, topo.gateway) for net in topo.client_subnets()]
+        for ns in topo.host_namespaces:
+            ops.setup_host(
+                ns,
+                topo.interface,
+                topo.host_mac(ns),
+                topo.host_addrs(ns),
+                topo.prefixlen,
+                [] if ns == topo.client_ns else routes,
+            )
+
+    @classmethod
+    def load(cls, name: str, *, state_dir: str = STATE_DIR, ops: NetOps | None = None) -> Lab:
+        store = StateStore(name, state_dir)
+        data = store.read()
+        if data is None:
+            raise NoSuchLab(f"no lab {name!r} (no state file {store.path})")
+        try:
+            t = data["topo"]
+            topo = LabTopo(name=t["name"], nodes=int(t["nodes"]), clients=int(t["clients"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LabError(f"bad lab state file {store.path}: {exc}") from None
+        return cls(topo, store, ops if ops is not None else Pyroute2Ops())
+
+    def state(self) -> dict[str, Any]:
+        """The recorded state (a fresh read of the state file; empty lists when gone)."""
+        return self.store.read() or {"namespaces": [], "processes": [], "files": []}
+
+    def teardown(self) -> None:
+        """Remove exactly what the state file records; safe to call again."""
+        data = self.store.read()
+        if data is None:
+            self._reap()
+            return
+        recorded = {r["pid"]: r["start"] for r in data["processes"] if r["start"] is not None}
+        self._kill(recorded, group=True)
+        self.store.update(lambda d: d.update(processes=[]))
+        for rec in reversed(data["namespaces"]):
+            current = self.ops.ns_inode(rec["name"])
+            if current is not None and rec["ino"] in (None, current):
+                pids = pids_in_netns(current)
+                self._kill({p: s for p in pids if (s := proc_start_time(p)) is not None}, False)
+                self.ops.remove_ns(rec["name"])
+            self.store.update(partial(_drop, key="namespaces", field="name", value=rec["name"]))
+        for path in data.get("files", []):
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+        self.store.delete()
+        self._reap()
+
+    def _reap(self) -> None:
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[pid]
+
+    def _kill(self, targets: Mapping[int, int], group: bool) -> None:
+        """SIGTERM each process still having its start time (its group if it leads one), wait,
+        then SIGKILL what is left; reap our own children."""
+
+        def alive(pid: int) -> bool:
+            child = self._children.get(pid)
+            if child is not None and child.poll() is not None:
+                return False
+            return proc_start_time(pid) == targets[pid]
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            todo = [p for p in targets if alive(p)]
+            for pid in todo:
+                _signal(pid, sig, group)
+            end = time.monotonic() + TERM_WAIT
+            while any(alive(p) for p in todo) and time.monotonic() < end:
+                time.sleep(0.02)
+        for pid in targets:
+            child = self._children.pop(pid, None)
+            if child is not None:
+                with suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=1.0)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    # -- running things in the lab
+    def ns(self, host_or_ns: str) -> str:
+        """Namespace of a host label (n1.., client, switch) or a lab namespace name."""
+        if host_or_ns in self.topo.namespaces:
+            return host_or_ns
+        return self.topo.host_ns(host_or_ns)
+
+    def _popen(self, ns: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        if isinstance(argv, str) or not argv:
+            raise LabError(f"bad argv {argv!r}: expected a non-empty list of strings")
+        user_preexec = kwargs.pop("preexec_fn", None)
+        fd = os.open(os.path.join(NETNS_DIR, self.ns(ns)), os.O_RDONLY)
+        try:
+            join = _setns_to(fd)
+
+            def preexec() -> None:
+                join()
+                if user_preexec is not None:
+                    user_preexec()
+
+            return subprocess.Popen(list(argv), preexec_fn=preexec, **kwargs)
+        finally:
+            os.close(fd)
+
+    def spawn(
+        self, ns: str, argv: Sequence[str], *, role: str = "process", **popen_kwargs: Any
+    ) -> subprocess.Popen[Any]:
+        """Start `argv` in namespace `ns` (own session) and record it for teardown."""
+        popen_kwargs.setdefault("start_new_session", True)
+        proc = self._popen(ns, argv, **popen_kwargs)
+        self._children[proc.pid] = proc
+        rec = {
+            "pid": proc.pid,
+            "start": proc_start_time(proc.pid),
+            "ns": self.ns(ns),
+            "role": role,
+            "argv": list(argv),
+        }
+        self._record("processes", rec)
+        return proc
+
+    def run(
+        self,
+        ns: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        check: bool = False,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run to completion in `ns`, capturing text output; kills its process group on timeout.
+
+        Not recorded (it is waited for); teardown's namespace sweep catches any leftovers.
+        """
+        proc = self._popen(
+            ns,
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except BaseException:
+            _signal(proc.pid, signal.SIGKILL, group=True)
+            proc.communicate()
+            raise
+        done = subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+        if check:
+            done.check_returncode()
+        return done
+
+    def call(self, ns: str, argv: Sequence[str]) -> int:
+        """Run in `ns` with this process's stdin/stdout/stderr (interactive); the exit status."""
+        proc = self._popen(ns, argv)
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:  # the child got the same SIGINT; wait for it
+                continue
+
+    def start_servers(
+        self, nodes: Iterable[int] | None = None, *, timeout: float | None = None
+    ) -> dict[int, subprocess.Popen[Any]]:
+        """Start `clusterip.lab.servers` in each node and wait until every one is listening."""
+        ks = list(nodes) if nodes is not None else list(self.topo.node_indexes)
+        procs: dict[int, subprocess.Popen[Any]] = {}
+        logs: dict[int, str] = {}
+        for k in ks:
+            name = self.topo.node_name(k)
+            logs[k] = f"{self.store.path[: -len('.json')]}.{name}.log"
+            self._record("files", logs[k])
+            argv = [sys.executable, "-m", "clusterip.lab.servers", "--name", name]
+            with open(logs[k], "ab") as log:
+                procs[k] = self.spawn(
+                    self.topo.node_ns(k),
+                    argv,
+                    role="server",
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                )
+        limit = timeout if timeout is not None else 10.0 + 0.5 * len(ks)
+        _wait_ready(procs, logs, time.monotonic() + limit)
+        return procs
+
+    def probe(
+        self,
+        *,
+        proto: str = "tcp",
+        port: int | None = None,
+        vip: str | None = None,
+        sources: str | Sequence[str] | None = None,
+        per_source: int = 1,
+        timeout: float = 1.0,
+        concurrency: int = 32,
+        deadline: float | None = None,
+    ) -> ProbeResult:
+        """Run `clusterip.lab.probe` in the client namespace (default: every client address)."""
+        spec = ProbeSpec.make(
+            vip=vip or self.topo.vip,
+            proto=proto,
+            port=port,
+            sources=sources if sources is not None else self.topo.client_range(),
+            per_source=per_source,
+            timeout=timeout,
+            concurrency=concurrency,
+            deadline=deadline,
+        )
+        argv = [sys.executable, "-m", "clusterip.lab.probe", *spec.to_args()]
+        done = self.run(self.topo.client_ns, argv, timeout=spec.deadline + 15.0)
+        if done.returncode != 0:
+            raise LabError(f"probe failed (exit {done.returncode}): {done.stderr.strip()}")
+        return ProbeResult.from_json(done.stdout)
+
+    def neighbour(self, ns: str, ip: str) -> str | None:
+        """The link-layer address `ns` has for `ip` (None if no usable neighbour entry)."""
+        return self.ops.neighbour(self.ns(ns), ip)
+
+    def _record(self, key: str, value: Any) -> None:
+        with self._lock:
+            self.store.update(lambda d: d[key].append(value))
+
+
+def _set_ino(data: dict[str, Any], ns: str, ino: int) -> None:
+    for rec in data["namespaces"]:
+        if rec["name"] == ns:
+            rec["ino"] = ino
+
+
+def _drop(data: dict[str, Any], key: str, field: str, value: Any) -> None:
+    data[key] = [r for r in data[key] if r[field] != value]
+
+
+def _wait_ready(
+    procs: Mapping[int, subprocess.Popen[Any]], logs: Mapping[int, str], deadline: float
+) -> None:
+    """Wait for each server's 'ready' line; raise LabError naming the first that fails."""
+    pending = {p.stdout.fileno(): (k, p) for k, p in procs.items() if p.stdout is not None}
+    buffers: dict[int, bytes] = dict.fromkeys(pending, b"")
+    try:
+        with selectors.DefaultSelector() as sel:
+            for fd in pending:
+                sel.register(fd, selectors.EVENT_READ)
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    k, _ = next(iter(pending.values()))
+                    raise LabError(f"server on n{k} not ready in time: {_tail(logs[k])}")
+                for key, _ in sel.select(left):
+                    fd = int(key.fd)
+                    chunk = os.read(fd, 4096)
+                    buffers[fd] += chunk
+                    k, _proc = pending[fd]
+                    if b"ready\n" in buffers[fd]:
+                        sel.unregister(fd)
+                        del pending[fd]
+                    elif not chunk:
+                        raise LabError(f"server on n{k} exited: {_tail(logs[k])}")
+    finally:
+        for proc in procs.values():
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def _tail(path: str, size: int = 600) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - size))
+            text = fh.read().decode(errors="replace").strip()
+    except OSError as exc:
+        return f"(no log: {exc.strerror})"
+    return text.replace("\n", " | ") or "(empty log)"

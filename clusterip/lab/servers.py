@@ -1,0 +1,180 @@
+"""Test servers for one lab node; each answers with the node's name so clients see who served.
+
+    python -m clusterip.lab.servers --name n1 [--http 80] [--udp 5300] [--echo 7] [--bind ADDR]
+
+* HTTP/1.1 (keep-alive): any GET -> 200, body "n1\\n", header "X-Node: n1".
+* UDP: any datagram -> "n1 <payload>", sent from the address the datagram was sent to
+  (IP_PKTINFO), so a reply to a VIP comes from the VIP, not from the node's own address.
+* TCP line echo: each line "X\\n" -> "n1 X\\n"; the connection stays open.
+
+A port of 0 turns that server off. Prints "ready" on stdout once every socket listens, then
+points stdout at /dev/null (the parent may close the pipe). Exits 0 on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not export it
+BACKLOG = 1024
+
+
+class _Quiet:
+    """Mixin: a big accept backlog, address reuse, and no tracebacks for peers going away."""
+
+    request_queue_size = BACKLOG
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError | TimeoutError):
+            print(f"error serving {client_address}: {exc!r}", file=sys.stderr, flush=True)
+
+
+class HttpServer(_Quiet, ThreadingHTTPServer):
+    pass
+
+
+class EchoServer(_Quiet, socketserver.ThreadingTCPServer):
+    pass
+
+
+def http_handler(name: str) -> type[BaseHTTPRequestHandler]:
+    body = f"{name}\n".encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "clusterip-lab"
+        timeout = 300  # idle keep-alive connections do not hold a thread forever
+
+        def _head(self) -> None:
+            self.send_response(200)
+            self.send_header("X-Node", name)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self._head()
+            self.wfile.write(body)
+
+        def do_HEAD(self) -> None:
+            self._head()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def echo_handler(name: str) -> type[socketserver.StreamRequestHandler]:
+    prefix = f"{name} ".encode()
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                self.wfile.write(prefix + (line if line.endswith(b"\n") else line + b"\n"))
+
+    return Handler
+
+
+def udp_reply(name: str, payload: bytes) -> bytes:
+    return f"{name} ".encode() + payload
+
+
+def serve_udp(sock: socket.socket, name: str, stop: threading.Event) -> None:
+    """Answer datagrams until `stop`; the reply leaves from the datagram's destination."""
+    sock.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            data, ancdata, _flags, peer = sock.recvmsg(65535, socket.CMSG_SPACE(12))
+        except TimeoutError:
+            continue
+        except OSError:
+            if stop.is_set():
+                return
+            continue
+        cmsgs = []
+        for level, kind, raw in ancdata:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(raw) >= 12:
+                # struct in_pktinfo {int ifindex; in_addr spec_dst; in_addr addr}: reply from
+                # addr (where it was sent), on any interface.
+                cmsgs.append((level, kind, struct.pack("=i4s4s", 0, raw[8:12], b"\0" * 4)))
+        try:
+            sock.sendmsg([udp_reply(name, data)], cmsgs, 0, peer)
+        except OSError as exc:
+            print(f"udp reply to {peer} failed: {exc}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m clusterip.lab.servers")
+    parser.add_argument("--name", required=True, help="node name to answer with, e.g. n1")
+    parser.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--http", type=int, default=80, help="HTTP port (0: off)")
+    parser.add_argument("--udp", type=int, default=5300, help="UDP port (0: off)")
+    parser.add_argument("--echo", type=int, default=7, help="TCP line echo port (0: off)")
+    args = parser.parse_args(argv)
+    for opt in ("http", "udp", "echo"):
+        if not 0 <= getattr(args, opt) <= 65535:
+            parser.error(f"bad --{opt} {getattr(args, opt)}: expected 0 (off) or 1 to 65535")
+    if not args.name or any(c.isspace() for c in args.name):
+        parser.error(f"bad --name {args.name!r}: expected a non-empty word such as n1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop = threading.Event()
+    tcp_servers: list[socketserver.TCPServer] = []
+    if args.http:
+        tcp_servers.append(HttpServer((args.bind, args.http), http_handler(args.name)))
+    if args.echo:
+        tcp_servers.append(EchoServer((args.bind, args.echo), echo_handler(args.name)))
+    runners: list[Callable[[], None]] = [partial(s.serve_forever, 0.1) for s in tcp_servers]
+    udp: socket.socket | None = None
+    if args.udp:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        udp.bind((args.bind, args.udp))
+        sock = udp
+        runners.append(lambda: serve_udp(sock, args.name, stop))
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threads = [threading.Thread(target=run, daemon=True) for run in runners]
+    for thread in threads:
+        thread.start()
+    print("ready", flush=True)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    while not stop.wait(0.1):
+        pass
+    for server in tcp_servers:
+        server.shutdown()
+        server.server_close()
+    for thread in threads:
+        thread.join(timeout=1.0)
+    if udp is not None:
+        udp.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Lab topology as data: namespace names, links and addresses of a one-machine cluster.
+
+Pure: nothing here touches the system. `clusterip.lab.net` builds what this describes.
+
+Layout of a lab called NAME with N nodes and M client addresses::
+
+    NAME-sw   switch namespace: bridge `br0`, one veth port per host: n1 .. nN, c
+    NAME-nK   node K:  eth0 = 198.18.0.K/16              (K = 1 .. N)
+    NAME-c    client:  eth0 = 198.18.0.254/16 (gateway), then the M client addresses
+                       198.18.1.1 .. 198.18.1.254, 198.18.2.1 .. (all /16, secondaries)
+
+The client namespace plays "many clients behind a router": nodes route the client subnets
+(198.18.1.0/24, 198.18.2.0/24, ...) via the gateway address 198.18.0.254, and the client sends
+its ARP requests from that address (arp_announce=2). Without this every node would need one
+neighbour entry per client address, and the kernel's ARP table (global, gc_thresh3 = 1024
+entries across all namespaces) overflows with a few nodes and a few hundred clients.
+
+The VIP the cluster serves is `vip` (198.18.0.100) on the same /16; nothing is configured for
+it here, that is the datapath's job.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from clusterip.config import ConfigError, VipConfig, build
+
+LAB_NET = ipaddress.IPv4Network("198.18.0.0/16")
+PREFIXLEN = LAB_NET.prefixlen
+DEFAULT_VIP = "198.18.0.100"
+GATEWAY = "198.18.0.254"
+INTERFACE = "eth0"
+BRIDGE = "br0"
+CLIENT_PORT = "c"
+MAX_NODES = 64
+MAX_CLIENTS = 1000
+MAX_NAME = 8
+HOSTS_PER_SUBNET = 254
+_NAME_RE = re.compile(r"^[a-z0-9]{1,8}$")
+
+
+def check_name(name: str) -> str:
+    """A lab name: 1 to 8 characters of a-z and 0-9 (namespace names are derived from it)."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"bad lab name {name!r}: 1 to {MAX_NAME} characters of lowercase letters a-z and digits"
+        )
+    return name
+
+
+def _check_count(value: object, what: str, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ConfigError(
+            f"bad number of {what} {value!r}: expected a whole number from 1 to {high}"
+        )
+    return value
+
+
+def in_lab_net(addr: str, what: str) -> str:
+    """Raise unless `addr` is an IPv4 address inside 198.18.0.0/16 (labs never leave it)."""
+    try:
+        ip = ipaddress.IPv4Address(str(addr).strip())
+    except ValueError:
+        raise ConfigError(f"bad {what} {addr!r}: expected an IPv4 address in {LAB_NET}") from None
+    if ip not in LAB_NET:
+        raise ConfigError(f"bad {what} {addr!r}: lab traffic stays inside {LAB_NET}")
+    return str(ip)
+
+
+@dataclass(frozen=True)
+class LabTopo:
+    """A lab: `nodes` cluster nodes and one client namespace holding `clients` addresses."""
+
+    name: str
+    nodes: int
+    clients: int
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        _check_count(self.nodes, "nodes", MAX_NODES)
+        _check_count(self.clients, "clients", MAX_CLIENTS)
+
+    # --- namespaces -------------------------------------------------------------------------
+    @property
+    def switch_ns(self) -> str:
+        return f"{self.name}-sw"
+
+    @property
+    def client_ns(self) -> str:
+        return f"{self.name}-c"
+
+    def node_ns(self, k: int) -> str:
+        return f"{self.name}-n{self._node(k)}"
+
+    def node_name(self, k: int) -> str:
+        """The node's label: what its servers answer with, and its port on the switch."""
+        return f"n{self._node(k)}"
+
+    @property
+    def node_indexes(self) -> range:
+        return range(1, self.nodes + 1)
+
+    @property
+    def host_namespaces(self) -> tuple[str, ...]:
+        """Node namespaces in order, then the client's."""
+        return (*(self.node_ns(k) for k in self.node_indexes), self.client_ns)
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        """Every namespace of the lab, in build order (switch first)."""
+        return (self.switch_ns, *self.host_namespaces)
+
+    def hosts(self) -> dict[str, str]:
+        """Host label (as `clusterip lab exec` takes it) -> namespace."""
+        out = {self.node_name(k): self.node_ns(k) for k in self.node_indexes}
+        out["client"] = self.client_ns
+        out["switch"] = self.switch_ns
+        return out
+
+    def host_ns(self, host: str) -> str:
+        hosts = self.hosts()
+        if host not in hosts:
+            raise ConfigError(
+                f"bad host {host!r} for lab {self.name!r}: allowed are n1..n{self.nodes}, "
+                "client, switch"
+            )
+        return hosts[host]
+
+    # --- links ------------------------------------------------------------------------------
+    @property
+    def bridge(self) -> str:
+        return BRIDGE
+
+    @property
+    def interface(self) -> str:
+        """The host side of every link (nodes and client)."""
+        return INTERFACE
+
+    def switch_port(self, ns: str) -> str:
+        """Name of the bridge port (in the switch namespace) leading to host namespace `ns`."""
+        if ns == self.client_ns:
+            return CLIENT_PORT
+        for k in self.node_indexes:
+            if ns == self.node_ns(k):
+                return self.node_name(k)
+        raise ConfigError(f"bad namespace {ns!r}: not a host of lab {self.name!r}")
+
+    def ports(self) -> tuple[tuple[str, str], ...]:
+        """(switch port, host namespace) for every host."""
+        return tuple((self.switch_port(ns), ns) for ns in self.host_namespaces)
+
+    def node_mac(self, k: int) -> str:
+        """Fixed, locally administered unicast MAC of node K's eth0 (02:c1:00:00:00:KK)."""
+        return f"02:c1:00:00:00:{self._node(k):02x}"
+
+    @property
+    def client_mac(self) -> str:
+        return "02:c1:00:00:01:00"
+
+    def host_mac(self, ns: str) -> str:
+        if ns == self.client_ns:
+            return self.client_mac
+        return self.node_mac(int(self.switch_port(ns)[1:]))
+
+    # --- addresses --------------------------------------------------------------------------
+    @property
+    def prefixlen(self) -> int:
+        return PREFIXLEN
+
+    def node_addr(self, k: int) -> str:
+        return str(LAB_NET.network_address + self._node(k))
+
+    def node_addrs(self) -> tuple[str, ...]:
+        return tuple(self.node_addr(k) for k in self.node_indexes)
+
+    @property
+    def vip(self) -> str:
+        return DEFAULT_VIP
+
+    @property
+    def gateway(self) -> str:
+        """The client namespace's primary address: the 'router' the clients sit behind."""
+        return GATEWAY
+
+    def client_addrs(self) -> tuple[str, ...]:
+        """198.18.1.1 .. 198.18.1.254, 198.18.2.1 .., `clients` of them."""
+        base = int(LAB_NET.network_address)
+        per = HOSTS_PER_SUBNET
+        return tuple(
+            str(ipaddress.IPv4Address(base + 256 * (1 + i // per) + 1 + i % per))
+            for i in range(self.clients)
+        )
+
+    def client_subnets(self) -> tuple[str, ...]:
+        """The /24s holding client addresses; nodes route them via `gateway`."""
+        count = (self.clients + HOSTS_PER_SUBNET - 1) // HOSTS_PER_SUBNET
+        return tuple(f"198.18.{i}.0/24" for i in range(1, count + 1))
+
+    def host_addrs(self, ns: str) -> tuple[str, ...]:
+        """Addresses of host namespace `ns` on eth0, primary first."""
+        if ns == self.client_ns:
+            return (self.gateway, *self.client_addrs())
+        return (self.node_addr(int(self.switch_port(ns)[1:])),)
+
+    def client_range(self) -> str:
+        """All client addresses in the probe's `--sources` syntax: one first-last run per /24."""
+        addrs = self.client_addrs()
+        runs = [addrs[i : i + HOSTS_PER_SUBNET] for i in range(0, len(addrs), HOSTS_PER_SUBNET)]
+        return ",".join(r[0] if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+    # --- cluster config ---------------------------------------------------------------------
+    def vip_config(
+        self,
+        local_nodes: Iterable[int] = (),
+        *,
+        vip: str | None = None,
+        total_nodes: int | None = None,
+        protocol: str = "all",
+        dports: Iterable[int] = (),
+        hashmode: str = "sourceip-sourceport",
+        clustermac: str | None = None,
+        seed: str | int | None = None,
+    ) -> VipConfig:
+        """A `clusterip.config.VipConfig` for this lab (VIP on eth0, one bucket per node)."""
+        return build(
+            vip=in_lab_net(vip or self.vip, "VIP"),
+            interface=self.interface,
+            total_nodes=total_nodes if total_nodes is not None else self.nodes,
+            local_nodes=list(local_nodes),
+            protocol=protocol,
+            dports=list(dports),
+            hashmode=hashmode,
+            clustermac=clustermac,
+            seed=seed,
+        )
+
+    def _node(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.nodes:
+            raise ConfigError(f"bad node {k!r} for lab {self.name!r}: expected 1 to {self.nodes}")
+        return k

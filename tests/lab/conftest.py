@@ -1,0 +1,75 @@
+"""Fixtures for tests that build real labs in network namespaces (root only)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clusterip.lab.net import Lab
+from clusterip.lab.topo import LabTopo
+
+HERE = Path(__file__).parent
+NOT_ROOT = "lab tests need root to create network namespaces (CI runs them as root)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.lab)
+            if os.geteuid() != 0:
+                item.add_marker(pytest.mark.skip(reason=NOT_ROOT))
+
+
+def _netns_names() -> list[str]:
+    try:
+        return os.listdir("/run/netns")
+    except FileNotFoundError:
+        return []
+
+
+@pytest.fixture(scope="session")
+def lab_names() -> Iterator[list[str]]:
+    """Every lab name this session used; at the end none of their namespaces may remain."""
+    names: list[str] = []
+    yield names
+    left = sorted(ns for ns in _netns_names() for n in names if ns.startswith(f"{n}-"))
+    assert not left, f"namespaces left behind by lab tests: {left}"
+
+
+@pytest.fixture
+def new_lab_name(lab_names: list[str]) -> Callable[[], str]:
+    """A fresh, unused lab name (t + 5 hex digits), registered for the session-end check."""
+
+    def make() -> str:
+        while True:
+            name = "t" + secrets.token_hex(3)[:5]
+            if name not in lab_names and not any(
+                ns.startswith(f"{name}-") for ns in _netns_names()
+            ):
+                lab_names.append(name)
+                return name
+
+    return make
+
+
+MakeLab = Callable[..., Lab]
+
+
+@pytest.fixture
+def make_lab(new_lab_name: Callable[[], str]) -> Iterator[MakeLab]:
+    """make_lab(nodes=3, clients=10, servers=True) -> a built Lab, torn down after the test."""
+    built: list[Lab] = []
+
+    def make(nodes: int = 3, clients: int = 10, servers: bool = True, **kwargs: Any) -> Lab:
+        lab = Lab.build(LabTopo(new_lab_name(), nodes, clients), servers=servers, **kwargs)
+        built.append(lab)
+        return lab
+
+    yield make
+    for lab in reversed(built):
+        lab.teardown()
