@@ -131,8 +131,12 @@ def _vip_rules(cfg: VipConfig, own: Ownership) -> list[str]:
     rules = [f"icmp type {{ {ICMP_ERRORS} }} meta pkttype set host accept"]
     if vmap:
         rules.append(f"{_l4_match(cfg)} {_hash_expr(cfg, ports=True, modulus=own.modulus)}{vmap}")
-        if cfg.protocol == "all" and not cfg.dports:
-            # Protocols without ports (ICMP, GRE, ...) and non-first fragments: by source IP.
+    if cfg.protocol == "all" and not cfg.dports:
+        # Protocols without ports (ICMP, GRE, ...) are hashed by source IP. A port protocol's
+        # packet whose bucket is not ours must stop here, or it would fall through to that rule.
+        # (A non-first fragment has no ports: it stops here too.)
+        rules.append('meta l4proto { tcp, udp, sctp } counter name "foreign" drop')
+        if vmap:
             rules.append(f"{_hash_expr(cfg, ports=False, modulus=own.modulus)}{vmap}")
     rules.append('counter name "foreign" drop')
     return rules
