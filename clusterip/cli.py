@@ -155,8 +155,7 @@ def status(as_json: bool) -> None:
         click.echo(line)
         counters = d["counters"]
         click.echo(
-            "  packets: "
-            + "  ".join(f"{name} {c['packets']}" for name, c in counters.items())
+            "  packets: " + "  ".join(f"{name} {c['packets']}" for name, c in counters.items())
         )
 
 

@@ -104,8 +104,11 @@ def parse_vip(text: str) -> tuple[ipaddress.IPv4Address, int]:
     if iface.version != 4:
         raise ConfigError(f"bad VIP {raw!r}: only IPv4 VIPs are supported so far")
     addr = ipaddress.IPv4Address(iface.ip)
-    if addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr == ipaddress.IPv4Address(
-        "255.255.255.255"
+    if (
+        addr.is_multicast
+        or addr.is_unspecified
+        or addr.is_loopback
+        or addr == ipaddress.IPv4Address("255.255.255.255")
     ):
         raise ConfigError(f"bad VIP {raw!r}: must be a unicast address")
     return addr, iface.network.prefixlen
@@ -115,13 +118,17 @@ def parse_ip(text: str, what: str) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(str(text).strip())
     except ValueError:
-        raise ConfigError(f"bad {what} {text!r}: expected an IPv4 address such as 192.0.2.7") from None
+        raise ConfigError(
+            f"bad {what} {text!r}: expected an IPv4 address such as 192.0.2.7"
+        ) from None
 
 
 def parse_mac(text: str) -> str:
     raw = str(text).strip()
     if not _MAC_RE.match(raw):
-        raise ConfigError(f"bad cluster MAC {raw!r}: expected six hex bytes such as 03:bf:c0:00:02:0a")
+        raise ConfigError(
+            f"bad cluster MAC {raw!r}: expected six hex bytes such as 03:bf:c0:00:02:0a"
+        )
     mac = raw.lower().replace("-", ":")
     if not int(mac[:2], 16) & 1:
         raise ConfigError(
@@ -193,9 +200,13 @@ def parse_total_nodes(value: str | int) -> int:
     try:
         n = int(str(value).strip())
     except ValueError:
-        raise ConfigError(f"bad total nodes {str(value)!r}: expected a number from 1 to {MAX_NODES}") from None
+        raise ConfigError(
+            f"bad total nodes {str(value)!r}: expected a number from 1 to {MAX_NODES}"
+        ) from None
     if not 1 <= n <= MAX_NODES:
-        raise ConfigError(f"bad total nodes {str(value)!r}: expected a number from 1 to {MAX_NODES}")
+        raise ConfigError(
+            f"bad total nodes {str(value)!r}: expected a number from 1 to {MAX_NODES}"
+        )
     return n
 
 
@@ -203,7 +214,9 @@ def parse_node(value: str | int, total: int) -> int:
     try:
         k = int(str(value).strip())
     except ValueError:
-        raise ConfigError(f"bad local node {str(value)!r}: expected a number from 1 to {total}") from None
+        raise ConfigError(
+            f"bad local node {str(value)!r}: expected a number from 1 to {total}"
+        ) from None
     if not 1 <= k <= total:
         raise ConfigError(f"bad local node {str(value)!r}: expected a number from 1 to {total}")
     return k
@@ -276,7 +289,9 @@ def from_mapping(data: Mapping[str, Any], *, known_extra: Iterable[str] = ()) ->
     allowed = _TOML_KEYS | set(known_extra)
     for key in data:
         if key not in allowed:
-            raise ConfigError(f"unknown key {key!r} in config: allowed are {', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"unknown key {key!r} in config: allowed are {', '.join(sorted(allowed))}"
+            )
     for key in ("vip", "interface", "total_nodes"):
         if key not in data:
             raise ConfigError(f"missing key {key!r} in config entry {dict(data)!r}")

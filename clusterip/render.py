@@ -31,6 +31,8 @@ MAX_COMMENT = 128
 # owner's conntrack marks them related, every other node's stack finds no socket and ignores
 # them. Accepting them everywhere keeps path MTU discovery working.
 ICMP_ERRORS = "destination-unreachable, time-exceeded, parameter-problem"
+# TCP that is not a bare SYN and has no conntrack entry here: another node's flow.
+MIDFLOW = "ct state { new, invalid } tcp flags & (fin | syn | rst | ack) != syn"
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,13 @@ class Ownership:
             if bad:
                 raise ConfigError(f"bad {name} bucket {bad[0]}: expected 1 to {self.modulus}")
         if self.owned & self.draining:
-            raise ConfigError(f"buckets {sorted(self.owned & self.draining)} both owned and draining")
+            raise ConfigError(
+                f"buckets {sorted(self.owned & self.draining)} both owned and draining"
+            )
         if not self.orphaned <= self.owned:
-            raise ConfigError(f"orphaned buckets {sorted(self.orphaned - self.owned)} are not owned")
+            raise ConfigError(
+                f"orphaned buckets {sorted(self.orphaned - self.owned)} are not owned"
+            )
 
     @classmethod
     def of(
@@ -77,10 +83,10 @@ class Ownership:
         )
 
     def release(self, bucket: int, *, keep_flows: bool = True) -> Ownership:
-        draining = self.draining | {bucket} if keep_flows and bucket in self.owned else self.draining
-        return Ownership.of(
-            self.modulus, self.owned - {bucket}, draining, self.orphaned - {bucket}
+        draining = (
+            self.draining | {bucket} if keep_flows and bucket in self.owned else self.draining
         )
+        return Ownership.of(self.modulus, self.owned - {bucket}, draining, self.orphaned - {bucket})
 
 
 def table_name(cfg: VipConfig) -> str:
@@ -214,7 +220,7 @@ table ip {name} {{
 	}}
 	chain prerouting {{
 		type filter hook prerouting priority mangle; policy accept;
-		iif "{dev}" ip daddr {vip} ct state {{ new, invalid }} tcp flags & (fin | syn | rst | ack) != syn jump midflow
+		iif "{dev}" ip daddr {vip} {MIDFLOW} jump midflow
 	}}
 	chain midflow {{{orphan_rule}
 		counter name "midflow" drop
@@ -226,7 +232,9 @@ table ip {name} {{
 def render_delete(cfg: VipConfig) -> str:
     """Remove both tables of a VIP (and nothing else) in one transaction, if present."""
     name = table_name(cfg)
-    return f"add table netdev {name}\ndelete table netdev {name}\nadd table ip {name}\ndelete table ip {name}\n"
+    return "".join(
+        f"add table {fam} {name}\ndelete table {fam} {name}\n" for fam in ("netdev", "ip")
+    )
 
 
 GUARD_PREFIX = TABLE_PREFIX + "guard_"

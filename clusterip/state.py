@@ -81,10 +81,7 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
     tables: dict[str, dict[str, Any]] = {}
     for obj in objects:
         kind, body = next(iter(obj.items()))
-        if kind == "table":
-            name = body["name"]
-        else:
-            name = body.get("table", "")
+        name = body["name"] if kind == "table" else body.get("table", "")
         if not name.startswith(TABLE_PREFIX) or name.startswith(GUARD_PREFIX):
             continue
         t = tables.setdefault(

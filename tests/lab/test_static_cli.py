@@ -74,9 +74,7 @@ def test_bad_input_one_line_exit_2_no_change(ns: Ns, args: list[str], named: str
     argv = list(UP)
     for i in range(0, len(args), 2):  # override the flag if UP has it, else append
         flag, value = args[i], args[i + 1]
-        if flag in argv and flag != "--local-node":
-            argv[argv.index(flag) + 1] = value
-        elif flag == "--local-node":
+        if (flag in argv and flag != "--local-node") or flag == "--local-node":
             argv[argv.index(flag) + 1] = value
         else:
             argv += [flag, value]
@@ -92,7 +90,11 @@ def test_bad_input_one_line_exit_2_no_change(ns: Ns, args: list[str], named: str
 def test_bad_take_release_change_nothing(ns: Ns) -> None:
     assert ns.cip(*UP).returncode == 0
     before = ns.snapshot()
-    for argv in (["take", "7", "--vip", VIP], ["release", "x", "--vip", VIP], ["take", "1", "--vip", "198.18.0.99"]):
+    for argv in (
+        ["take", "7", "--vip", VIP],
+        ["release", "x", "--vip", VIP],
+        ["take", "1", "--vip", "198.18.0.99"],
+    ):
         res = ns.cip(*argv)
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res
     # Counters may move; rules, addresses and MAC list may not.

@@ -7,7 +7,9 @@ from clusterip.config import ConfigError
 
 
 def base(**kw: object) -> dict[str, object]:
-    d: dict[str, object] = dict(vip="198.18.0.100", interface="eth0", total_nodes=3, local_nodes=[1])
+    d: dict[str, object] = dict(
+        vip="198.18.0.100", interface="eth0", total_nodes=3, local_nodes=[1]
+    )
     d.update(kw)
     return d
 
@@ -26,7 +28,10 @@ def test_defaults_derived_from_vip_and_identical_everywhere() -> None:
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        (dict(clustermac="02:00:00:00:00:01"), "bad cluster MAC '02:00:00:00:00:01': must be a multicast"),
+        (
+            dict(clustermac="02:00:00:00:00:01"),
+            "bad cluster MAC '02:00:00:00:00:01': must be a multicast",
+        ),
         (dict(clustermac="zz"), "bad cluster MAC 'zz'"),
         (dict(local_nodes=[4]), "bad local node '4': expected a number from 1 to 3"),
         (dict(local_nodes=[0]), "bad local node '0'"),

@@ -35,7 +35,13 @@ def test_flow_key_layout_is_register_aligned() -> None:
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64])
 def test_buckets_in_range_and_even(n: int) -> None:
     counts = Counter(
-        flow_bucket("sourceip-sourceport", 0x1234ABCD, n, A(f"198.18.{i // 250}.{i % 250}"), 1024 + i % 50000)
+        flow_bucket(
+            "sourceip-sourceport",
+            0x1234ABCD,
+            n,
+            A(f"198.18.{i // 250}.{i % 250}"),
+            1024 + i % 50000,
+        )
         for i in range(20000)
     )
     assert set(counts) <= set(range(1, n + 1))

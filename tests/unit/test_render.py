@@ -6,8 +6,12 @@ from tests.conftest import check_golden
 
 CASES = {
     "all-sport": dict(protocol="all", hashmode="sourceip-sourceport"),
-    "tcp-ports-dport": dict(protocol="tcp", dports=[80, 443], hashmode="sourceip-sourceport-destport"),
-    "udp-sourceip": dict(protocol="udp", hashmode="sourceip", clustermac="01:00:5e:00:00:20", seed="0"),
+    "tcp-ports-dport": dict(
+        protocol="tcp", dports=[80, 443], hashmode="sourceip-sourceport-destport"
+    ),
+    "udp-sourceip": dict(
+        protocol="udp", hashmode="sourceip", clustermac="01:00:5e:00:00:20", seed="0"
+    ),
 }
 
 
