@@ -135,14 +135,21 @@ def down(vip: str | None, config_file: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(as_json: bool) -> None:
     """Per VIP: interface, MAC, hashmode, nodes this node answers for, counters."""
+    from clusterip.flows import ConntrackFlows
+
     states = _node().states()
+    docs = []
+    for st in states:
+        doc = st.to_json()
+        flows = ConntrackFlows().per_bucket(st.config, st.ownership.modulus)
+        doc["flows"] = {str(b): n for b, n in sorted(flows.items())}
+        docs.append(doc)
     if as_json:
-        click.echo(json.dumps({"vips": [s.to_json() for s in states]}, indent=2))
+        click.echo(json.dumps({"vips": docs}, indent=2))
         return
     if not states:
         click.echo("no VIP is up here")
-    for st in states:
-        d = st.to_json()
+    for d in docs:
         ports = ",".join(str(p) for p in d["dports"]) or "any"
         click.echo(
             f"{d['vip']} on {d['interface']}  mac {d['clustermac']}  {d['hashmode']}  "
@@ -153,6 +160,11 @@ def status(as_json: bool) -> None:
         if d["draining"]:
             line += f"; keeping established flows of {','.join(map(str, d['draining']))}"
         click.echo(line)
+        if d["flows"]:
+            click.echo(
+                "  live TCP flows per node number: "
+                + "  ".join(f"{b}: {n}" for b, n in d["flows"].items())
+            )
         counters = d["counters"]
         click.echo(
             "  packets: " + "  ".join(f"{name} {c['packets']}" for name, c in counters.items())

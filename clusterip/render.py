@@ -93,11 +93,11 @@ def table_name(cfg: VipConfig) -> str:
     return TABLE_PREFIX + str(cfg.vip).replace(".", "_")
 
 
-def comment(cfg: VipConfig, *, mode: str = "static", extra: str = "") -> str:
+def comment(cfg: VipConfig, modulus: int, *, mode: str = "static", extra: str = "") -> str:
     """Table comment: what status needs to show and compare, compact enough for 128 bytes."""
     text = (
         f"{COMMENT_MAGIC} mode={mode} if={cfg.interface} mac={cfg.clustermac.replace(':', '')} "
-        f"hash={HASHMODES.index(cfg.hashmode)} n={cfg.total_nodes} seed={cfg.seed:08x} "
+        f"hash={HASHMODES.index(cfg.hashmode)} n={modulus} seed={cfg.seed:08x} "
         f"proto={cfg.protocol} plen={cfg.prefixlen}"
     )
     if extra:
@@ -164,7 +164,7 @@ def render(
     name = table_name(cfg)
     vip = str(cfg.vip)
     dev = cfg.interface
-    note = comment(cfg, mode=mode, extra=note_extra)
+    note = comment(cfg, own.modulus, mode=mode, extra=note_extra)
     flags = " flags owner;" if owner else ""
     dports = ""
     if cfg.dports:

@@ -148,6 +148,8 @@ def test_long_lived_connection_survives_its_bucket_moving(make_lab: MakeLab) -> 
         other = 1 + k % 3
         cip(lab, k, "release", str(k), "--vip", lab.topo.vip)
         cip(lab, other, "take", str(k), "--vip", lab.topo.vip)
+        st = status(lab, k)
+        assert st["draining"] == [k] and st["flows"].get(str(k), 0) >= 1, st
         for i in range(20):
             assert say(f"msg{i}") == f"{serving} msg{i}"
         # New connections of that bucket go to the new owner.

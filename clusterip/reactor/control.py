@@ -1,0 +1,89 @@
+"""The agent's control socket: an abstract unix socket, so scoped to the network namespace.
+
+One request line in, one JSON document out. Only root peers are served (SO_PEERCRED).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+SOCKET_NAME = "\0clusterip-agent"
+MAX_REQUEST = 4096
+
+Handler = Callable[[str], dict[str, Any]]
+
+
+class NoAgent(RuntimeError):
+    """No agent listens in this network namespace."""
+
+
+class ControlServer:
+    def __init__(self, name: str = SOCKET_NAME) -> None:
+        self.name = name
+        self._sock: socket.socket | None = None
+
+    def open(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self.name)
+        except OSError as exc:
+            sock.close()
+            raise RuntimeError(
+                f"another agent already runs in this network namespace ({exc.strerror})"
+            ) from None
+        sock.listen(8)
+        sock.setblocking(False)
+        self._sock = sock
+
+    def fileno(self) -> int:
+        assert self._sock is not None
+        return self._sock.fileno()
+
+    def serve_one(self, handler: Handler) -> None:
+        assert self._sock is not None
+        try:
+            conn, _ = self._sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            _pid, uid, _gid = struct.unpack("3i", creds)
+            if uid != 0:
+                reply: dict[str, Any] = {"error": "permission denied: root only"}
+            else:
+                try:
+                    request = conn.recv(MAX_REQUEST).decode(errors="replace").strip()
+                    reply = handler(request)
+                except Exception as exc:  # a bad request must not stop the agent
+                    reply = {"error": f"{type(exc).__name__}: {exc}"}
+            try:
+                conn.sendall(json.dumps(reply).encode())
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def request(command: str, name: str = SOCKET_NAME, timeout: float = 3.0) -> dict[str, Any]:
+    """Ask the agent of this network namespace; raises NoAgent when there is none."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(name)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NoAgent("no agent runs in this network namespace") from None
+        sock.sendall(command.encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    data: dict[str, Any] = json.loads(b"".join(chunks) or b"{}")
+    return data
