@@ -12,8 +12,8 @@ from dataclasses import replace
 from clusterip.config import ConfigError, VipConfig
 from clusterip.link import Link
 from clusterip.nft import Firewall
-from clusterip.render import Ownership, render, render_delete
-from clusterip.state import VipState, parse_tables
+from clusterip.render import GUARD_PREFIX, Ownership, render, render_delete
+from clusterip.state import VipState, parse_guards, parse_tables
 
 ADDR_FLAG = "addr=1"
 
@@ -84,12 +84,28 @@ class Node:
     def down(self, vip: ipaddress.IPv4Address) -> str:
         st = self.state(vip)
         if st is None:
-            return f"{vip} is not up here: nothing to do"
+            return self._down_leftover(vip)
         if st.mode != "static":
             raise ConfigError(f"VIP {vip} is run by an agent on this node; stop the agent")
         self.firewall.apply(render_delete(st.config))
         self._unlink(st)
         return f"{vip} down"
+
+    def _down_leftover(self, vip: ipaddress.IPv4Address) -> str:
+        """What an agent that was killed left: its guard, the MAC, the address it added."""
+        objects = self.firewall.ruleset()
+        fields = parse_guards(objects).get(vip)
+        if fields is None:
+            return f"{vip} is not up here: nothing to do"
+        ifname, mac = fields["if"], fields["mac"]
+        mac = ":".join(mac[i : i + 2] for i in range(0, 12, 2))
+        name = GUARD_PREFIX + str(vip).replace(".", "_")
+        self.firewall.apply(f"add table netdev {name}\ndelete table netdev {name}\n")
+        if mac in self.link.multicast_macs(ifname):
+            self.link.del_multicast(ifname, mac)
+        if fields.get("addr") == "1" and self.link.has_address(ifname, vip):
+            self.link.del_address(ifname, vip, int(fields.get("plen", "32")))
+        return f"{vip} down (removed what a stopped agent left)"
 
     def _unlink(self, st: VipState, keep: VipConfig | None = None) -> None:
         """Remove the old setup's MAC and address, except what `keep` still uses."""

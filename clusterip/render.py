@@ -245,7 +245,7 @@ def guard_name(cfg: VipConfig) -> str:
     return GUARD_PREFIX + str(cfg.vip).replace(".", "_")
 
 
-def render_guard(cfg: VipConfig) -> str:
+def render_guard(cfg: VipConfig, note_extra: str = "") -> str:
     """The agent's fail-safe, a table that outlives the agent.
 
     The agent's own tables carry the `owner` flag and vanish with its process. This one stays:
@@ -257,12 +257,13 @@ def render_guard(cfg: VipConfig) -> str:
     name = guard_name(cfg)
     vip = str(cfg.vip)
     dev = cfg.interface
+    note = comment(cfg, 0, mode="guard", extra=note_extra)
     return f"""add table netdev {name}
 delete table netdev {name}
 table netdev {name} {{
 	chain ingress {{
 		type filter hook ingress device "{dev}" priority {GUARD_PRIORITY}; policy accept;
-		ip daddr {vip} meta pkttype != host drop
+		ip daddr {vip} meta pkttype != host drop comment "{note}"
 	}}
 	chain egress {{
 		type filter hook egress device "{dev}" priority 0; policy accept;

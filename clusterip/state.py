@@ -55,6 +55,19 @@ def parse_comment(text: str) -> dict[str, str]:
     return out
 
 
+def parse_guards(objects: list[dict[str, Any]]) -> dict[ipaddress.IPv4Address, dict[str, str]]:
+    """Guard tables (left by agents, also dead ones): VIP -> the fields of their comment."""
+    out: dict[ipaddress.IPv4Address, dict[str, str]] = {}
+    for obj in objects:
+        rule = obj.get("rule")
+        if not rule or not rule.get("table", "").startswith(GUARD_PREFIX):
+            continue
+        if rule.get("chain") == "ingress" and "comment" in rule:
+            vip = ipaddress.IPv4Address(rule["table"][len(GUARD_PREFIX) :].replace("_", "."))
+            out[vip] = parse_comment(rule["comment"])
+    return out
+
+
 def _vip_of(name: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(name[len(TABLE_PREFIX) :].replace("_", "."))
 

@@ -49,12 +49,14 @@ class AgentDatapath:
         """Guard first, then an owner table that owns nothing: defined from the first moment."""
         cfg = self.cfg
         self.link.check_interface(cfg.interface)
+        self.added_addr = not self.link.has_address(cfg.interface, cfg.vip)
         # A previous agent's owner tables died with it; a stale static setup of this VIP is
-        # replaced in the same transaction as the guard.
-        self.firewall.apply(render_delete(cfg) + render_guard(cfg))
-        if not self.link.has_address(cfg.interface, cfg.vip):
+        # replaced in the same transaction as the guard. The guard records whether the address
+        # is ours, so `clusterip down` can clean up after an agent that was killed.
+        note = ADDR_FLAG if self.added_addr else ""
+        self.firewall.apply(render_delete(cfg) + render_guard(cfg, note))
+        if self.added_addr:
             self.link.add_address(cfg.interface, cfg.vip, cfg.prefixlen)
-            self.added_addr = True
         if cfg.clustermac not in self.link.multicast_macs(cfg.interface):
             self.link.add_multicast(cfg.interface, cfg.clustermac)
         self.apply(Ownership(self.buckets), force=True)

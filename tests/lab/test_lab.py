@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from clusterip.lab.cli import lab as lab_cli
-from clusterip.lab.net import Lab, LabError, Pyroute2Ops, pids_in_netns, proc_start_time
+from clusterip.lab.net import Lab, LabError, Pyroute2Ops
+from clusterip.lab.records import pids_in_netns, proc_start_time
 from clusterip.lab.topo import LabTopo
 
 MakeLab = Callable[..., Lab]
