@@ -136,20 +136,34 @@ def down(vip: str | None, config_file: str | None) -> None:
 def status(as_json: bool) -> None:
     """Per VIP: interface, MAC, hashmode, nodes this node answers for, counters."""
     from clusterip.flows import ConntrackFlows
+    from clusterip.reactor.control import NoAgent, request
 
+    try:
+        agent_doc: dict[str, Any] | None = request("status")
+    except NoAgent:
+        agent_doc = None
     states = _node().states()
-    docs = []
+    docs = list(agent_doc["vips"]) if agent_doc else []
     for st in states:
+        if st.mode == "agent":
+            continue  # the agent's own report above is richer
         doc = st.to_json()
         flows = ConntrackFlows().per_bucket(st.config, st.ownership.modulus)
         doc["flows"] = {str(b): n for b, n in sorted(flows.items())}
         docs.append(doc)
     if as_json:
-        click.echo(json.dumps({"vips": docs}, indent=2))
+        out: dict[str, Any] = {"vips": docs}
+        if agent_doc:
+            out["agent"] = agent_doc["agent"]
+        click.echo(json.dumps(out, indent=2))
         return
-    if not states:
+    if not docs:
         click.echo("no VIP is up here")
+    if agent_doc:
+        _print_agent(agent_doc)
     for d in docs:
+        if d["mode"] == "agent":
+            continue
         ports = ",".join(str(p) for p in d["dports"]) or "any"
         click.echo(
             f"{d['vip']} on {d['interface']}  mac {d['clustermac']}  {d['hashmode']}  "
@@ -169,6 +183,36 @@ def status(as_json: bool) -> None:
         click.echo(
             "  packets: " + "  ".join(f"{name} {c['packets']}" for name, c in counters.items())
         )
+
+
+def _print_agent(doc: dict[str, Any]) -> None:
+    a = doc["agent"]
+    click.echo(
+        f"agent: node {a['node_id']}, weight {a['weight']}, up {a['uptime_s']} s, heartbeat "
+        f"{a['interval_ms']} ms, dead after {a['detection_ms']} ms"
+        + (", DRAINING" if a["draining"] else "")
+    )
+    for v in doc["vips"]:
+        click.echo(
+            f"{v['vip']} on {v['interface']}  mac {v['clustermac']}  {v['hashmode']}  "
+            f"{v['buckets']} buckets  state {v['state']} ({v['reason']})"
+        )
+        click.echo(
+            f"  this node: {v['owned_count']} buckets, {len(v['draining'])} draining, "
+            f"last change applied in {v['last_apply_ms']} ms"
+        )
+        click.echo("  members:  id  address          state     weight  buckets  last heard")
+        for m in v["members"]:
+            click.echo(
+                f"           {m['id']:>3}  {m['address']:<15}  {m['state']:<8}  {m['weight']:>6}"
+                f"  {m['buckets']:>7}  {m['last_heard_ms']} ms ago"
+                + ("" if m["counted"] else "  (not counted)")
+            )
+        for r in v["refused"]:
+            click.echo(
+                f"  REFUSED {r['address']} (node {r['node_id']}): {r['cause']}, {r['detail']} "
+                f"x{r['count']}"
+            )
 
 
 def _bucket_arg(value: str) -> int:
@@ -252,6 +296,10 @@ def _register_optional() -> None:
     except ImportError:
         return
     cli.add_command(lab)
+    from clusterip.reactor.cli import agent, drain, resume
+
+    for command in (agent, drain, resume):
+        cli.add_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -50,20 +50,45 @@ class NftFirewall:
             raise FirewallError(_first_error(err) or f"nft failed with status {rc}")
 
     def ruleset(self) -> list[dict[str, Any]]:
+        """Our tables' objects, read piece by piece.
+
+        nftables 1.0.6 frees a table's flags before its JSON is printed (a use-after-free that
+        corrupts the heap, seen with valgrind) when the table has `flags owner`: the agent's
+        tables. So tables are enumerated in text form and only their chains, counters and sets
+        are read as JSON; the table objects are synthesized without flags.
+        """
         nft = self._ctx()
-        rc, out, err = nft.cmd("list tables")
+        nft.set_json_output(False)
+        try:
+            rc, out, err = nft.cmd("list tables")
+        finally:
+            nft.set_json_output(True)
         if rc != 0:
             raise FirewallError(_first_error(err) or "nft list tables failed")
         objects: list[dict[str, Any]] = []
-        for obj in json.loads(out or '{"nftables": []}')["nftables"]:
-            table = obj.get("table")
-            if not table or not table["name"].startswith(TABLE_PREFIX):
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) != 3 or words[0] != "table" or not words[2].startswith(TABLE_PREFIX):
                 continue
-            rc, out, err = nft.cmd(f"list table {table['family']} {table['name']}")
-            if rc != 0:  # vanished in between (an agent exited): not ours to report
-                continue
-            objects.extend(json.loads(out)["nftables"])
-        return [o for o in objects if "metainfo" not in o]
+            family, name = words[1], words[2]
+            objects.append({"table": {"family": family, "name": name}})
+            for what in _PIECES.get(family, ()):
+                rc, out, _err = nft.cmd(f"list {what.format(family=family, name=name)}")
+                if rc == 0:  # absent piece (no port set), or the table vanished meanwhile
+                    objects.extend(o for o in json.loads(out)["nftables"] if "metainfo" not in o)
+        return objects
+
+
+# What state.parse_tables reads: the comment and vmap rules, counters, the port set.
+_PIECES = {
+    "netdev": (
+        "chain {family} {name} ingress",
+        "chain {family} {name} vip",
+        "counters table {family} {name}",
+        "set {family} {name} dports",
+    ),
+    "ip": ("chain {family} {name} midflow", "counters table {family} {name}"),
+}
 
 
 def _first_error(err: str) -> str:

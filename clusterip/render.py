@@ -166,6 +166,9 @@ def render(
     dev = cfg.interface
     note = comment(cfg, own.modulus, mode=mode, extra=note_extra)
     flags = " flags owner;" if owner else ""
+    # Every table statement of the batch must carry the flag: one without it asks the kernel to
+    # clear `owner`, which it refuses.
+    block_flags = "\n\tflags owner" if owner else ""
     dports = ""
     if cfg.dports:
         dports = (
@@ -186,7 +189,7 @@ add table netdev {name} {{ comment "{note}";{flags} }}
 flush table netdev {name}
 add table ip {name} {{ comment "{note}";{flags} }}
 flush table ip {name}
-table netdev {name} {{
+table netdev {name} {{{block_flags}
 	counter accepted {{
 	}}
 	counter kept {{
@@ -215,7 +218,7 @@ table netdev {name} {{
 		arp saddr ip {vip} arp saddr ether set {cfg.clustermac} counter name "arps"
 	}}
 }}
-table ip {name} {{
+table ip {name} {{{block_flags}
 	counter midflow {{
 	}}
 	chain prerouting {{
@@ -229,11 +232,16 @@ table ip {name} {{
 """
 
 
-def render_delete(cfg: VipConfig) -> str:
-    """Remove both tables of a VIP (and nothing else) in one transaction, if present."""
+def render_delete(cfg: VipConfig, *, owner: bool = False) -> str:
+    """Remove both tables of a VIP (and nothing else) in one transaction, if present.
+
+    `add` first makes the delete work when a table is absent; for the agent's own tables the
+    `add` must repeat the owner flag (see render).
+    """
     name = table_name(cfg)
+    flags = " { flags owner; }" if owner else ""
     return "".join(
-        f"add table {fam} {name}\ndelete table {fam} {name}\n" for fam in ("netdev", "ip")
+        f"add table {fam} {name}{flags}\ndelete table {fam} {name}\n" for fam in ("netdev", "ip")
     )
 
 

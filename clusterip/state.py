@@ -98,11 +98,10 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
         if not name.startswith(TABLE_PREFIX) or name.startswith(GUARD_PREFIX):
             continue
         t = tables.setdefault(
-            name, {"meta": {}, "rules": [], "counters": {}, "dports": [], "owner": False}
+            name, {"meta": {}, "rules": [], "counters": {}, "dports": []}
         )
         if kind == "table" and body["family"] == "netdev":
             t["meta"] = body
-            t["owner"] = "owner" in (body.get("flags") or [])
         elif kind == "rule":
             t["rules"].append(body)
             if body.get("chain") == "ingress" and "comment" in body:
@@ -144,7 +143,7 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
                 config=cfg,
                 ownership=Ownership.of(modulus, owned, draining, orphaned),
                 mode=fields.get("mode", "static"),
-                owner_flag=t["owner"],
+                owner_flag=fields.get("mode") == "agent",
                 counters=t["counters"],
                 comment_fields=fields,
             )

@@ -5,6 +5,7 @@ One request line in, one JSON document out. Only root peers are served (SO_PEERC
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -61,10 +62,8 @@ class ControlServer:
                     reply = handler(request)
                 except Exception as exc:  # a bad request must not stop the agent
                     reply = {"error": f"{type(exc).__name__}: {exc}"}
-            try:
+            with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode())
-            except OSError:
-                pass
 
     def close(self) -> None:
         if self._sock is not None:

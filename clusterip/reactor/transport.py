@@ -6,6 +6,7 @@ the cluster interface, TTL 1: heartbeats never leave the segment.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import struct
@@ -71,10 +72,9 @@ class UdpTransport:
     def send(self, data: bytes) -> None:
         assert self._sock is not None
         for target in self.peers or [self.group]:
-            try:
+            # A full queue or an unreachable peer: the next heartbeat tries again.
+            with contextlib.suppress(OSError):
                 self._sock.sendto(data, (target, self.port))
-            except (BlockingIOError, OSError):
-                pass  # a full queue or an unreachable peer: the next heartbeat tries again
 
     def recv(self) -> list[tuple[bytes, str]]:
         """Everything waiting now (non-blocking)."""

@@ -1,0 +1,352 @@
+"""The agent's reactor: sockets, timers, signals around the pure membership state machine.
+
+One process per node, one Membership per VIP. The loop: receive datagrams, serve the control
+socket, send heartbeats when due, tick the state machines, and turn their ownership into the
+kernel's ruleset (one nft transaction per change). Buckets lost to a live node keep their
+established TCP flows (draining) until conntrack shows none left or the drain timeout passes;
+buckets taken from a dead node are `orphaned`, so their stale flows get a RST at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clusterip.agent.assign import assign
+from clusterip.agent.events import Notice, OwnershipChanged, PeerDown, PeerUp, StateChanged
+from clusterip.agent.membership import Membership
+from clusterip.agent.params import Cluster, Params
+from clusterip.config import VipConfig
+from clusterip.flows import FlowSource
+from clusterip.link import Link
+from clusterip.nft import Firewall
+from clusterip.reactor.control import ControlServer
+from clusterip.reactor.datapath import AgentDatapath
+from clusterip.reactor.metrics import Metrics
+from clusterip.reactor.notify import Notifier
+from clusterip.reactor.settings import AgentSettings
+from clusterip.reactor.transport import UdpTransport
+from clusterip.render import Ownership
+
+log = logging.getLogger("clusterip.agent")
+LEAVE_REPEAT = 3
+FLOW_CHECK_EVERY = 1.0
+
+
+@dataclass
+class Unit:
+    """One VIP: its membership, its datapath, the buckets it keeps for established flows."""
+
+    cfg: VipConfig
+    membership: Membership
+    datapath: AgentDatapath
+    draining: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> since
+    orphaned: set[int] = field(default_factory=set)  # 1-based
+    failovers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def vip(self) -> str:
+        return str(self.cfg.vip)
+
+
+class Agent:
+    def __init__(
+        self,
+        configs: Sequence[VipConfig],
+        settings: AgentSettings,
+        key: bytes,
+        *,
+        firewall: Firewall,
+        link: Link,
+        flows: FlowSource,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.flows = flows
+        self.transport = UdpTransport(
+            configs[0].interface, group=settings.group, port=settings.port, peers=settings.peers
+        )
+        self.control = ControlServer()
+        self.notify = Notifier(settings.notify)
+        self.metrics = Metrics()
+        self.stopping = False
+        self.draining_all = False
+        self.started = clock()
+        params = Params(
+            buckets=settings.buckets, interval=settings.interval, tolerance=settings.tolerance
+        )
+        incarnation = int.from_bytes(os.urandom(8), "big") >> 1 or 1
+        now = clock()
+        self.units = [
+            Unit(
+                cfg=cfg,
+                membership=Membership(
+                    node_id=settings.node_id,
+                    weight=settings.weight,
+                    incarnation=incarnation,
+                    cluster=Cluster.create(cfg, key, buckets=settings.buckets),
+                    now=now,
+                    params=params,
+                ),
+                datapath=AgentDatapath(cfg, settings.buckets, firewall, link),
+            )
+            for cfg in configs
+        ]
+        self._next_flow_check = 0.0
+
+    # ----- life cycle ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT, then leave gracefully. Returns the exit status."""
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.control.open()
+        try:
+            for unit in self.units:
+                unit.datapath.start()
+            self.transport.open()
+            if self.settings.metrics:
+                self.metrics.serve(self.settings.metrics)
+            log.info(
+                "agent up: node %d, %d VIP(s), heartbeat every %d ms, dead after %d ms",
+                self.settings.node_id,
+                len(self.units),
+                round(self.settings.interval * 1000),
+                round(self.settings.detection_time * 1000),
+            )
+            self._loop(wake_r)
+            self._leave()
+            return 0
+        finally:
+            for unit in self.units:
+                try:
+                    unit.datapath.stop()
+                except Exception as exc:  # best effort on the way out
+                    log.error("cleanup of %s failed: %s", unit.vip, exc)
+            self.transport.close()
+            self.control.close()
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            wake_r.close()
+            wake_w.close()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _loop(self, wake: socket.socket) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.transport.fileno(), selectors.EVENT_READ, "net")
+        sel.register(self.control.fileno(), selectors.EVENT_READ, "control")
+        sel.register(wake.fileno(), selectors.EVENT_READ, "wake")
+        try:
+            while not self.stopping:
+                now = self.clock()
+                deadline = min(u.membership.next_deadline(now) for u in self.units)
+                for key, _ in sel.select(timeout=max(0.0, deadline - now)):
+                    if key.data == "net":
+                        now = self.clock()
+                        for data, src in self.transport.recv():
+                            for unit in self.units:
+                                unit.membership.receive(data, src, now)
+                    elif key.data == "control":
+                        self.control.serve_one(self.handle_request)
+                    else:
+                        with contextlib.suppress(BlockingIOError):
+                            wake.recv(64)
+                self.step(self.clock())
+        finally:
+            sel.close()
+
+    def step(self, now: float) -> None:
+        """Tick every VIP, apply ownership, send due heartbeats (release before announce)."""
+        check_flows = now >= self._next_flow_check
+        if check_flows:
+            self._next_flow_check = now + FLOW_CHECK_EVERY
+        for unit in self.units:
+            m = unit.membership
+            for event in m.tick(now):
+                self._on_event(unit, event, now)
+            self._sync(unit, now, check_flows)
+            if m.due(now):
+                self.transport.send(m.heartbeat(now).pack(m.cluster.key))
+
+    def _leave(self) -> None:
+        now = self.clock()
+        for unit in self.units:
+            events, msg = unit.membership.leave(now)
+            for event in events:
+                self._on_event(unit, event, now)
+            unit.datapath.apply(Ownership(self.settings.buckets))
+            data = msg.pack(unit.membership.cluster.key)
+            for _ in range(LEAVE_REPEAT):
+                self.transport.send(data)
+        log.info("left the cluster gracefully")
+
+    # ----- ownership into the kernel -------------------------------------------------------
+
+    def _on_event(self, unit: Unit, event: object, now: float) -> None:
+        if isinstance(event, OwnershipChanged):
+            gained = {b + 1 for b in event.gained}
+            lost = {b + 1 for b in event.lost}
+            unit.orphaned = (unit.orphaned - lost) | {b + 1 for b in event.orphaned}
+            for b in lost:
+                if event.lost[b - 1] is not None and self.settings.drain_timeout > 0:
+                    unit.draining[b] = now  # moved to a live node: keep our established flows
+            for b in gained:
+                unit.draining.pop(b, None)
+            if event.orphaned:
+                unit.failovers.append({"at": now, "buckets": len(event.orphaned)})
+                unit.failovers = unit.failovers[-20:]
+            log.info(
+                "%s: %d buckets now (+%d, %d from dead nodes, -%d)",
+                unit.vip,
+                len(event.owned),
+                len(gained),
+                len(event.orphaned),
+                len(lost),
+            )
+            self.notify(
+                "owned" if event.owned else "none",
+                unit.vip,
+                sorted(event.owned),
+                self.settings.buckets,
+            )
+        elif isinstance(event, Notice):
+            level = {"info": logging.INFO, "warning": logging.WARNING}.get(
+                event.level, logging.ERROR
+            )
+            log.log(level, "%s: %s", unit.vip, event.text)
+        elif isinstance(event, StateChanged):
+            log.warning("%s: %s -> %s (%s)", unit.vip, event.old.name, event.new.name, event.reason)
+        elif isinstance(event, PeerUp):
+            log.info("%s: node %d up at %s", unit.vip, event.node_id, event.address)
+        elif isinstance(event, PeerDown):
+            log.warning("%s: node %d down (%s)", unit.vip, event.node_id, event.reason)
+
+    def _sync(self, unit: Unit, now: float, check_flows: bool) -> None:
+        owned = {b + 1 for b in unit.membership.owned_buckets()}
+        for b in owned:
+            unit.draining.pop(b, None)
+        if unit.draining and check_flows:
+            live = self.flows.per_bucket(unit.cfg, self.settings.buckets)
+            timeout = self.settings.drain_timeout
+            for b, since in list(unit.draining.items()):
+                if live.get(b, 0) == 0 or now - since >= timeout:
+                    del unit.draining[b]
+        own = Ownership(
+            self.settings.buckets,
+            frozenset(owned),
+            frozenset(unit.draining),
+            frozenset(unit.orphaned & owned),
+        )
+        if unit.datapath.apply(own):
+            self.metrics.changes.labels(unit.vip).inc()
+        view = unit.membership.view()
+        self.metrics.update(
+            unit.vip,
+            owned=len(owned),
+            draining=len(unit.draining),
+            members=len(view.assigned_to),
+            passive=view.state.name == "PASSIVE",
+            rejected=view.rejected,
+            apply_seconds=unit.datapath.stats.last_seconds,
+        )
+
+    # ----- control socket -----------------------------------------------------------------
+
+    def handle_request(self, request: str) -> dict[str, Any]:
+        words = request.split()
+        command = words[0] if words else "status"
+        if command == "status":
+            return self.status()
+        if command == "drain":
+            for unit in self.units:
+                unit.membership.drain(True)
+            self.draining_all = True
+            return {"ok": True, "draining": True}
+        if command == "resume":
+            for unit in self.units:
+                unit.membership.drain(False)
+            self.draining_all = False
+            return {"ok": True, "draining": False}
+        return {"error": f"unknown request {command!r}: allowed are status, drain, resume"}
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        out = []
+        for unit in self.units:
+            v = unit.membership.view()
+            cfg = unit.cfg
+            members = dict(v.assigned_to)
+            counts = Counter(assign(members, self.settings.buckets)) if members else Counter()
+            out.append(
+                {
+                    "vip": unit.vip,
+                    "interface": cfg.interface,
+                    "clustermac": cfg.clustermac,
+                    "hashmode": cfg.hashmode,
+                    "protocol": cfg.protocol,
+                    "dports": list(cfg.dports),
+                    "seed": f"0x{cfg.seed:08x}",
+                    "mode": "agent",
+                    "buckets": self.settings.buckets,
+                    "total_nodes": self.settings.buckets,
+                    "node_id": self.settings.node_id,
+                    "state": v.state.name.lower(),
+                    "reason": v.reason,
+                    "owned_count": len(v.owned),
+                    "owned": sorted(b + 1 for b in v.owned),
+                    "draining": sorted(unit.draining),
+                    "orphaned": len(unit.orphaned),
+                    "members": [
+                        {
+                            "id": m.node_id,
+                            "address": m.address,
+                            "state": m.state.name.lower(),
+                            "weight": m.weight,
+                            "buckets": counts.get(m.node_id, 0),
+                            "last_heard_ms": round((now - m.last_heard) * 1000),
+                            "counted": m.counted,
+                        }
+                        for m in v.members
+                    ],
+                    "refused": [
+                        {
+                            "address": r.address,
+                            "node_id": r.node_id,
+                            "cause": r.cause,
+                            "detail": r.detail,
+                            "count": r.count,
+                        }
+                        for r in v.refused
+                    ],
+                    "rejected": dict(v.rejected),
+                    "last_apply_ms": round(unit.datapath.stats.last_seconds * 1000, 3),
+                    "changes": unit.datapath.stats.changes,
+                }
+            )
+        return {
+            "agent": {
+                "node_id": self.settings.node_id,
+                "weight": self.settings.weight,
+                "uptime_s": round(now - self.started, 1),
+                "interval_ms": round(self.settings.interval * 1000),
+                "detection_ms": round(self.settings.detection_time * 1000),
+                "draining": self.draining_all,
+            },
+            "vips": out,
+        }
