@@ -79,15 +79,15 @@ class NftFirewall:
         return objects
 
 
-# What state.parse_tables reads: the comment and vmap rules, counters, the port set.
+# What state.parse_tables reads: the comment, the bucket maps, counters, the port set.
 _PIECES = {
     "netdev": (
         "chain {family} {name} ingress",
-        "chain {family} {name} vip",
+        "map {family} {name} buckets",
         "counters table {family} {name}",
         "set {family} {name} dports",
     ),
-    "ip": ("chain {family} {name} midflow", "counters table {family} {name}"),
+    "ip": ("map {family} {name} orphaned", "counters table {family} {name}"),
 }
 
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from clusterip.config import ConfigError, VipConfig
 from clusterip.link import Link
 from clusterip.nft import Firewall
-from clusterip.render import GUARD_PREFIX, Ownership, render, render_delete
+from clusterip.render import GUARD_PREFIX, Ownership, render, render_delete, render_update
 from clusterip.state import VipState, parse_guards, parse_tables
 
 ADDR_FLAG = "addr=1"
@@ -123,8 +123,9 @@ class Node:
             self.link.del_address(cfg.interface, cfg.vip, cfg.prefixlen)
 
     def _change(self, st: VipState, own: Ownership) -> None:
-        extra = ADDR_FLAG if ADDR_FLAG in _extra(st) else ""
-        self.firewall.apply(render(st.config, own, note_extra=extra))
+        script = render_update(st.config, st.ownership, own)
+        if script:
+            self.firewall.apply(script)
 
     def take(self, vip: ipaddress.IPv4Address, bucket: int) -> str:
         st = self.require(vip)

@@ -116,12 +116,20 @@ def _hash_expr(cfg: VipConfig, *, ports: bool, modulus: int) -> str:
     return f"jhash {' . '.join(fields)} mod {modulus} seed 0x{cfg.seed:08x} offset 1"
 
 
-def _vmap(own: Ownership) -> str:
-    entries = [f"{b} : jump own" for b in sorted(own.owned)]
-    entries += [f"{b} : jump keep" for b in sorted(own.draining)]
-    if not entries:
-        return ""
-    return " vmap { " + ", ".join(entries) + " }"
+def _elements(mapping: dict[int, str]) -> str:
+    return ", ".join(f"{b} : {v}" for b, v in sorted(mapping.items()))
+
+
+def bucket_verdicts(own: Ownership) -> dict[int, str]:
+    """Contents of the `buckets` map: owned -> jump own, draining -> jump keep."""
+    out = {b: "jump own" for b in own.owned}
+    out.update({b: "jump keep" for b in own.draining})
+    return out
+
+
+def orphan_verdicts(own: Ownership) -> dict[int, str]:
+    """Contents of the `orphaned` map (prerouting): let mid-flow TCP reach the stack's RST."""
+    return {b: "jump rst" for b in own.orphaned}
 
 
 def _l4_match(cfg: VipConfig) -> str:
@@ -132,18 +140,24 @@ def _l4_match(cfg: VipConfig) -> str:
     return match
 
 
-def _vip_rules(cfg: VipConfig, own: Ownership) -> list[str]:
-    vmap = _vmap(own)
+def _lookup(cfg: VipConfig, modulus: int, *, ports: bool, map_name: str = "buckets") -> str:
+    # nft cannot key a named map by the jhash expression itself (`typeof jhash` maps crash
+    # `nft list` in nftables 1.0.6), so the bucket goes through the packet mark, a 32-bit
+    # register that is free at netdev ingress; the accepting chains reset it to 0.
+    return (
+        f"meta mark set {_hash_expr(cfg, ports=ports, modulus=modulus)} meta mark vmap @{map_name}"
+    )
+
+
+def _vip_rules(cfg: VipConfig, modulus: int) -> list[str]:
     rules = [f"icmp type {{ {ICMP_ERRORS} }} meta pkttype set host accept"]
-    if vmap:
-        rules.append(f"{_l4_match(cfg)} {_hash_expr(cfg, ports=True, modulus=own.modulus)}{vmap}")
+    rules.append(f"{_l4_match(cfg)} {_lookup(cfg, modulus, ports=True)}")
     if cfg.protocol == "all" and not cfg.dports:
         # Protocols without ports (ICMP, GRE, ...) are hashed by source IP. A port protocol's
         # packet whose bucket is not ours must stop here, or it would fall through to that rule.
         # (A non-first fragment has no ports: it stops here too.)
         rules.append('meta l4proto { tcp, udp, sctp } counter name "foreign" drop')
-        if vmap:
-            rules.append(f"{_hash_expr(cfg, ports=False, modulus=own.modulus)}{vmap}")
+        rules.append(_lookup(cfg, modulus, ports=False))
     rules.append('counter name "foreign" drop')
     return rules
 
@@ -160,11 +174,13 @@ def render(
 
     It is applied as one transaction: the `add`/`flush` prologue makes it work both on a fresh
     ruleset and over a previous version of the same tables (named counters keep counting).
+    Later ownership changes can go in as `render_update`, which only touches map elements.
     """
     name = table_name(cfg)
     vip = str(cfg.vip)
     dev = cfg.interface
-    note = comment(cfg, own.modulus, mode=mode, extra=note_extra)
+    modulus = own.modulus
+    note = comment(cfg, modulus, mode=mode, extra=note_extra)
     flags = " flags owner;" if owner else ""
     # Every table statement of the batch must carry the flag: one without it asks the kernel to
     # clear `owner`, which it refuses.
@@ -176,14 +192,12 @@ def render(
             + ", ".join(str(p) for p in cfg.dports)
             + " }\n\t}"
         )
-    vip_rules = "\n".join(f"\t\t{r}" for r in _vip_rules(cfg, own))
-    orphan_rule = ""
+    vip_rules = "\n".join(f"\t\t{r}" for r in _vip_rules(cfg, modulus))
+    fill = ""
+    if own.owned or own.draining:
+        fill += f"add element netdev {name} buckets {{ {_elements(bucket_verdicts(own))} }}\n"
     if own.orphaned:
-        entries = ", ".join(f"{b} : accept" for b in sorted(own.orphaned))
-        orphan_rule = (
-            f"\n\t\tmeta l4proto tcp {_hash_expr(cfg, ports=True, modulus=own.modulus)}"
-            f" vmap {{ {entries} }}"
-        )
+        fill += f"add element ip {name} orphaned {{ {_elements(orphan_verdicts(own))} }}\n"
     return f"""# clusterip: VIP {vip} on {dev} (generated, do not edit)
 add table netdev {name} {{ comment "{note}";{flags} }}
 flush table netdev {name}
@@ -198,6 +212,9 @@ table netdev {name} {{{block_flags}
 	}}
 	counter arps {{
 	}}{dports}
+	map buckets {{
+		type mark : verdict
+	}}
 	chain ingress {{
 		type filter hook ingress device "{dev}" priority {INGRESS_PRIORITY}; policy accept;
 		ip daddr {vip} jump vip comment "{note}"
@@ -206,9 +223,10 @@ table netdev {name} {{{block_flags}
 {vip_rules}
 	}}
 	chain own {{
-		meta pkttype set host counter name "accepted" accept
+		meta mark set 0 meta pkttype set host counter name "accepted" accept
 	}}
 	chain keep {{
+		meta mark set 0
 		tcp flags & (syn | ack) == syn counter name "foreign" drop
 		meta l4proto != tcp counter name "foreign" drop
 		meta pkttype set host counter name "kept" accept
@@ -221,15 +239,49 @@ table netdev {name} {{{block_flags}
 table ip {name} {{{block_flags}
 	counter midflow {{
 	}}
+	map orphaned {{
+		type mark : verdict
+	}}
 	chain prerouting {{
 		type filter hook prerouting priority mangle; policy accept;
 		iif "{dev}" ip daddr {vip} {MIDFLOW} jump midflow
 	}}
-	chain midflow {{{orphan_rule}
+	chain midflow {{
+		meta l4proto tcp {_lookup(cfg, modulus, ports=True, map_name="orphaned")}
 		counter name "midflow" drop
 	}}
+	chain rst {{
+		meta mark set 0 accept
+	}}
 }}
-"""
+flush map netdev {name} buckets
+flush map ip {name} orphaned
+{fill}"""
+
+
+def render_update(cfg: VipConfig, old: Ownership, new: Ownership) -> str:
+    """Only the map elements that differ between `old` and `new`: one small transaction.
+
+    Empty when nothing changes. A bucket whose verdict changes is deleted and re-added in the
+    same batch, so no packet ever sees it missing.
+    """
+    if old.modulus != new.modulus:
+        raise ValueError(f"bucket count changed ({old.modulus} -> {new.modulus}): render anew")
+    name = table_name(cfg)
+    out = []
+    for family, map_name, verdicts in (
+        ("netdev", "buckets", bucket_verdicts),
+        ("ip", "orphaned", orphan_verdicts),
+    ):
+        before, after = verdicts(old), verdicts(new)
+        gone = sorted(b for b, v in before.items() if after.get(b) != v)
+        added = {b: v for b, v in after.items() if before.get(b) != v}
+        if gone:
+            items = ", ".join(str(b) for b in gone)
+            out.append(f"delete element {family} {name} {map_name} {{ {items} }}")
+        if added:
+            out.append(f"add element {family} {name} {map_name} {{ {_elements(added)} }}")
+    return "".join(line + "\n" for line in out)
 
 
 def render_delete(cfg: VipConfig, *, owner: bool = False) -> str:

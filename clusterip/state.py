@@ -72,20 +72,14 @@ def _vip_of(name: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(name[len(TABLE_PREFIX) :].replace("_", "."))
 
 
-def _vmap_entries(rule: dict[str, Any]) -> list[tuple[int, str]]:
-    """(bucket, verdict-or-target) pairs of the rule's vmap, if it has one."""
+def _map_entries(body: dict[str, Any]) -> list[tuple[int, str]]:
+    """(bucket, verdict or jump target) pairs of a verdict map's JSON."""
     out: list[tuple[int, str]] = []
-    for expr in rule.get("expr", []):
-        vmap = expr.get("vmap")
-        if not vmap:
-            continue
-        data = vmap["data"]
-        elems = data.get("set", []) if isinstance(data, dict) else []
-        for key, verdict in elems:
-            if "jump" in verdict:
-                out.append((int(key), verdict["jump"]["target"]))
-            else:
-                out.append((int(key), next(iter(verdict))))
+    for key, verdict in body.get("elem", []) or []:
+        if isinstance(key, dict):  # {"elem": {"val": K, ...}} when elements carry extras
+            key = key.get("elem", {}).get("val", key)
+        target = verdict["jump"]["target"] if "jump" in verdict else next(iter(verdict))
+        out.append((int(key), target))
     return out
 
 
@@ -98,7 +92,7 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
         if not name.startswith(TABLE_PREFIX) or name.startswith(GUARD_PREFIX):
             continue
         t = tables.setdefault(
-            name, {"meta": {}, "rules": [], "counters": {}, "dports": []}
+            name, {"meta": {}, "rules": [], "counters": {}, "dports": [], "maps": {}}
         )
         if kind == "table" and body["family"] == "netdev":
             t["meta"] = body
@@ -110,6 +104,8 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
             t["counters"][body["name"]] = {"packets": body["packets"], "bytes": body["bytes"]}
         elif kind == "set" and body.get("name") == "dports":
             t["dports"] = [int(e) for e in body.get("elem", [])]
+        elif kind == "map":
+            t["maps"][body["name"]] = _map_entries(body)
     states = []
     for name, t in sorted(tables.items()):
         if not t["meta"]:
@@ -119,12 +115,9 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
         owned: set[int] = set()
         draining: set[int] = set()
         orphaned: set[int] = set()
-        for rule in t["rules"]:
-            for bucket, target in _vmap_entries(rule):
-                if rule["chain"] == "vip":
-                    (owned if target == "own" else draining).add(bucket)
-                elif rule["chain"] == "midflow":
-                    orphaned.add(bucket)
+        for bucket, target in t["maps"].get("buckets", []):
+            (owned if target == "own" else draining).add(bucket)
+        orphaned.update(bucket for bucket, _ in t["maps"].get("orphaned", []))
         mac = fields["mac"]
         cfg = VipConfig(
             vip=_vip_of(name),

@@ -69,6 +69,7 @@ def _agent_configs(params: dict[str, Any]) -> list[VipConfig]:
 @click.option("--notify", metavar="CMD", help="run CMD EVENT VIP OWNED BUCKETS on every change")
 @click.option("--drain-timeout", metavar="S", help=f"default {DEFAULT_DRAIN_TIMEOUT:.0f}")
 @click.option("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics there")
+@click.option("--realtime", metavar="PRIO", help="SCHED_RR priority, 0 = off (default 10)")
 @click.option("-v", "--verbose", is_flag=True)
 def agent(verbose: bool, **params: Any) -> None:
     """Run the membership agent in the foreground: automatic failover, no person in the loop."""
@@ -92,6 +93,7 @@ def agent(verbose: bool, **params: Any) -> None:
         "notify",
         "drain_timeout",
         "metrics",
+        "realtime",
     ]
     flags = {k: params.get(k) for k in names}
     if params.get("config_file"):

@@ -21,6 +21,7 @@ from clusterip.render import (
     render_delete,
     render_guard,
     render_guard_delete,
+    render_update,
 )
 
 log = logging.getLogger("clusterip.agent")
@@ -67,8 +68,13 @@ class AgentDatapath:
         if own == self.current and not force:
             return False
         started = time.perf_counter()
-        note = ADDR_FLAG if self.added_addr else ""
-        self.firewall.apply(render(self.cfg, own, mode="agent", owner=True, note_extra=note))
+        if force:
+            note = ADDR_FLAG if self.added_addr else ""
+            script = render(self.cfg, own, mode="agent", owner=True, note_extra=note)
+        else:
+            script = render_update(self.cfg, self.current, own)
+        if script:
+            self.firewall.apply(script)
         took = time.perf_counter() - started
         self.current = own
         self.stats.changes += 1

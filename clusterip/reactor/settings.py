@@ -31,6 +31,7 @@ class AgentSettings:
     notify: str | None = None
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     metrics: str | None = None
+    realtime: int = 10  # SCHED_RR priority of the agent; 0: normal scheduling
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -74,6 +75,7 @@ def build_settings(
     notify: Any = None,
     drain_timeout: Any = DEFAULT_DRAIN_TIMEOUT,
     metrics: Any = None,
+    realtime: Any = 10,
 ) -> AgentSettings:
     if node_id is None:
         raise ConfigError("missing --node-id (a small integer unique in the cluster, 1 to 255)")
@@ -108,6 +110,7 @@ def build_settings(
         notify=str(notify) if notify else None,
         drain_timeout=_float(drain_timeout, "drain timeout (s)", 0.0, 86400.0),
         metrics=str(metrics) if metrics else None,
+        realtime=_int(realtime, "realtime priority", 0, 99),
     )
 
 
@@ -124,6 +127,7 @@ _KEYS = {
     "notify",
     "drain_timeout",
     "metrics",
+    "realtime",
 }
 
 

@@ -55,3 +55,83 @@ def udp_once(lab: Lab, sources: list[str], port: int = 5300, wait: float = 1.0) 
     done = lab.run(lab.topo.client_ns, argv, timeout=wait + 20)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+# Requests from every source in a loop for a while; every request is logged with wall-clock
+# start/end, so a test can line them up with the moment it killed a node. TCP: a new connection
+# and one HTTP GET each time. UDP: one datagram, and every reply within the timeout is counted.
+LOOP = r"""
+import json, socket, sys, threading, time
+vip, proto, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+duration, timeout, pause = float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+sources = sys.argv[7].split(",")
+end = time.time() + duration
+out, lock = [], threading.Lock()
+
+def tcp(src):
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.bind((src, 0))
+        s.connect((vip, port))
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        return [data.split(b"\r\n\r\n", 1)[1].decode().strip()], None
+    except OSError as exc:
+        return [], type(exc).__name__
+    finally:
+        s.close()
+
+def udp(src):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    s.sendto(b"ping", (vip, port))
+    got, stop = [], time.time() + timeout
+    while (left := stop - time.time()) > 0:
+        s.settimeout(left)
+        try:
+            got.append(s.recv(2048).decode().split()[0])
+        except OSError:
+            break
+    s.close()
+    return got, None if got else "timeout"
+
+def worker(src):
+    while (start := time.time()) < end:
+        nodes, err = (tcp if proto == "tcp" else udp)(src)
+        with lock:
+            out.append([src, start, time.time(), nodes, err])
+        time.sleep(pause)
+
+threads = [threading.Thread(target=worker, args=(s,)) for s in sources]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(out))
+"""
+
+
+def start_loop(
+    lab: Lab,
+    sources: list[str],
+    *,
+    proto: str = "tcp",
+    port: int = 80,
+    duration: float = 6.0,
+    timeout: float = 0.2,
+    pause: float = 0.05,
+) -> Any:
+    """Start LOOP in the client namespace; `finish_loop(proc)` returns its records."""
+    import subprocess
+
+    argv = [sys.executable, "-c", LOOP, lab.topo.vip, proto, str(port), str(duration)]
+    argv += [str(timeout), str(pause), ",".join(sources)]
+    return lab.spawn(lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
+
+
+def finish_loop(proc: Any, timeout: float = 60) -> list[tuple[str, float, float, list[str], str]]:
+    out, _ = proc.communicate(timeout=timeout)
+    return [tuple(r) for r in json.loads(out)]  # type: ignore[misc]

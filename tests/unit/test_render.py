@@ -1,7 +1,7 @@
 import pytest
 
 from clusterip import config
-from clusterip.render import Ownership, render, render_delete, table_name
+from clusterip.render import Ownership, render, render_delete, render_update, table_name
 from tests.conftest import check_golden
 
 CASES = {
@@ -33,8 +33,19 @@ def test_render_agent_owner_orphaned_golden() -> None:
 
 def test_nothing_owned_drops_everything_for_the_vip() -> None:
     text = render(cfg(), Ownership.of(3))
-    assert "vmap" not in text.split("chain vip")[1].split("chain own")[0]
-    assert 'counter name "foreign" drop' in text
+    assert "add element" not in text
+    assert 'counter name "foreign" drop' in text.split("chain vip")[1].split("chain own")[0]
+
+
+def test_update_touches_only_changed_elements() -> None:
+    c = cfg()
+    old = Ownership.of(4096, range(1, 100), [200], [5])
+    new = Ownership.of(4096, [*range(1, 99), 200, 300], [99], [300])
+    text = render_update(c, old, new)
+    check_golden("render/update.nft", text)
+    assert render_update(c, new, new) == ""
+    with pytest.raises(ValueError):
+        render_update(c, old, Ownership.of(8))
 
 
 def test_delete_names_only_our_tables() -> None:

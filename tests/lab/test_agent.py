@@ -1,0 +1,117 @@
+"""Agents in the lab: automatic failover, rejoin, authentication, exactly-once."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clusterip.lab.net import Lab
+from tests.lab.agents import KEY, Agents
+from tests.lab.clients import finish_loop, start_loop
+from tests.lab.conftest import MakeLab
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[list[Agents]]:
+    made: list[Agents] = []
+    yield made
+    for a in made:
+        a.stop_all()
+
+
+def start_cluster(lab: Lab, tmp_path: Path, made: list[Agents], *extra: str) -> Agents:
+    keyfile = tmp_path / "cluster.key"
+    keyfile.write_text(KEY)
+    a = Agents(lab, keyfile, *extra)
+    made.append(a)
+    for k in lab.topo.node_indexes:
+        a.start(k)
+    a.wait_converged(list(lab.topo.node_indexes))
+    return a
+
+
+def test_kill_9_failover_and_rejoin(
+    make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
+) -> None:
+    lab = make_lab(nodes=3, clients=40)
+    a = start_cluster(lab, tmp_path, agents, "--hashmode", "sourceip")
+    before = lab.probe(proto="tcp", port=80)
+    assert before.errors == 0 and set(before.by_node) == {"n1", "n2", "n3"}
+    owner = {r.src: r.node for r in before.results}
+    orphans = sorted(s for s, n in owner.items() if n == "n3")
+    loop = start_loop(lab, list(owner), duration=4.0, timeout=0.1, pause=0.02)
+    time.sleep(1.0)
+    killed, gone = a.kill(3)
+    records = finish_loop(loop)
+    # Every orphaned client is served again, by a survivor; the time from the kill to its first
+    # answered request after it is the failover time it saw.
+    times = []
+    for src in orphans:
+        after = [r for r in records if r[0] == src and r[1] >= gone and r[3]]
+        assert after, f"client {src} never served again after the kill"
+        times.append(after[0][2] - killed)
+        assert after[0][3][0] in ("n1", "n2")
+    print(
+        f"\nfailover (kill -9 to first answered request of each of {len(orphans)} orphaned "
+        f"clients): median {statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms"
+    )
+    assert max(times) < 2.0
+    # Clients of the survivors never noticed.
+    survivors_failed = [
+        (r[0], round(r[1] - killed, 3), r[4]) for r in records if r[0] not in orphans and not r[3]
+    ]
+    assert not survivors_failed, survivors_failed
+    # The dead agent's tables died with it: only the guard is left on n3.
+    tables = lab.run(lab.topo.node_ns(3), ["nft", "list", "tables"], timeout=10).stdout
+    assert tables.split() == ["table", "netdev", "clusterip_guard_198_18_0_100"], tables
+    after = lab.probe(proto="tcp", port=80)
+    assert after.errors == 0 and set(after.by_node) == {"n1", "n2"}
+    # The dead node's share was spread over both survivors, not dumped on one.
+    st = {k: a.vip_status(k)["owned_count"] for k in (1, 2)}
+    assert abs(st[1] - st[2]) <= 1, st
+    # Restart: it rejoins and gets about a third back.
+    a.start(3)
+    a.wait_converged([1, 2, 3])
+    counts = {k: a.vip_status(k)["owned_count"] for k in (1, 2, 3)}
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
+    back = lab.probe(proto="tcp", port=80, per_source=4)
+    assert back.errors == 0
+    assert 0.2 <= back.by_node.get("n3", 0) / len(back.results) <= 0.47, back.by_node
+
+
+def test_sigterm_is_a_graceful_leave(
+    make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
+) -> None:
+    lab = make_lab(nodes=3, clients=30)
+    a = start_cluster(lab, tmp_path, agents)
+    assert a.stop(2) == 0
+    # Peers learn at once from the LEAVE message, not after a timeout.
+    st = a.vip_status(1)
+    assert [m["id"] for m in st["members"] if m["counted"]] == [3]
+    tables = lab.run(lab.topo.node_ns(2), ["nft", "list", "tables"], timeout=10).stdout
+    assert tables.strip() == "", tables
+    addrs = lab.run(lab.topo.node_ns(2), ["ip", "-o", "addr", "show", "dev", "eth0"], timeout=10)
+    assert lab.topo.vip not in addrs.stdout
+    res = lab.probe(proto="tcp", port=80, per_source=3)
+    assert res.errors == 0 and set(res.by_node) == {"n1", "n3"}
+
+
+def test_udp_exactly_once_across_failover(
+    make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
+) -> None:
+    lab = make_lab(nodes=3, clients=30)
+    a = start_cluster(lab, tmp_path, agents, "--hashmode", "sourceip")
+    sources = list(lab.topo.client_addrs())
+    loop = start_loop(lab, sources, proto="udp", port=5300, duration=4.0, timeout=0.15, pause=0.02)
+    time.sleep(1.0)
+    killed, _gone = a.kill(1)
+    records = finish_loop(loop)
+    doubles = [r for r in records if len(r[3]) > 1]
+    assert not doubles, doubles[:5]
+    late = [r for r in records if r[1] > killed + 1.0]
+    assert late and all(len(r[3]) == 1 for r in late), [r for r in late if len(r[3]) != 1][:5]
+    assert {r[3][0] for r in late} <= {"n2", "n3"}
