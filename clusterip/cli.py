@@ -296,9 +296,9 @@ def _register_optional() -> None:
     except ImportError:
         return
     cli.add_command(lab)
-    from clusterip.reactor.cli import agent, drain, resume
+    from clusterip.reactor.cli import agent, drain, resume, weight
 
-    for command in (agent, drain, resume):
+    for command in (agent, drain, resume, weight):
         cli.add_command(command)
 
 

@@ -31,7 +31,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from clusterip.agent.assign import assign
 from clusterip.agent.events import (
     Event,
     Level,
@@ -148,8 +147,9 @@ class Membership:
         self._assigned: dict[int, int] = {}
         self._incs: dict[int, int] = {}
         self._digest = view_digest({})
-        self._ownership = Ownership(node_id, self.params.handoff_time)
+        self._ownership = Ownership(node_id, self.params.buckets, self.params.handoff_time)
         self._hold_until: float | None = None  # apply a changed member set then
+        self._next_expiry = math.inf  # no peer can time out before this
         self._dirty = True
         self._next_check = now
 
@@ -224,6 +224,15 @@ class Membership:
                 self._dirty = True
         if isinstance(msg, Hello):
             self._send_soon = True  # answer at once, so that it learns about us quickly
+
+    def set_weight(self, weight: int) -> None:
+        """A new share for this node (0: own nothing); peers learn it from the next heartbeat."""
+        if not 0 <= weight <= 0xFFFF:
+            raise ValueError(f"weight {weight} not in 0..65535")
+        if weight != self._weight:
+            self._weight = weight
+            self._dirty = True
+            self._send_soon = True
 
     def drain(self, on: bool) -> None:
         """Draining: stay alive and heard, but own no bucket (weight 0 for the assignment)."""
@@ -354,6 +363,8 @@ class Membership:
         return events
 
     def _expire(self, now: float) -> None:
+        if now < self._next_expiry:
+            return  # heartbeats only push expiries later: nobody can be due yet
         for node, peer in list(self._peers.items()):
             if now >= peer.last_heard + peer.dead_after:
                 del self._peers[node]
@@ -406,23 +417,23 @@ class Membership:
         if assigned == self._assigned:
             self._hold_until = None
             return
-        if self._hold_until is None:
-            self._hold_until = now + self.params.hold_time
-        if now < self._hold_until:
-            return
+        if self.node_id in assigned:  # gather changes; releasing everything never waits
+            if self._hold_until is None:
+                self._hold_until = now + self.params.hold_time
+            if now < self._hold_until:
+                return
         self._hold_until = None
         previous_incs = self._incs
         self._assigned = assigned
         self._incs = {n: p.incarnation for n, p in self._peers.items() if n in assigned}
         self._digest = view_digest(assigned)
-        owners = assign(assigned, self.params.buckets) if assigned else None
-        self._ownership.reassign(owners, self._digest, previous_incs, now)
+        self._ownership.reassign(assigned, self._digest, previous_incs, now)
         self._send_soon = True  # peers waiting for our release hear about it at once
 
     def _update_ownership(self, now: float) -> None:
         peers = {
             n: PeerStatus(p.incarnation, p.state == NodeState.ACTIVE, p.view_digest)
-            for n, p in self._peers.items()
+            for n, p in (self._peers.items() if self._ownership.waiting else ())
         }
         settled = self._ownership.settle(now, peers)
         if settled.change is not None:
@@ -436,7 +447,9 @@ class Membership:
             )
 
     def _earliest_deadline(self, now: float) -> float:
-        times = [p.last_heard + p.dead_after for p in self._peers.values()]
+        expiries = [p.last_heard + p.dead_after for p in self._peers.values()]
+        self._next_expiry = min(expiries, default=math.inf)
+        times = expiries
         times += [r.until for r in self._refused.values() if r.until > now]
         times += self._ownership.deadlines()
         listen_end = self._started + self.params.listen_time

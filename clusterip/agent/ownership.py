@@ -17,9 +17,10 @@ which keeps serving its established flows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from clusterip.agent.assign import assign
 from clusterip.agent.events import OwnershipChanged
 
 NOBODY = 0  # node ids are 1..255
@@ -53,14 +54,16 @@ class Settled:
 
 
 class Ownership:
-    """Held and pending buckets of one node."""
+    """Held and pending buckets of one node. Assignments are computed only when needed (a node
+    that is not a member itself never needs its view's assignment, however often it changes)."""
 
-    def __init__(self, node_id: int, handoff_time: float) -> None:
+    def __init__(self, node_id: int, buckets: int, handoff_time: float) -> None:
         self.node_id = node_id
+        self.buckets = buckets
         self.handoff_time = handoff_time
-        self._owners: tuple[int, ...] | None = None
+        self._members: Mapping[int, int] = {}
         self._digest = b""
-        self._history: dict[bytes, tuple[int, ...]] = {}  # digest -> owners (() = nobody)
+        self._history: dict[bytes, Mapping[int, int]] = {}  # recent views: digest -> members
         self._target: frozenset[int] = frozenset()
         self._held: set[int] = set()
         self._pending: dict[int, _Pending] = {}
@@ -74,49 +77,59 @@ class Ownership:
         return frozenset(self._pending)
 
     @property
-    def owners(self) -> tuple[int, ...] | None:
-        """The current assignment (owner per bucket), None when nobody is assigned."""
-        return self._owners
+    def waiting(self) -> bool:
+        """Whether some assigned bucket is still waiting to be taken."""
+        return bool(self._pending)
+
+    def owners(self, members: Mapping[int, int] | None = None) -> tuple[int, ...]:
+        """The assignment of `members` (default: the current view); () when nobody."""
+        members = self._members if members is None else members
+        return assign(members, self.buckets) if members else ()
 
     def deadlines(self) -> list[float]:
         return [w.since + self.handoff_time for w in self._pending.values()]
 
     def reassign(
         self,
-        owners: tuple[int, ...] | None,
+        members: Mapping[int, int],
         digest: bytes,
         incarnations: Mapping[int, int],
         now: float,
     ) -> None:
-        """The assignment changed to `owners` (of the view `digest`); `incarnations` are those
-        of the *previous* owners, as they were when the previous assignment was made."""
-        previous = self._owners
-        self._owners = owners
+        """The member set (node id -> weight) changed to `members`, whose digest is `digest`;
+        `incarnations` are those of the previous members, as they were then."""
+        previous = self._members
+        self._members = members
         self._digest = digest
         self._history.pop(digest, None)
-        self._history[digest] = owners or ()
+        self._history[digest] = members
         while len(self._history) > HISTORY:
             del self._history[next(iter(self._history))]
         me = self.node_id
-        self._target = frozenset(b for b, o in enumerate(owners or ()) if o == me)
+        owners = self.owners() if me in members else ()
+        self._target = frozenset(b for b, o in enumerate(owners) if o == me)
         for b in [b for b in self._pending if b not in self._target]:
             del self._pending[b]
-        for b in self._target - self._held - self._pending.keys():
-            prev = previous[b] if previous is not None else NOBODY
+        fresh = self._target - self._held - self._pending.keys()
+        before = self.owners(previous) if fresh else ()
+        for b in fresh:
+            prev = before[b] if before else NOBODY
             if prev == me:  # we were assigned it but never took it: treat as unowned
                 prev = NOBODY
             self._pending[b] = _Pending(prev, incarnations.get(prev, -1), now)
 
     def settle(self, now: float, peers: Mapping[int, PeerStatus]) -> Settled:
         """Release what is no longer ours; take what may be taken now (see module doc)."""
-        owners = self._owners
-        lost = {b: (owners[b] if owners else None) for b in self._held - self._target}
+        gone = self._held - self._target
+        owners = self.owners() if gone else ()
+        lost = {b: (owners[b] if owners else None) for b in gone}
         self._held -= lost.keys()
         gained: dict[int, int | None] = {}
         orphaned: set[int] = set()
         timed_out: dict[int, int] = {}
+        may_hold = self._holders(peers)
         for b, wait in list(self._pending.items()):
-            blockers = [q for q, st in peers.items() if self._may_hold(q, st, b)]
+            blockers = may_hold(b)
             if blockers:
                 if now < wait.since + self.handoff_time:
                     continue
@@ -133,8 +146,24 @@ class Ownership:
             change = OwnershipChanged(frozenset(self._held), gained, frozenset(orphaned), lost)
         return Settled(change, timed_out)
 
-    def _may_hold(self, node: int, peer: PeerStatus, bucket: int) -> bool:
-        if not peer.active or peer.view_digest == self._digest:
-            return False
-        owners = self._history.get(peer.view_digest)
-        return owners is None or (bool(owners) and owners[bucket] == node)
+    def _holders(self, peers: Mapping[int, PeerStatus]) -> Callable[[int], list[int]]:
+        """A function: bucket -> the live peers that may still hold it."""
+        unknown: list[int] = []  # active in a view we do not know: may hold anything
+        known: dict[bytes, set[int]] = {}  # active in one of our recent views
+        for node, peer in peers.items():
+            if not peer.active or peer.view_digest == self._digest:
+                continue
+            if peer.view_digest in self._history:
+                known.setdefault(peer.view_digest, set()).add(node)
+            else:
+                unknown.append(node)
+        views = [(self.owners(self._history[d]), n) for d, n in known.items() if self._history[d]]
+
+        def may_hold(bucket: int) -> list[int]:
+            out = list(unknown)
+            for owners, nodes in views:
+                if owners[bucket] in nodes:
+                    out.append(owners[bucket])
+            return out
+
+        return may_hold

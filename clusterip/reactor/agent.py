@@ -40,6 +40,7 @@ from clusterip.render import Ownership
 log = logging.getLogger("clusterip.agent")
 LEAVE_REPEAT = 3
 FLOW_CHECK_EVERY = 1.0
+ORPHAN_RESET_DELAY = 0.4
 
 
 @dataclass
@@ -50,7 +51,10 @@ class Unit:
     membership: Membership
     datapath: AgentDatapath
     draining: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> since
-    orphaned: set[int] = field(default_factory=set)  # 1-based
+    orphaned: dict[int, float] = field(default_factory=dict)  # 1-based bucket -> taken at
+    owners: tuple[int, ...] = ()  # the cluster-wide assignment last seen (0-based buckets)
+    members: frozenset[tuple[int, int]] = frozenset()  # (node id, weight) assigned to
+    live_moved: dict[int, float] = field(default_factory=dict)  # bucket (0-based) -> when
     failovers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -81,6 +85,8 @@ class Agent:
         self.metrics = Metrics()
         self.stopping = False
         self.draining_all = False
+        self.drain_timeout: float | None = None
+        self.weight = settings.weight
         self.started = clock()
         params = Params(
             buckets=settings.buckets, interval=settings.interval, tolerance=settings.tolerance
@@ -181,7 +187,10 @@ class Agent:
             self._next_flow_check = now + FLOW_CHECK_EVERY
         for unit in self.units:
             m = unit.membership
-            for event in m.tick(now):
+            events = m.tick(now)
+            if events:
+                self._track_moves(unit, now)
+            for event in events:
                 self._on_event(unit, event, now)
             # Lost buckets leave the kernel before the heartbeat that announces the new view.
             self._sync(unit, now, check_flows=False)
@@ -200,9 +209,10 @@ class Agent:
             for event in events:
                 self._on_event(unit, event, now)
             unit.datapath.apply(Ownership(self.settings.buckets))
-            data = msg.pack(unit.membership.cluster.key)
-            for _ in range(LEAVE_REPEAT):
-                self.transport.send(data)
+            self.transport.send(msg.pack(unit.membership.cluster.key))
+            for _ in range(LEAVE_REPEAT - 1):  # a lost LEAVE only costs a timeout; each resend
+                _events, msg = unit.membership.leave(now)  # has its own sequence number
+                self.transport.send(msg.pack(unit.membership.cluster.key))
         log.info("left the cluster gracefully")
 
     # ----- ownership into the kernel -------------------------------------------------------
@@ -211,7 +221,15 @@ class Agent:
         if isinstance(event, OwnershipChanged):
             gained = {b + 1 for b in event.gained}
             lost = {b + 1 for b in event.lost}
-            unit.orphaned = (unit.orphaned - lost) | {b + 1 for b in event.orphaned}
+            # A bucket that moved between two live nodes lately may still carry the old
+            # owner's established flows (it keeps them while draining): if its new owner
+            # dies, whoever takes it over must not answer those flows with a RST.
+            window = self.settings.drain_timeout + self.settings.detection_time
+            fresh = {b for b in event.orphaned if now - unit.live_moved.get(b, -1e18) > window}
+            for b in lost:
+                unit.orphaned.pop(b, None)
+            for b in fresh:
+                unit.orphaned.setdefault(b + 1, now)
             for b in lost:
                 if event.lost[b - 1] is not None and self.settings.drain_timeout > 0:
                     unit.draining[b] = now  # moved to a live node: keep our established flows
@@ -246,6 +264,19 @@ class Agent:
         elif isinstance(event, PeerDown):
             log.warning("%s: node %d down (%s)", unit.vip, event.node_id, event.reason)
 
+    def _track_moves(self, unit: Unit, now: float) -> None:
+        """Remember which buckets last moved from one live member to another, and when."""
+        members = dict(unit.membership.view().assigned_to)
+        if frozenset(members.items()) == unit.members:
+            return
+        owners = assign(members, self.settings.buckets) if members else ()
+        if unit.owners and owners:
+            for b, (old, new) in enumerate(zip(unit.owners, owners, strict=True)):
+                if old != new and old in members:
+                    unit.live_moved[b] = now
+        unit.owners = owners
+        unit.members = frozenset(members.items())
+
     def _sync(self, unit: Unit, now: float, check_flows: bool) -> None:
         owned = {b + 1 for b in unit.membership.owned_buckets()}
         for b in owned:
@@ -253,14 +284,20 @@ class Agent:
         if unit.draining and check_flows:
             live = self.flows.per_bucket(unit.cfg, self.settings.buckets)
             timeout = self.settings.drain_timeout
+            if self.draining_all and self.drain_timeout is not None:
+                timeout = self.drain_timeout
             for b, since in list(unit.draining.items()):
                 if live.get(b, 0) == 0 or now - since >= timeout:
                     del unit.draining[b]
+        # Orphaned flows get their RST only once the takeover has lasted ORPHAN_RESET_DELAY: a
+        # node declared dead by mistake (a stalled machine) is back before that, and then
+        # nobody has answered its established connections with a RST.
+        resetting = {b for b, t in unit.orphaned.items() if now - t >= ORPHAN_RESET_DELAY}
         own = Ownership(
             self.settings.buckets,
             frozenset(owned),
             frozenset(unit.draining),
-            frozenset(unit.orphaned & owned),
+            frozenset(resetting & owned),
         )
         if unit.datapath.apply(own):
             self.metrics.changes.labels(unit.vip).inc()
@@ -283,16 +320,43 @@ class Agent:
         if command == "status":
             return self.status()
         if command == "drain":
+            timeout = None
+            if len(words) > 1:
+                try:
+                    timeout = float(words[1])
+                except ValueError:
+                    return {"error": f"bad drain timeout {words[1]!r}: expected seconds"}
+                if not 0 <= timeout <= 86400:
+                    return {"error": f"bad drain timeout {words[1]!r}: expected 0 to 86400 s"}
             for unit in self.units:
                 unit.membership.drain(True)
             self.draining_all = True
+            self.drain_timeout = timeout
+            log.warning("draining: no new connections; established ones stay until they end")
             return {"ok": True, "draining": True}
         if command == "resume":
             for unit in self.units:
                 unit.membership.drain(False)
             self.draining_all = False
+            self.drain_timeout = None
+            log.warning("resumed: taking new connections again")
             return {"ok": True, "draining": False}
+        if command == "weight":
+            return self._set_weight(words[1:])
         return {"error": f"unknown request {command!r}: allowed are status, drain, resume"}
+
+    def _set_weight(self, args: list[str]) -> dict[str, Any]:
+        try:
+            weight = int(args[0])
+        except (IndexError, ValueError):
+            return {"error": f"bad weight {' '.join(args)!r}: expected a number from 0 to 1000"}
+        if not 0 <= weight <= 1000:
+            return {"error": f"bad weight {weight}: expected a number from 0 to 1000"}
+        for unit in self.units:
+            unit.membership.set_weight(weight)
+        self.weight = weight
+        log.warning("weight is now %d", weight)
+        return {"ok": True, "weight": weight}
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
@@ -320,6 +384,12 @@ class Agent:
                     "owned_count": len(v.owned),
                     "owned": sorted(b + 1 for b in v.owned),
                     "draining": sorted(unit.draining),
+                    "flows": {
+                        str(b): n
+                        for b, n in sorted(
+                            self.flows.per_bucket(cfg, self.settings.buckets).items()
+                        )
+                    },
                     "orphaned": len(unit.orphaned),
                     "members": [
                         {
@@ -351,7 +421,7 @@ class Agent:
         return {
             "agent": {
                 "node_id": self.settings.node_id,
-                "weight": self.settings.weight,
+                "weight": self.weight,
                 "uptime_s": round(now - self.started, 1),
                 "interval_ms": round(self.settings.interval * 1000),
                 "detection_ms": round(self.settings.detection_time * 1000),

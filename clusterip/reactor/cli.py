@@ -144,3 +144,16 @@ def resume() -> None:
     if "error" in reply:
         raise ConfigError(reply["error"])
     click.echo("resumed")
+
+
+@click.command()
+@click.argument("weight", metavar="W")
+def weight(weight: str) -> None:
+    """Change this node's share at runtime (0 = none); established flows stay where they are."""
+    try:
+        reply = request(f"weight {weight}")
+    except NoAgent as exc:
+        raise ConfigError(str(exc)) from None
+    if "error" in reply:
+        raise ConfigError(reply["error"])
+    click.echo(f"weight {reply['weight']}")

@@ -135,3 +135,127 @@ def start_loop(
 def finish_loop(proc: Any, timeout: float = 60) -> list[tuple[str, float, float, list[str], str]]:
     out, _ = proc.communicate(timeout=timeout)
     return [tuple(r) for r in json.loads(out)]  # type: ignore[misc]
+
+
+# Forged and replayed heartbeats, sent from the client namespace to the agents' group.
+FORGE = r"""
+import ipaddress, socket, struct, sys, time
+from clusterip import config
+from clusterip.agent.fingerprint import fingerprint, key_id
+from clusterip.agent.wire import Heartbeat
+vip, group, port, keyfile = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+key = open(keyfile, "rb").read().rstrip()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", port))
+idx = socket.if_nametoindex("eth0")
+mreq = struct.pack("4s4si", socket.inet_aton(group), b"\0" * 4, idx)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreq)
+s.settimeout(3)
+captured = s.recv(4096)  # a real heartbeat of a member
+time.sleep(0.3)  # its sender has moved on: this one is now old
+def heartbeat(cfg, k, node_id=77):
+    kid = key_id(k)
+    return Heartbeat(node_id=node_id, vip=ipaddress.IPv4Address(vip),
+                     fingerprint=fingerprint(cfg, buckets=4096, key_id=kid), key_id=kid,
+                     incarnation=12345, seq=1).pack(k)
+cfg = config.build(vip=vip, interface="eth0", total_nodes=1)
+other_seed = config.build(vip=vip, interface="eth0", total_nodes=1, seed="1234")
+forged = {
+    "replay": captured,
+    "bad_mac": heartbeat(cfg, b"not-the-cluster-key-at-all!"),
+    "malformed": captured[:40] + b"\xff" * 10,
+    "foreign_fingerprint": heartbeat(other_seed, key),
+}
+for _ in range(5):
+    for data in forged.values():
+        s.sendto(data, (group, port))
+    time.sleep(0.05)
+from clusterip.agent.wire import peek
+print(peek(captured).node_id)
+"""
+
+
+# Many long-lived TCP connections to the echo service: each sends a line every `period` and
+# checks that the echo comes back from the same node with the same text. Prints "ready" once
+# all are connected, then one JSON document when `duration` is over.
+CONNS = r"""
+import json, selectors, socket, sys, time
+vip, port, n, period, duration = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+sources = sys.argv[6].split(",")
+sel = selectors.DefaultSelector()
+conns = []
+for i in range(n):
+    s = socket.create_connection((vip, port), timeout=5, source_address=(sources[i % len(sources)], 0))
+    s.sendall(b"hello\n")
+    f = s.makefile("rb")
+    node = f.readline().split()[0].decode()
+    s.setblocking(False)
+    c = {"src": sources[i % len(sources)], "sport": s.getsockname()[1], "node": node, "sent": 0,
+         "ok": 0, "broken": None, "buf": b"", "sock": s, "due": time.time() + (i % 10) * period / 10}
+    conns.append(c)
+    sel.register(s, selectors.EVENT_READ, c)
+print("ready", flush=True)
+end = time.time() + duration
+def breaks(c, why):
+    if c["broken"] is None:
+        c["broken"] = {"error": why, "at": time.time()}
+        sel.unregister(c["sock"])
+        c["sock"].close()
+while time.time() < end:
+    now = time.time()
+    for c in conns:
+        if c["broken"] is None and now >= c["due"]:
+            if c["sent"] - c["ok"] > 10:
+                breaks(c, "stalled")
+                continue
+            c["sent"] += 1
+            try:
+                c["sock"].send(f"{c['sent']}\n".encode())
+            except OSError as exc:
+                breaks(c, type(exc).__name__)
+            c["due"] = now + period
+    for key, _ in sel.select(timeout=0.01):
+        c = key.data
+        try:
+            data = c["sock"].recv(65536)
+        except OSError as exc:
+            breaks(c, type(exc).__name__)
+            continue
+        if not data:
+            breaks(c, "closed")
+            continue
+        c["buf"] += data
+        while b"\n" in c["buf"]:
+            line, c["buf"] = c["buf"].split(b"\n", 1)
+            want = f"{c['node']} {c['ok'] + 1}".encode()
+            if line != want:
+                breaks(c, f"bad echo {line[:40]!r} != {want!r}")
+                break
+            c["ok"] += 1
+for c in conns:
+    if c["broken"] is None and c["sent"] - c["ok"] > 10:
+        c["broken"] = {"error": "stalled", "at": time.time()}
+print(json.dumps([{k: v for k, v in c.items() if k not in ("sock", "buf", "due")} for c in conns]))
+"""
+
+
+def start_conns(
+    lab: Lab, n: int, *, port: int = 7, period: float = 0.1, duration: float = 20.0
+) -> Any:
+    import subprocess
+
+    sources = ",".join(lab.topo.client_addrs())
+    argv = [sys.executable, "-c", CONNS, lab.topo.vip, str(port), str(n), str(period)]
+    argv += [str(duration), sources]
+    proc = lab.spawn(lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", line
+    return proc
+
+
+def finish_conns(proc: Any, timeout: float = 120) -> list[dict[str, Any]]:
+    out, _ = proc.communicate(timeout=timeout)
+    return json.loads(out)  # type: ignore[no-any-return]

@@ -115,3 +115,56 @@ def test_udp_exactly_once_across_failover(
     late = [r for r in records if r[1] > killed + 1.0]
     assert late and all(len(r[3]) == 1 for r in late), [r for r in late if len(r[3]) != 1][:5]
     assert {r[3][0] for r in late} <= {"n2", "n3"}
+
+
+def test_forged_replayed_malformed_foreign_change_nothing(
+    make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
+) -> None:
+    import sys
+
+    from clusterip.reactor.transport import DEFAULT_GROUP, DEFAULT_PORT
+    from tests.lab.clients import FORGE
+
+    lab = make_lab(nodes=4, clients=40)
+    keyfile = tmp_path / "cluster.key"
+    keyfile.write_text(KEY)
+    a = Agents(lab, keyfile)
+    agents.append(a)
+    for k in (1, 2, 3):
+        a.start(k)
+    a.wait_converged([1, 2, 3])
+    before = {k: a.vip_status(k) for k in (1, 2, 3)}
+    argv = [sys.executable, "-c", FORGE, lab.topo.vip, DEFAULT_GROUP, str(DEFAULT_PORT)]
+    done = lab.run(lab.topo.client_ns, [*argv, str(keyfile)], timeout=30)
+    assert done.returncode == 0, done.stderr
+    replayed_from = int(done.stdout.strip())
+    time.sleep(0.5)
+    for k in (1, 2, 3):
+        st = a.vip_status(k)
+        causes = ["bad_mac", "malformed", "foreign_fingerprint"]
+        if k != replayed_from:  # a node ignores its own datagrams before anything else
+            causes.append("replay")
+        for cause in causes:
+            assert st["rejected"].get(cause, 0) >= before[k]["rejected"].get(cause, 0) + 5, (
+                k,
+                cause,
+                st["rejected"],
+            )
+        assert [m["id"] for m in st["members"] if m["counted"]] == [
+            m["id"] for m in before[k]["members"] if m["counted"]
+        ]
+        assert 77 not in [m["id"] for m in st["members"]]
+        assert st["owned"] == before[k]["owned"]
+        assert st["refused"], "the refused senders are reported"
+    # An agent with the wrong key hears heartbeats it cannot authenticate: it stays passive,
+    # says why, and never answers a client.
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("a-different-secret-of-sufficient-length\n")
+    a.start(4, keyfile=wrong)
+    time.sleep(1.0)
+    st4 = a.vip_status(4)
+    assert st4["state"] == "passive" and st4["owned_count"] == 0, st4
+    assert st4["reason"]
+    res = lab.probe(proto="tcp", port=80, per_source=5)
+    assert res.errors == 0 and "n4" not in res.by_node, res.by_node
+    assert all(a.vip_status(k)["owned"] == before[k]["owned"] for k in (1, 2, 3))
