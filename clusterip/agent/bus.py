@@ -151,7 +151,8 @@ class MemoryNetwork:
         return got
 
     def take(self, address: str) -> tuple[bytes, str] | None:
-        self.arrive()
+        if self._flights and self._flights[0][0] <= self.clock.now():
+            self.arrive()
         box = self._arrived.get(address)
         return box.popleft() if box else None
 

@@ -55,6 +55,21 @@ class Overlap:
         return self.end - self.start
 
 
+@dataclass(frozen=True)
+class Gap:
+    """A bucket nobody accepted, from its release (or its owner's crash) until taken again."""
+
+    bucket: int
+    before: int  # the node that had it
+    after: int  # the node that took it
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
 class _Decoder:
     """Memoized `wire.unpack`: every receiver of one datagram gets the same answer."""
 
@@ -97,6 +112,8 @@ class Simulation:
         self.overlaps: list[Overlap] = []
         self._holders: list[set[int]] = [set() for _ in range(params.buckets)]
         self._overlap_since: dict[int, float] = {}
+        self.gaps: list[Gap] = []
+        self._unowned_since: dict[int, tuple[float, int]] = {}
         self._incarnation = 1_000_000
         self._decode = _Decoder()
         self._wakes: list[tuple[float, int, int]] = []  # (when, node id, version)
@@ -218,6 +235,9 @@ class Simulation:
     def _take(self, node: SimNode, bucket: int, now: float) -> None:
         node.accepting.add(bucket)
         holders = self._holders[bucket]
+        if not holders and bucket in self._unowned_since:
+            start, before = self._unowned_since.pop(bucket)
+            self.gaps.append(Gap(bucket, before, node.node_id, start, now))
         holders.add(node.node_id)
         if len(holders) == 2:
             self._overlap_since[bucket] = now
@@ -229,6 +249,8 @@ class Simulation:
             start = self._overlap_since.pop(bucket)
             self.overlaps.append(Overlap(bucket, frozenset(holders), start, now))
         holders.discard(node.node_id)
+        if not holders:
+            self._unowned_since[bucket] = (now, node.node_id)
 
     def close_overlaps(self) -> list[Overlap]:
         """Overlaps recorded so far, including those still open (ending now)."""

@@ -34,7 +34,7 @@ from clusterip.reactor.datapath import AgentDatapath
 from clusterip.reactor.metrics import Metrics
 from clusterip.reactor.notify import Notifier
 from clusterip.reactor.settings import AgentSettings
-from clusterip.reactor.transport import UdpTransport
+from clusterip.reactor.transport import Transport, UdpTransport
 from clusterip.render import Ownership
 
 log = logging.getLogger("clusterip.agent")
@@ -72,12 +72,13 @@ class Agent:
         firewall: Firewall,
         link: Link,
         flows: FlowSource,
+        transport: Transport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.flows = flows
-        self.transport = UdpTransport(
+        self.transport: Transport = transport or UdpTransport(
             configs[0].interface, group=settings.group, port=settings.port, peers=settings.peers
         )
         self.control = ControlServer()
@@ -91,7 +92,9 @@ class Agent:
         params = Params(
             buckets=settings.buckets, interval=settings.interval, tolerance=settings.tolerance
         )
-        incarnation = int.from_bytes(os.urandom(8), "big") >> 1 or 1
+        # Incarnations must grow across restarts (an older one is refused as a replay): the
+        # wall clock in microseconds does, unless the clock is stepped back.
+        incarnation = time.time_ns() // 1000
         now = clock()
         self.units = [
             Unit(

@@ -11,6 +11,7 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Sequence
+from typing import Protocol
 
 from clusterip.config import ConfigError
 
@@ -27,6 +28,14 @@ def parse_group(text: str) -> str:
     if not addr.is_multicast:
         raise ConfigError(f"bad heartbeat group {text!r}: must be a multicast address (224/4)")
     return str(addr)
+
+
+class Transport(Protocol):
+    def open(self) -> None: ...
+    def fileno(self) -> int: ...
+    def send(self, data: bytes) -> None: ...
+    def recv(self) -> list[tuple[bytes, str]]: ...
+    def close(self) -> None: ...
 
 
 class UdpTransport:
@@ -91,3 +100,42 @@ class UdpTransport:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class MemoryHub:
+    """In-memory segment for unit tests: what one transport sends, every other one receives."""
+
+    def __init__(self) -> None:
+        self.inboxes: dict[str, list[tuple[bytes, str]]] = {}
+        self.cut: set[str] = set()  # addresses whose traffic is lost (a partition)
+
+    def transport(self, address: str) -> MemoryTransport:
+        self.inboxes[address] = []
+        return MemoryTransport(self, address)
+
+
+class MemoryTransport:
+    def __init__(self, hub: MemoryHub, address: str) -> None:
+        self.hub = hub
+        self.address = address
+
+    def open(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+    def send(self, data: bytes) -> None:
+        if self.address in self.hub.cut:
+            return
+        for addr, inbox in self.hub.inboxes.items():
+            if addr != self.address and addr not in self.hub.cut:
+                inbox.append((data, self.address))
+
+    def recv(self) -> list[tuple[bytes, str]]:
+        out = self.hub.inboxes[self.address]
+        self.hub.inboxes[self.address] = []
+        return out
+
+    def close(self) -> None:
+        pass

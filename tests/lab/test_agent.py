@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from clusterip.lab.agents import KEY, Agents
 from clusterip.lab.net import Lab
-from tests.lab.agents import KEY, Agents
 from tests.lab.clients import finish_loop, start_loop
 from tests.lab.conftest import MakeLab
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.agents import KEY, Agents
-from tests.lab.clients import finish_conns, start_conns
+from clusterip.lab.agents import KEY, Agents
+from clusterip.lab.conns import finish_conns, start_conns
 from tests.lab.conftest import MakeLab
 
 
@@ -70,7 +70,7 @@ def test_join_drain_weight_break_nothing_and_kill_breaks_only_its_own(
     assert share.by_node["n1"] > 1.8 * share.by_node["n3"], share.by_node
     time.sleep(2)
     # kill -9 node 3: only its own connections break, and they get a RST quickly.
-    killed, gone = a.kill(3)
+    killed, _gone = a.kill(3)
     records = finish_conns(proc)
     assert len(records) == 300
     served = Counter(r["node"] for r in records)

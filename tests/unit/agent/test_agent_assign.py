@@ -131,12 +131,12 @@ def test_golden_assignments() -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(member_sets(), ids, st.data())
+@given(member_sets(), st.data())
 def test_leave_moves_the_leavers_buckets_plus_a_small_cascade(
-    members: dict[int, int], newcomer: int, data: st.DataObject
+    members: dict[int, int], data: st.DataObject
 ) -> None:
     if len(members) < 2:
-        members = {**members, (newcomer % 255) + 1: 1}
+        members = {**members, next(i for i in range(1, 256) if i not in members): 1}
     gone = data.draw(st.sampled_from(sorted(members)))
     before = assign(members, DEFAULT_BUCKETS)
     survivors = {m: w for m, w in members.items() if m != gone}
@@ -145,8 +145,9 @@ def test_leave_moves_the_leavers_buckets_plus_a_small_cascade(
     moved = leave(members, gone, DEFAULT_BUCKETS)
     assert moved.ideal == before.count(gone)
     assert moved.moved - moved.ideal <= 2 * math.sqrt(DEFAULT_BUCKETS)
-    gainers = {a for b, a in zip(before, after, strict=True) if b == gone}
-    assert gainers == set(survivors) or len(gainers) == moved.ideal  # spread over survivors
+    # Spread over all survivors: with B >= N(N-1) every quota grows, so nobody loses count.
+    assert all(after.count(m) >= before.count(m) for m in survivors)
+    assert sum(after.count(m) - before.count(m) for m in survivors) == moved.ideal
 
 
 @settings(max_examples=25, deadline=None)

@@ -4,6 +4,7 @@ replays, duplicate ids, handoffs, reports."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 
@@ -29,9 +30,7 @@ P = Params()
 
 
 def alone(node_id: int = 1, now: float = 0.0, **kw: object) -> Membership:
-    return Membership(
-        node_id=node_id, weight=1, incarnation=100, cluster=cluster(), now=now, **kw
-    )  # type: ignore[arg-type]
+    return Membership(node_id=node_id, weight=1, incarnation=100, cluster=cluster(), now=now, **kw)  # type: ignore[arg-type]
 
 
 def run_alone(m: Membership, start: float, until: float) -> None:
@@ -54,9 +53,11 @@ def test_alone_listens_then_takes_every_bucket_as_orphaned() -> None:
     assert type(hello).__name__ == "Hello" and hello.state == NodeState.STARTING
     assert m.next_deadline(0.0) == pytest.approx(P.interval)  # next heartbeat first
     m.tick(P.listen_time - 1e-9)
-    assert m.state == NodeState.STARTING
+    states = [m.state]
     m.tick(P.listen_time)
-    assert m.state == NodeState.ACTIVE and not m.owned_buckets()  # gathering (hold-down)
+    states.append(m.state)
+    assert states == [NodeState.STARTING, NodeState.ACTIVE]
+    assert not m.owned_buckets()  # gathering changes for hold_time first
     events = m.tick(P.listen_time + P.hold_time)
     (change,) = [e for e in events if isinstance(e, OwnershipChanged)]
     assert m.owned_buckets() == frozenset(range(P.buckets)) == change.owned
@@ -70,7 +71,7 @@ def test_params_defaults_and_validation() -> None:
     assert P.interval_ms == 50
     for bad in ({"tolerance": 1}, {"interval": 0}, {"buckets": 0}, {"listen": -1.0}):
         with pytest.raises(ValueError):
-            Params(**bad)  # type: ignore[arg-type]
+            Params(**bad)
 
 
 def test_heartbeats_every_interval_and_sequence_grows() -> None:
@@ -84,7 +85,7 @@ def test_heartbeats_every_interval_and_sequence_grows() -> None:
         t = m.next_deadline(t)
     times = [s[0] for s in seqs]
     assert [s[1] for s in seqs] == list(range(1, len(seqs) + 1))
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) <= P.interval + 1e-9
     assert len(seqs) >= 1.0 / P.interval  # plus early ones on state changes
 
@@ -138,6 +139,20 @@ def test_three_missed_heartbeats_are_tolerated_a_fourth_is_not() -> None:
     assert 2.0 + P.dead_after - P.interval <= when <= 2.0 + P.dead_after + 1e-9
     sim.run_until(3.5)
     assert not sim.problems()  # back together after healing
+
+
+def test_leave_releases_everything_before_the_leave_message() -> None:
+    m = alone()
+    run_alone(m, 0.0, 1.0)
+    assert len(m.owned_buckets()) == P.buckets
+    events, msg = m.leave(1.0)
+    (change,) = [e for e in events if isinstance(e, OwnershipChanged)]
+    assert not change.owned and set(change.lost) == set(range(P.buckets))
+    assert set(change.lost.values()) == {None}  # nobody left to take them
+    assert m.state == NodeState.LEAVING and not m.owned_buckets()
+    assert msg.state == NodeState.LEAVING
+    _, again = m.leave(1.0)
+    assert again.seq == msg.seq + 1  # a resend is not a replay
 
 
 def test_leave_removes_at_once_and_its_buckets_are_orphaned() -> None:

@@ -1,4 +1,4 @@
-"""Running agents in a lab for tests and benchmarks."""
+"""Running `clusterip agent` on the nodes of a lab: for tests, benchmarks and the demo."""
 
 from __future__ import annotations
 

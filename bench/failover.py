@@ -1,0 +1,154 @@
+"""Failover time: kill -9 an agent N times, measure how long its clients go unserved.
+
+    python -m bench.failover [--kills 20] [--out bench/out/failover.json]
+
+A 3-node agent cluster in the lab (hashmode sourceip, so each client address has one owner),
+clients on 30 addresses requesting all the time (a new TCP connection every ~20 ms each). For
+every kill: the orphaned clients are those whose last answer before the kill came from the
+victim; each one's failover time runs from the kill to its first answered request after it.
+Reported: p50, p99 and max over all orphaned clients of all kills, beside the configured
+detection time (heartbeat interval x tolerance). The victim is restarted and the cluster left
+to converge before the next kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.labrun import bench_lab
+from clusterip.lab.agents import KEY, Agents
+from clusterip.lab.net import Lab
+from clusterip.reactor.settings import DEFAULT_INTERVAL_MS, DEFAULT_TOLERANCE
+
+CLIENTS = 30
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.records: list[tuple[float, str, str | None]] = []
+        self.lock = threading.Lock()
+
+    def read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            d = json.loads(line)
+            with self.lock:
+                self.records.append((d["t"], d["src"], d["node"]))
+
+    def snapshot(self) -> list[tuple[float, str, str | None]]:
+        with self.lock:
+            return list(self.records)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def one_kill(lab: Lab, agents: Agents, feed: Feed, victim: int) -> dict[str, Any]:
+    name = lab.topo.node_name(victim)
+    before = feed.snapshot()
+    last: dict[str, str | None] = {}
+    for _t, src, node in before:
+        if node:
+            last[src] = node
+    orphans = {s for s, n in last.items() if n == name}
+    killed, _gone = agents.kill(victim)
+    time.sleep(1.5)
+    after = [r for r in feed.snapshot() if r[0] > killed]
+    times = {}
+    for src in orphans:
+        served = [t for t, s, n in after if s == src and n]
+        if served:
+            times[src] = min(served) - killed
+    failed_elsewhere = sum(1 for t, s, n in after if n is None and s not in orphans)
+    agents.start(victim)
+    agents.wait_converged(list(lab.topo.node_indexes), timeout=20)
+    return {
+        "victim": name,
+        "orphans": len(orphans),
+        "recovered": len(times),
+        "times": sorted(times.values()),
+        "other_clients_failed_requests": failed_elsewhere,
+    }
+
+
+def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
+    detection_ms = DEFAULT_INTERVAL_MS * DEFAULT_TOLERANCE
+    results = []
+    with tempfile.TemporaryDirectory(prefix="clusterip-failover-") as tmp:
+        keyfile = Path(tmp) / "cluster.key"
+        keyfile.write_text(KEY)
+        with bench_lab(3, CLIENTS, log) as lab:
+            lab.start_servers()
+            agents = Agents(lab, keyfile, "--hashmode", "sourceip")
+            try:
+                for k in lab.topo.node_indexes:
+                    agents.start(k)
+                agents.wait_converged(list(lab.topo.node_indexes), timeout=20)
+                duration = kills * 8 + 30
+                argv = [sys.executable, "-m", "clusterip.lab.load", "--vip", lab.topo.vip]
+                argv += ["--sources", lab.topo.client_range(), "--duration", str(duration)]
+                argv += ["--timeout", "0.1", "--pause", "0.05"]
+                load = lab.spawn(lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
+                feed = Feed()
+                threading.Thread(target=feed.read, args=(load,), daemon=True).start()
+                time.sleep(2.0)
+                for i in range(kills):
+                    r = one_kill(lab, agents, feed, 1 + i % 3)
+                    log(
+                        f"kill {i + 1}/{kills} of {r['victim']}: {r['recovered']}/{r['orphans']} "
+                        f"orphaned clients back, max "
+                        f"{max(r['times'], default=0) * 1000:.0f} ms"
+                    )
+                    results.append(r)
+                    time.sleep(1.0)
+                load.terminate()
+                load.wait(timeout=10)
+            finally:
+                agents.stop_all()
+    times = [t for r in results for t in r["times"]]
+    summary = {
+        "kills": kills,
+        "orphaned_clients": sum(r["orphans"] for r in results),
+        "recovered_clients": sum(r["recovered"] for r in results),
+        "detection_ms": detection_ms,
+        "p50_ms": round(statistics.median(times) * 1000, 1) if times else None,
+        "p99_ms": round(percentile(times, 0.99) * 1000, 1) if times else None,
+        "max_ms": round(max(times) * 1000, 1) if times else None,
+        "other_clients_failed_requests": sum(r["other_clients_failed_requests"] for r in results),
+        "kills_detail": results,
+        "command": f"python -m bench.failover --kills {kills}",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    ap = argparse.ArgumentParser(prog="bench.failover")
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("bench/out/failover.json"))
+    args = ap.parse_args(argv)
+    s = run(args.kills, args.out)
+    print(
+        f"failover over {s['kills']} kills, {s['recovered_clients']}/{s['orphaned_clients']} "
+        f"orphaned clients: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, max {s['max_ms']} ms "
+        f"(detection configured: {s['detection_ms']} ms); requests of other clients that "
+        f"failed meanwhile: {s['other_clients_failed_requests']}"
+    )
+    return 0 if s["recovered_clients"] == s["orphaned_clients"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

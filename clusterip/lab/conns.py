@@ -1,0 +1,102 @@
+"""Long-lived TCP connections to the lab's echo service, checked every period (client side).
+
+    python -m clusterip.lab.conns VIP PORT N PERIOD DURATION SRC[,SRC...]
+
+Each connection sends a line every PERIOD seconds and checks that the echo comes back from
+the same node with the same text. Prints "ready" once all N are connected, then, after
+DURATION, one JSON list: per connection src, sport, node, sent, ok, broken (null or
+{"error", "at"}). Bounded in time; talks only to the VIP it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from clusterip.lab.net import Lab
+
+SCRIPT = r"""
+import json, selectors, socket, sys, time
+vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+period, duration = float(sys.argv[4]), float(sys.argv[5])
+sources = sys.argv[6].split(",")
+sel = selectors.DefaultSelector()
+conns = []
+for i in range(n):
+    src = sources[i % len(sources)]
+    s = socket.create_connection((vip, port), timeout=5, source_address=(src, 0))
+    s.sendall(b"hello\n")
+    f = s.makefile("rb")
+    node = f.readline().split()[0].decode()
+    s.setblocking(False)
+    c = {"src": src, "sport": s.getsockname()[1], "node": node, "sent": 0, "ok": 0,
+         "broken": None, "buf": b"", "sock": s, "due": time.time() + (i % 10) * period / 10}
+    conns.append(c)
+    sel.register(s, selectors.EVENT_READ, c)
+print("ready", flush=True)
+end = time.time() + duration
+def breaks(c, why):
+    if c["broken"] is None:
+        c["broken"] = {"error": why, "at": time.time()}
+        sel.unregister(c["sock"])
+        c["sock"].close()
+while time.time() < end:
+    now = time.time()
+    for c in conns:
+        if c["broken"] is None and now >= c["due"]:
+            if c["sent"] - c["ok"] > 10:
+                breaks(c, "stalled")
+                continue
+            c["sent"] += 1
+            try:
+                c["sock"].send(f"{c['sent']}\n".encode())
+            except OSError as exc:
+                breaks(c, type(exc).__name__)
+            c["due"] = now + period
+    for key, _ in sel.select(timeout=0.01):
+        c = key.data
+        try:
+            data = c["sock"].recv(65536)
+        except OSError as exc:
+            breaks(c, type(exc).__name__)
+            continue
+        if not data:
+            breaks(c, "closed")
+            continue
+        c["buf"] += data
+        while b"\n" in c["buf"]:
+            line, c["buf"] = c["buf"].split(b"\n", 1)
+            want = f"{c['node']} {c['ok'] + 1}".encode()
+            if line != want:
+                breaks(c, f"bad echo {line[:40]!r} != {want!r}")
+                break
+            c["ok"] += 1
+for c in conns:
+    if c["broken"] is None and c["sent"] - c["ok"] > 10:
+        c["broken"] = {"error": "stalled", "at": time.time()}
+print(json.dumps([{k: v for k, v in c.items() if k not in ("sock", "buf", "due")} for c in conns]))
+"""
+
+
+def start_conns(
+    lab: Lab, n: int, *, port: int = 7, period: float = 0.1, duration: float = 20.0
+) -> subprocess.Popen[str]:
+    """Open `n` connections from the client namespace; returns once all are up."""
+    sources = ",".join(lab.topo.client_addrs())
+    argv = [sys.executable, "-c", SCRIPT, lab.topo.vip, str(port), str(n), str(period)]
+    argv += [str(duration), sources]
+    proc = lab.spawn(lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        raise RuntimeError(f"connections did not come up: {line!r}")
+    return proc
+
+
+def finish_conns(proc: subprocess.Popen[str], timeout: float = 120) -> list[dict[str, Any]]:
+    out, _ = proc.communicate(timeout=timeout)
+    data: list[dict[str, Any]] = json.loads(out)
+    return data

@@ -1,0 +1,143 @@
+"""The agent's reactor with in-memory fakes: transport hub, firewall, link, flows, clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from clusterip import config
+from clusterip.config import ConfigError
+from clusterip.flows import FakeFlows
+from clusterip.link import FakeLink
+from clusterip.nft import RecordingFirewall
+from clusterip.reactor.agent import ORPHAN_RESET_DELAY, Agent
+from clusterip.reactor.datapath import AgentDatapath
+from clusterip.reactor.keyfile import read_key
+from clusterip.reactor.settings import AgentSettings, build_settings
+from clusterip.reactor.transport import MemoryHub
+from clusterip.render import Ownership
+
+KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def cfg() -> config.VipConfig:
+    c = config.build(vip="198.18.0.100", interface="eth0", total_nodes=1)
+    return replace(c, total_nodes=4096)
+
+
+def test_key_file(tmp_path: Path) -> None:
+    p = tmp_path / "k"
+    p.write_bytes(b"x" * 16 + b" \n\n")
+    assert read_key(str(p)) == b"x" * 16
+    p.write_bytes(b"short \n")
+    with pytest.raises(ConfigError, match="5 bytes of key, at least 16"):
+        read_key(str(p))
+    with pytest.raises(ConfigError, match="cannot read key file"):
+        read_key(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"node_id": 0}, "bad node id '0'"),
+        ({"node_id": 256}, "bad node id '256'"),
+        ({"weight": -1}, "bad weight"),
+        ({"peers": ["198.18.0.300"]}, "bad peer address"),
+        ({"group": "198.18.0.1"}, "must be a multicast"),
+        ({"tolerance": 1}, "bad tolerance"),
+        ({"node_id": None}, "missing --node-id"),
+    ],
+)
+def test_settings_errors(kw: dict[str, object], msg: str) -> None:
+    args: dict[str, object] = {"node_id": 1, "key_file": "/k"}
+    args.update(kw)
+    with pytest.raises(ConfigError, match=msg):
+        build_settings(**args)
+
+
+def test_datapath_life_cycle() -> None:
+    fw, link = RecordingFirewall(), FakeLink()
+    dp = AgentDatapath(cfg(), 4096, fw, link)
+    dp.start()
+    assert "clusterip_guard_198_18_0_100" in fw.scripts[0]
+    assert "flags owner" in fw.scripts[1] and "add element" not in fw.scripts[1]
+    assert link.addresses["eth0"] == {("198.18.0.100", 32)}
+    assert link.mcast["eth0"] == ["03:bf:c6:12:00:64"] and link.garps
+    assert dp.apply(Ownership.of(4096, [1, 2, 3]))
+    assert fw.scripts[-1].startswith("add element netdev")
+    assert not dp.apply(Ownership.of(4096, [1, 2, 3]))  # nothing to do: no transaction
+    assert len(fw.scripts) == 3
+    dp.stop()
+    assert (
+        "flags owner" in fw.scripts[-1] and "delete table netdev clusterip_guard" in fw.scripts[-1]
+    )
+    assert link.addresses["eth0"] == set() and link.mcast["eth0"] == []
+
+
+class Node:
+    def __init__(self, hub: MemoryHub, k: int, clock: list[float]) -> None:
+        self.fw = RecordingFirewall()
+        settings = AgentSettings(node_id=k, key_file="-", realtime=0)
+        self.agent = Agent(
+            [cfg()],
+            settings,
+            KEY,
+            firewall=self.fw,
+            link=FakeLink(),
+            flows=FakeFlows(dict.fromkeys(range(1, 4097), 1)),  # a live flow in every bucket
+            transport=hub.transport(f"198.18.0.{k}"),
+            clock=lambda: clock[0],
+        )
+        self.agent.units[0].datapath.start()
+
+    @property
+    def owned(self) -> frozenset[int]:
+        return self.agent.units[0].datapath.current.owned
+
+
+def run_for(nodes: list[Node], clock: list[float], seconds: float, step: float = 0.01) -> None:
+    end = clock[0] + seconds
+    while clock[0] < end:
+        clock[0] += step
+        for n in nodes:
+            for data, src in n.agent.transport.recv():
+                n.agent.units[0].membership.receive(data, src, clock[0])
+            n.agent.step(clock[0])
+
+
+def test_agents_converge_fail_over_and_rejoin_in_memory() -> None:
+    hub, clock = MemoryHub(), [1000.0]
+    nodes = [Node(hub, k, clock) for k in (1, 2, 3)]
+    run_for(nodes, clock, 2.0)
+    owned = [n.owned for n in nodes]
+    assert sum(len(o) for o in owned) == 4096 and set().union(*owned) == set(range(1, 4097))
+    assert max(map(len, owned)) - min(map(len, owned)) <= 1
+    # Node 3 goes silent: within the detection time its buckets are spread over 1 and 2.
+    hub.cut.add("198.18.0.3")
+    dead = set(nodes[2].owned)
+    run_for(nodes[:2], clock, 0.3)
+    a, b = nodes[0].owned, nodes[1].owned
+    assert a | b == set(range(1, 4097)) and not a & b
+    assert dead & a and dead & b  # spread, not dumped on one survivor
+    # The dead node's buckets get their RST treatment only after the grace delay.
+    taken = dead & a
+    assert not nodes[0].agent.units[0].datapath.current.orphaned & taken
+    run_for(nodes[:2], clock, ORPHAN_RESET_DELAY + 0.1)
+    assert taken <= nodes[0].agent.units[0].datapath.current.orphaned
+    # The survivors' own moves between them are small: only the dead node's share moved.
+    assert len(a) == 2048 and len(b) == 2048
+    # Node 3 comes back (a new incarnation): it gets a third back, from live nodes, and they
+    # keep the established flows of what they hand over (draining).
+    hub.cut.clear()
+    nodes[2] = Node(hub, 3, clock)
+    run_for(nodes, clock, 1.5)
+    owned = [n.owned for n in nodes]
+    assert sum(len(o) for o in owned) == 4096 and max(map(len, owned)) - min(map(len, owned)) <= 1
+    lost = set(nodes[0].agent.units[0].draining)
+    assert lost and lost <= nodes[2].owned
+    # Once the flows are gone, draining ends at the next check.
+    nodes[0].agent.flows = FakeFlows()
+    run_for(nodes, clock, 1.2)
+    assert not nodes[0].agent.units[0].draining
