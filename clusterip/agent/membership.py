@@ -38,19 +38,17 @@ from clusterip.agent.events import (
     Notice,
     PeerDown,
     PeerUp,
-    RefusedInfo,
     StateChanged,
     View,
 )
 from clusterip.agent.fingerprint import view_digest
 from clusterip.agent.ownership import Ownership, PeerStatus
 from clusterip.agent.params import Cluster, Params
+from clusterip.agent.refusals import Refusals
 from clusterip.agent.replay import Freshness, ReplayGuard
-from clusterip.agent.stats import RateLimiter, RejectStats, with_suppressed
 from clusterip.agent.wire import (
     MAX_NODE_ID,
     Ack,
-    BadMac,
     DuplicateNodeId,
     ForeignFingerprint,
     Heartbeat,
@@ -67,14 +65,6 @@ Decoder = Callable[[bytes, bytes, bytes], Message]
 memoizing wrapper of it when many simulated nodes receive the same datagram."""
 
 EARLY_GAP = 0.2  # an extra heartbeat (answer to a HELLO, new view) waits this * interval
-MAX_REFUSED = 256  # senders remembered in the refused list (oldest dropped first)
-_LEVELS: dict[str, Level] = {
-    "foreign_fingerprint": "error",
-    "duplicate_node_id": "error",
-    "bad_mac": "warning",
-    "replay": "warning",
-    "malformed": "warning",
-}
 
 
 def _unpack(data: bytes, key: bytes, fingerprint: bytes) -> Message:
@@ -92,16 +82,6 @@ class _Peer:
     last_heard: float
     view_digest: bytes
     acks_us: bool
-
-
-@dataclass
-class _Refusal:
-    node_id: int | None
-    cause: str
-    detail: str
-    count: int
-    last_seen: float
-    until: float  # counts towards passivity until then (0: never)
 
 
 class Membership:
@@ -126,15 +106,17 @@ class Membership:
         self.incarnation = incarnation
         self.cluster = cluster
         self.params = params or Params()
-        self.stats = RejectStats()
         self._decode = decode or _unpack
         self._weight = weight
         self._started = now
         self._guard = ReplayGuard(forget_after=self.params.forget_after)
-        self._limiter = RateLimiter(self.params.log_every)
+        self._refusals = Refusals(
+            dead_after=self.params.dead_after,
+            tolerance=self.params.tolerance,
+            log_every=self.params.log_every,
+        )
+        self.stats = self._refusals.stats
         self._peers: dict[int, _Peer] = {}
-        self._refused: dict[tuple[str, int | None], _Refusal] = {}
-        self._duplicate: tuple[float, str] | None = None  # (until, why)
         self._events: list[Event] = []
         self._seq = 0
         self._hello_sent = False
@@ -329,10 +311,7 @@ class Membership:
             )
             for _, p in sorted(self._peers.items())
         )
-        refused = tuple(
-            RefusedInfo(addr, r.node_id, r.cause, r.detail, r.count, r.last_seen)
-            for (addr, _), r in sorted(self._refused.items(), key=lambda kv: -kv[1].last_seen)
-        )
+        refused = self._refusals.report()
         return View(
             node_id=self.node_id,
             incarnation=self.incarnation,
@@ -370,22 +349,9 @@ class Membership:
                 del self._peers[node]
                 self._events.append(PeerDown(node, peer.incarnation, "timeout"))
 
-    def _passive_reason(self, now: float) -> str | None:
-        if self._duplicate is not None and now < self._duplicate[0]:
-            return self._duplicate[1]
-        if any(p.acks_us for p in self._peers.values()):
-            return None
-        for (addr, _), r in self._refused.items():
-            if now < r.until:
-                return (
-                    f"hears {addr} (node {r.node_id}) for this VIP with {r.cause.replace('_', ' ')}"
-                    f" ({r.detail}) and no valid member: passive, so as not to answer alongside"
-                    " the real members"
-                )
-        return None
-
     def _update_state(self, now: float) -> None:
-        passive = self._passive_reason(now)
+        has_valid_peer = any(p.acks_us for p in self._peers.values())
+        passive = self._refusals.passive_reason(now, has_valid_peer)
         listen_end = self._started + self.params.listen_time
         if self._leaving:
             state, why = NodeState.LEAVING, "leaving"
@@ -450,13 +416,11 @@ class Membership:
         expiries = [p.last_heard + p.dead_after for p in self._peers.values()]
         self._next_expiry = min(expiries, default=math.inf)
         times = expiries
-        times += [r.until for r in self._refused.values() if r.until > now]
+        times += self._refusals.deadlines(now)
         times += self._ownership.deadlines()
         listen_end = self._started + self.params.listen_time
         if now < listen_end:
             times.append(listen_end)
-        if self._duplicate is not None and self._duplicate[0] > now:
-            times.append(self._duplicate[0])
         if self._hold_until is not None:
             times.append(self._hold_until)
         return min(times, default=math.inf)
@@ -472,8 +436,7 @@ class Membership:
         )
         if msg.incarnation > self.incarnation:
             why += ": that one is newer, so this node stays passive"
-            hold = max(self.params.dead_after, msg.interval_ms / 1000 * self.params.tolerance)
-            self._duplicate = (now + hold, why)
+            self._refusals.duplicate(why, msg.interval_ms, now)
             self._dirty = True
         else:
             why += ": ours is newer (or that is a replay of our previous run)"
@@ -487,30 +450,13 @@ class Membership:
         node_id: int | None = None,
         interval_ms: int | None = None,
     ) -> None:
-        cause = exc.cause
-        self.stats.record(cause)
-        header = exc.header
-        if header is not None:
-            node_id = header.node_id if node_id is None else node_id
-            interval_ms = header.interval_ms if interval_ms is None else interval_ms
-        key = (src, node_id)
-        rec = self._refused.get(key)
-        if rec is None:
-            if len(self._refused) >= MAX_REFUSED:
-                oldest = min(self._refused, key=lambda k: self._refused[k].last_seen)
-                del self._refused[oldest]
-            rec = self._refused[key] = _Refusal(node_id, cause, exc.detail, 0, now, 0.0)
-        rec.cause, rec.detail, rec.count, rec.last_seen = cause, exc.detail, rec.count + 1, now
-        if isinstance(exc, BadMac | ForeignFingerprint):
-            # Heard for our VIP but not one of us: may make us passive (see module doc).
-            their = (interval_ms or 0) / 1000 * self.params.tolerance
-            rec.until = now + max(self.params.dead_after, their)
+        passive, notice = self._refusals.refuse(exc, src, now, node_id, interval_ms)
+        if passive:
             self._dirty = True
-        who = src if node_id is None else f"{src} (node {node_id})"
-        self._notice(cause, now, f"refused a message from {who}: {cause}: {exc.detail}")
+        if notice is not None:
+            self._events.append(notice)
 
     def _notice(self, cause: str, now: float, text: str) -> None:
-        suppressed = self._limiter.allow(cause, now)
-        if suppressed is not None:
-            level = _LEVELS.get(cause, "warning")
-            self._events.append(Notice(level, cause, with_suppressed(text, suppressed)))
+        notice = self._refusals.notice(cause, now, text)
+        if notice is not None:
+            self._events.append(notice)

@@ -124,6 +124,8 @@ class Simulation:
 
     def add_node(self, node_id: int, weight: int, cluster: Cluster | None = None) -> SimNode:
         """A node not in the initial set (e.g. one with another key or config)."""
+        if node_id in self.nodes:
+            raise ValueError(f"node {node_id} already exists")
         node = SimNode(node_id, weight, f"10.0.1.{node_id}", cluster or self.cluster)
         self.nodes[node_id] = node
         return node

@@ -4,7 +4,7 @@
 
 Each connection sends a line every PERIOD seconds and checks that the echo comes back from
 the same node with the same text. Prints "ready" once all N are connected, then, after
-DURATION, one JSON list: per connection src, sport, node, sent, ok, broken (null or
+DURATION (or SIGTERM), one JSON list: per connection src, sport, node, sent, ok, broken (null or
 {"error", "at"}). Bounded in time; talks only to the VIP it is given.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from clusterip.lab.net import Lab
 
 SCRIPT = r"""
-import json, selectors, socket, sys, time
+import json, selectors, signal, socket, sys, time
 vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 period, duration = float(sys.argv[4]), float(sys.argv[5])
 sources = sys.argv[6].split(",")
@@ -37,6 +37,10 @@ for i in range(n):
     sel.register(s, selectors.EVENT_READ, c)
 print("ready", flush=True)
 end = time.time() + duration
+def stop(*_):
+    global end
+    end = 0.0
+signal.signal(signal.SIGTERM, stop)
 def breaks(c, why):
     if c["broken"] is None:
         c["broken"] = {"error": why, "at": time.time()}
@@ -96,7 +100,12 @@ def start_conns(
     return proc
 
 
-def finish_conns(proc: subprocess.Popen[str], timeout: float = 120) -> list[dict[str, Any]]:
+def finish_conns(
+    proc: subprocess.Popen[str], timeout: float = 120, *, now: bool = False
+) -> list[dict[str, Any]]:
+    """The per-connection report: at the end of the duration, or at once with `now`."""
+    if now:
+        proc.terminate()
     out, _ = proc.communicate(timeout=timeout)
     data: list[dict[str, Any]] = json.loads(out)
     return data

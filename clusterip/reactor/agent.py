@@ -31,6 +31,7 @@ from clusterip.link import Link
 from clusterip.nft import Firewall
 from clusterip.reactor.control import ControlServer
 from clusterip.reactor.datapath import AgentDatapath
+from clusterip.reactor.flowwatch import FlowWatcher
 from clusterip.reactor.metrics import Metrics
 from clusterip.reactor.notify import Notifier
 from clusterip.reactor.settings import AgentSettings
@@ -40,7 +41,8 @@ from clusterip.render import Ownership
 log = logging.getLogger("clusterip.agent")
 LEAVE_REPEAT = 3
 FLOW_CHECK_EVERY = 1.0
-ORPHAN_RESET_DELAY = 0.4
+ORPHAN_RESET_DELAY = 0.3
+MIN_HOLD = 1.0  # an owner that held a bucket less than this has no flows worth keeping
 
 
 @dataclass
@@ -54,7 +56,15 @@ class Unit:
     orphaned: dict[int, float] = field(default_factory=dict)  # 1-based bucket -> taken at
     owners: tuple[int, ...] = ()  # the cluster-wide assignment last seen (0-based buckets)
     members: frozenset[tuple[int, int]] = frozenset()  # (node id, weight) assigned to
-    live_moved: dict[int, float] = field(default_factory=dict)  # bucket (0-based) -> when
+    # bucket (0-based) -> {node that handed it over alive: when}: those may still drain flows
+    moved_from: dict[int, dict[int, float]] = field(default_factory=dict)
+    owner_since: dict[int, float] = field(default_factory=dict)  # bucket (0-based) -> since
+    gained_from: dict[int, tuple[int, float]] = field(default_factory=dict)  # 1-based -> (node, t)
+    # Buckets orphaned because the live node we took them from died: (node, incarnation).
+    orphaned_by: dict[int, tuple[int, int]] = field(default_factory=dict)
+    metrics_due: float = 0.0
+    last_raw: frozenset[int] | None = None  # the membership's owned set last applied
+    orphaned_at: float = -1e18  # when buckets were last added to `orphaned`
     failovers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -77,7 +87,6 @@ class Agent:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.flows = flows
         self.transport: Transport = transport or UdpTransport(
             configs[0].interface, group=settings.group, port=settings.port, peers=settings.peers
         )
@@ -111,7 +120,7 @@ class Agent:
             )
             for cfg in configs
         ]
-        self._next_flow_check = 0.0
+        self.watcher = FlowWatcher(flows, configs, settings.buckets, FLOW_CHECK_EVERY, clock)
 
     # ----- life cycle ---------------------------------------------------------------------
 
@@ -128,7 +137,8 @@ class Agent:
         try:
             for unit in self.units:
                 unit.datapath.start()
-                self.flows.per_bucket(unit.cfg, self.settings.buckets)  # warm up: imports
+            self.watcher.measure()  # imports and first counts before the loop starts
+            self.watcher.start()
             self.transport.open()
             if self.settings.metrics:
                 self.metrics.serve(self.settings.metrics)
@@ -143,6 +153,7 @@ class Agent:
             self._leave()
             return 0
         finally:
+            self.watcher.stop()
             for unit in self.units:
                 try:
                     unit.datapath.stop()
@@ -169,25 +180,28 @@ class Agent:
                 now = self.clock()
                 deadline = min(u.membership.next_deadline(now) for u in self.units)
                 for key, _ in sel.select(timeout=max(0.0, deadline - now)):
-                    if key.data == "net":
-                        now = self.clock()
-                        for data, src in self.transport.recv():
-                            for unit in self.units:
-                                unit.membership.receive(data, src, now)
-                    elif key.data == "control":
+                    if key.data == "control":
                         self.control.serve_one(self.handle_request)
-                    else:
+                    elif key.data == "wake":  # a signal arrived; "net" is read in step()
                         with contextlib.suppress(BlockingIOError):
                             wake.recv(64)
-                self.step(self.clock())
+                began = self.clock()
+                self.step(began)
+                took = self.clock() - began
+                if took > self.settings.interval:
+                    log.warning("a loop step took %.0f ms (heartbeat every %.0f ms)",
+                                took * 1000, self.settings.interval * 1000)  # fmt: skip
         finally:
             sel.close()
 
     def step(self, now: float) -> None:
         """Tick every VIP, apply ownership, send due heartbeats (release before announce)."""
-        check_flows = now >= self._next_flow_check
-        if check_flows:
-            self._next_flow_check = now + FLOW_CHECK_EVERY
+        self.watcher.poll(now)
+        # Whatever arrived while this process was busy counts before any peer is judged: a
+        # stall of our own must not look like the silence of everyone else.
+        for data, src in self.transport.recv():
+            for unit in self.units:
+                unit.membership.receive(data, src, now)
         for unit in self.units:
             m = unit.membership
             events = m.tick(now)
@@ -196,14 +210,9 @@ class Agent:
             for event in events:
                 self._on_event(unit, event, now)
             # Lost buckets leave the kernel before the heartbeat that announces the new view.
-            self._sync(unit, now, check_flows=False)
+            self._sync(unit, now)
             if m.due(now):
                 self.transport.send(m.heartbeat(now).pack(m.cluster.key))
-        if check_flows:
-            # The slow part (a conntrack dump), after this round's heartbeats are out.
-            for unit in self.units:
-                if unit.draining:
-                    self._sync(unit, self.clock(), check_flows=True)
 
     def _leave(self) -> None:
         now = self.clock()
@@ -227,12 +236,25 @@ class Agent:
             # A bucket that moved between two live nodes lately may still carry the old
             # owner's established flows (it keeps them while draining): if its new owner
             # dies, whoever takes it over must not answer those flows with a RST.
-            window = self.settings.drain_timeout + self.settings.detection_time
-            fresh = {b for b in event.orphaned if now - unit.live_moved.get(b, -1e18) > window}
+            alive = {m.node_id for m in unit.membership.view().members}  # draining ones too
+            fresh = {b for b in event.orphaned if not self._others_may_hold(unit, b, now, alive)}
+            if len(fresh) != len(event.orphaned):
+                log.info(
+                    "%s: %d of %d buckets from dead nodes may hold live nodes' flows: no RST",
+                    unit.vip,
+                    len(event.orphaned) - len(fresh),
+                    len(event.orphaned),
+                )
             for b in lost:
                 unit.orphaned.pop(b, None)
+                unit.orphaned_by.pop(b, None)
+                unit.gained_from.pop(b, None)
             for b in fresh:
                 unit.orphaned.setdefault(b + 1, now)
+            unit.orphaned_at = now
+            for b, prev in event.gained.items():
+                if prev is not None and b not in event.orphaned:
+                    unit.gained_from[b + 1] = (prev, now)
             for b in lost:
                 if event.lost[b - 1] is not None and self.settings.drain_timeout > 0:
                     unit.draining[b] = now  # moved to a live node: keep our established flows
@@ -262,10 +284,43 @@ class Agent:
             log.log(level, "%s: %s", unit.vip, event.text)
         elif isinstance(event, StateChanged):
             log.warning("%s: %s -> %s (%s)", unit.vip, event.old.name, event.new.name, event.reason)
-        elif isinstance(event, PeerUp):
-            log.info("%s: node %d up at %s", unit.vip, event.node_id, event.address)
         elif isinstance(event, PeerDown):
             log.warning("%s: node %d down (%s)", unit.vip, event.node_id, event.reason)
+            # Buckets we took from it while it was alive may still carry the flows it was
+            # draining: they have no server now, so they get the orphan treatment (a RST).
+            window = self.settings.drain_timeout + self.settings.detection_time
+            alive = {m.node_id for m in unit.membership.view().members}
+            for b, (prev, t) in list(unit.gained_from.items()):
+                if (
+                    prev == event.node_id
+                    and now - t <= window
+                    and b not in unit.orphaned
+                    and not self._others_may_hold(unit, b - 1, now, alive, dead=event.node_id)
+                ):
+                    unit.orphaned[b] = now
+                    unit.orphaned_at = now
+                    unit.orphaned_by[b] = (event.node_id, event.incarnation)
+                    log.debug("%s: bucket %d handed over by node %d: orphaned", unit.vip, b, prev)
+        elif isinstance(event, PeerUp):
+            log.info("%s: node %d up at %s", unit.vip, event.node_id, event.address)
+            # The same incarnation back (it was only silent for a while): its draining flows
+            # are alive, so the buckets it handed us must not reset them after all.
+            for b, who in list(unit.orphaned_by.items()):
+                if who == (event.node_id, event.incarnation):
+                    del unit.orphaned_by[b]
+                    unit.orphaned.pop(b, None)
+
+    def _others_may_hold(
+        self, unit: Unit, bucket: int, now: float, alive: set[int], dead: int = 0
+    ) -> bool:
+        """Whether another live node may still keep established flows of `bucket` (0-based):
+        one that handed it over, alive, within the drain window. Then a mid-flow packet there
+        may be that node's, and must be dropped, not answered with a RST."""
+        window = self.settings.drain_timeout + self.settings.detection_time
+        return any(
+            node != self.settings.node_id and node != dead and node in alive and now - t <= window
+            for node, t in unit.moved_from.get(bucket, {}).items()
+        )
 
     def _track_moves(self, unit: Unit, now: float) -> None:
         """Remember which buckets last moved from one live member to another, and when."""
@@ -275,22 +330,34 @@ class Agent:
         owners = assign(members, self.settings.buckets) if members else ()
         if unit.owners and owners:
             for b, (old, new) in enumerate(zip(unit.owners, owners, strict=True)):
-                if old != new and old in members:
-                    unit.live_moved[b] = now
+                if old == new:
+                    continue
+                # The old owner keeps flows only if it owned the bucket long enough to have
+                # accepted some: not the instant after a start or a false alarm.
+                if old in members and now - unit.owner_since.get(b, now) >= MIN_HOLD:
+                    unit.moved_from.setdefault(b, {})[old] = now
+                unit.owner_since[b] = now
+        elif owners:
+            unit.owner_since = dict.fromkeys(range(len(owners)), now)
         unit.owners = owners
         unit.members = frozenset(members.items())
 
-    def _sync(self, unit: Unit, now: float, check_flows: bool) -> None:
-        owned = {b + 1 for b in unit.membership.owned_buckets()}
+    def _sync(self, unit: Unit, now: float) -> None:
+        raw = unit.membership.owned_buckets()
+        waiting = now - unit.orphaned_at < ORPHAN_RESET_DELAY + 0.1
+        if raw is unit.last_raw and not unit.draining and not waiting and now < unit.metrics_due:
+            return  # nothing can have changed: the common case, every 50 ms
+        unit.last_raw = raw
+        owned = {b + 1 for b in raw}
         for b in owned:
             unit.draining.pop(b, None)
-        if unit.draining and check_flows:
-            live = self.flows.per_bucket(unit.cfg, self.settings.buckets)
+        if unit.draining:
+            taken, live = self.watcher.latest(unit.vip) or (-1e18, {})
             timeout = self.settings.drain_timeout
             if self.draining_all and self.drain_timeout is not None:
                 timeout = self.drain_timeout
             for b, since in list(unit.draining.items()):
-                if live.get(b, 0) == 0 or now - since >= timeout:
+                if (taken > since and live.get(b, 0) == 0) or now - since >= timeout:
                     del unit.draining[b]
         # Orphaned flows get their RST only once the takeover has lasted ORPHAN_RESET_DELAY: a
         # node declared dead by mistake (a stalled machine) is back before that, and then
@@ -302,8 +369,12 @@ class Agent:
             frozenset(unit.draining),
             frozenset(resetting & owned),
         )
-        if unit.datapath.apply(own):
+        changed = unit.datapath.apply(own)
+        if changed:
             self.metrics.changes.labels(unit.vip).inc()
+        elif now < unit.metrics_due:
+            return
+        unit.metrics_due = now + 1.0
         view = unit.membership.view()
         self.metrics.update(
             unit.vip,
@@ -389,9 +460,7 @@ class Agent:
                     "draining": sorted(unit.draining),
                     "flows": {
                         str(b): n
-                        for b, n in sorted(
-                            self.flows.per_bucket(cfg, self.settings.buckets).items()
-                        )
+                        for b, n in sorted((self.watcher.latest(unit.vip) or (0.0, {}))[1].items())
                     },
                     "orphaned": len(unit.orphaned),
                     "members": [

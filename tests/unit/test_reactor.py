@@ -138,6 +138,6 @@ def test_agents_converge_fail_over_and_rejoin_in_memory() -> None:
     lost = set(nodes[0].agent.units[0].draining)
     assert lost and lost <= nodes[2].owned
     # Once the flows are gone, draining ends at the next check.
-    nodes[0].agent.flows = FakeFlows()
+    nodes[0].agent.watcher.source = FakeFlows()
     run_for(nodes, clock, 1.2)
     assert not nodes[0].agent.units[0].draining

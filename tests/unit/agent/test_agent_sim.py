@@ -93,7 +93,7 @@ def heal_and_settle(sim: Simulation) -> None:
     sim.run_until(CHAOS + SETTLE)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(scenarios(3, 16, NODE_ACTIONS + NET_ACTIONS, 10))
 def test_converges_after_chaos(s: Scenario) -> None:
     sim = play(s)

@@ -128,7 +128,7 @@ def test_round_trip(msg: Message) -> None:
     assert wire.peek(data).seq == msg.seq
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(messages, st.data())
 def test_any_flipped_bit_is_refused(msg: Message, data: st.DataObject) -> None:
     packed = bytearray(msg.pack(KEY))

@@ -1,0 +1,76 @@
+"""Live flow counts for the agent, measured away from its heartbeat loop.
+
+A conntrack dump of a busy node takes tens of milliseconds of Python: done in the loop it would
+delay heartbeats and get healthy nodes declared dead. A worker thread measures every `every`
+seconds; the loop reads the latest counts with the time they were taken, and trusts a zero
+only when it was measured after the bucket started draining.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from clusterip.config import VipConfig
+from clusterip.flows import FlowSource
+
+log = logging.getLogger("clusterip.agent")
+
+Measurement = tuple[float, dict[int, int]]  # (taken at, live flows per bucket)
+
+
+class FlowWatcher:
+    def __init__(
+        self,
+        source: FlowSource,
+        configs: Sequence[VipConfig],
+        modulus: int,
+        every: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.source = source
+        self.configs = list(configs)
+        self.modulus = modulus
+        self.every = every
+        self.clock = clock
+        self._latest: dict[str, Measurement] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next = 0.0
+
+    def measure(self) -> None:
+        """Take one measurement of every VIP now (in the calling thread)."""
+        for cfg in self.configs:
+            taken = self.clock()
+            try:
+                counts = self.source.per_bucket(cfg, self.modulus)
+            except Exception as exc:  # conntrack unavailable: keep draining until the timeout
+                log.warning("cannot count flows of %s: %s", cfg.vip, exc)
+                continue
+            with self._lock:
+                self._latest[str(cfg.vip)] = (taken, counts)
+
+    def poll(self, now: float) -> None:
+        """Without a thread (tests, simulations): measure inline when due."""
+        if self._thread is None and now >= self._next:
+            self._next = now + self.every
+            self.measure()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="flow-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.measure()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def latest(self, vip: str) -> Measurement | None:
+        with self._lock:
+            return self._latest.get(vip)
