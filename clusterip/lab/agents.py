@@ -30,7 +30,7 @@ class Agents:
         self.logs[k] = log
         argv = [sys.executable, "-m", "clusterip", "agent", "--vip", lab.topo.vip]
         argv += ["--interface", "eth0", "--node-id", str(k)]
-        argv += ["--key-file", str(keyfile or self.keyfile), "-v", *self.extra, *args]
+        argv += ["--key-file", str(keyfile or self.keyfile), *self.extra, *args]
         with open(log, "a") as fh:
             self.procs[k] = lab.spawn(lab.topo.node_ns(k), argv, stdout=fh, stderr=fh)
 

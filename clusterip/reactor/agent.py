@@ -32,6 +32,7 @@ from clusterip.nft import Firewall
 from clusterip.reactor.control import ControlServer
 from clusterip.reactor.datapath import AgentDatapath
 from clusterip.reactor.flowwatch import FlowWatcher
+from clusterip.reactor.handover import Handover
 from clusterip.reactor.metrics import Metrics
 from clusterip.reactor.notify import Notifier
 from clusterip.reactor.settings import AgentSettings
@@ -41,35 +42,27 @@ from clusterip.render import Ownership
 log = logging.getLogger("clusterip.agent")
 LEAVE_REPEAT = 3
 FLOW_CHECK_EVERY = 1.0
-ORPHAN_RESET_DELAY = 0.3
-MIN_HOLD = 1.0  # an owner that held a bucket less than this has no flows worth keeping
 
 
 @dataclass
 class Unit:
-    """One VIP: its membership, its datapath, the buckets it keeps for established flows."""
+    """One VIP: its membership, its datapath, its flow-keeping bookkeeping."""
 
     cfg: VipConfig
     membership: Membership
     datapath: AgentDatapath
-    draining: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> since
-    orphaned: dict[int, float] = field(default_factory=dict)  # 1-based bucket -> taken at
-    owners: tuple[int, ...] = ()  # the cluster-wide assignment last seen (0-based buckets)
-    members: frozenset[tuple[int, int]] = frozenset()  # (node id, weight) assigned to
-    # bucket (0-based) -> {node that handed it over alive: when}: those may still drain flows
-    moved_from: dict[int, dict[int, float]] = field(default_factory=dict)
-    owner_since: dict[int, float] = field(default_factory=dict)  # bucket (0-based) -> since
-    gained_from: dict[int, tuple[int, float]] = field(default_factory=dict)  # 1-based -> (node, t)
-    # Buckets orphaned because the live node we took them from died: (node, incarnation).
-    orphaned_by: dict[int, tuple[int, int]] = field(default_factory=dict)
+    handover: Handover
     metrics_due: float = 0.0
     last_raw: frozenset[int] | None = None  # the membership's owned set last applied
-    orphaned_at: float = -1e18  # when buckets were last added to `orphaned`
     failovers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def vip(self) -> str:
         return str(self.cfg.vip)
+
+    def alive(self) -> set[int]:
+        """Every peer heard lately (draining ones too), and this node."""
+        return {m.node_id for m in self.membership.view().members} | {self.handover.node_id}
 
 
 class Agent:
@@ -117,6 +110,12 @@ class Agent:
                     params=params,
                 ),
                 datapath=AgentDatapath(cfg, settings.buckets, firewall, link),
+                handover=Handover(
+                    settings.node_id,
+                    settings.buckets,
+                    settings.drain_timeout + settings.detection_time,
+                    drain=settings.drain_timeout > 0,
+                ),
             )
             for cfg in configs
         ]
@@ -136,6 +135,7 @@ class Agent:
             _realtime(self.settings.realtime)
         try:
             for unit in self.units:
+                unit.handover.started(self.clock())
                 unit.datapath.start()
             self.watcher.measure()  # imports and first counts before the loop starts
             self.watcher.start()
@@ -206,7 +206,7 @@ class Agent:
             m = unit.membership
             events = m.tick(now)
             if events:
-                self._track_moves(unit, now)
+                unit.handover.track(m.view().assigned_to, unit.alive(), now)
             for event in events:
                 self._on_event(unit, event, now)
             # Lost buckets leave the kernel before the heartbeat that announces the new view.
@@ -231,45 +231,25 @@ class Agent:
 
     def _on_event(self, unit: Unit, event: object, now: float) -> None:
         if isinstance(event, OwnershipChanged):
-            gained = {b + 1 for b in event.gained}
-            lost = {b + 1 for b in event.lost}
-            # A bucket that moved between two live nodes lately may still carry the old
-            # owner's established flows (it keeps them while draining): if its new owner
-            # dies, whoever takes it over must not answer those flows with a RST.
-            alive = {m.node_id for m in unit.membership.view().members}  # draining ones too
-            fresh = {b for b in event.orphaned if not self._others_may_hold(unit, b, now, alive)}
+            view = unit.membership.view()
+            fresh = unit.handover.changed(event, view.assigned_to, unit.alive(), now)
             if len(fresh) != len(event.orphaned):
                 log.info(
-                    "%s: %d of %d buckets from dead nodes may hold live nodes' flows: no RST",
+                    "%s: %d of %d buckets from dead or unknown owners may hold live nodes' "
+                    "flows: no RST there",
                     unit.vip,
                     len(event.orphaned) - len(fresh),
                     len(event.orphaned),
                 )
-            for b in lost:
-                unit.orphaned.pop(b, None)
-                unit.orphaned_by.pop(b, None)
-                unit.gained_from.pop(b, None)
-            for b in fresh:
-                unit.orphaned.setdefault(b + 1, now)
-            unit.orphaned_at = now
-            for b, prev in event.gained.items():
-                if prev is not None and b not in event.orphaned:
-                    unit.gained_from[b + 1] = (prev, now)
-            for b in lost:
-                if event.lost[b - 1] is not None and self.settings.drain_timeout > 0:
-                    unit.draining[b] = now  # moved to a live node: keep our established flows
-            for b in gained:
-                unit.draining.pop(b, None)
-            if event.orphaned:
-                unit.failovers.append({"at": now, "buckets": len(event.orphaned)})
-                unit.failovers = unit.failovers[-20:]
+            if fresh:
+                unit.failovers = [*unit.failovers[-19:], {"at": now, "buckets": len(fresh)}]
             log.info(
                 "%s: %d buckets now (+%d, %d from dead nodes, -%d)",
                 unit.vip,
                 len(event.owned),
-                len(gained),
-                len(event.orphaned),
-                len(lost),
+                len(event.gained),
+                len(fresh),
+                len(event.lost),
             )
             self.notify(
                 "owned" if event.owned else "none",
@@ -284,91 +264,28 @@ class Agent:
             log.log(level, "%s: %s", unit.vip, event.text)
         elif isinstance(event, StateChanged):
             log.warning("%s: %s -> %s (%s)", unit.vip, event.old.name, event.new.name, event.reason)
-        elif isinstance(event, PeerDown):
-            log.warning("%s: node %d down (%s)", unit.vip, event.node_id, event.reason)
-            # Buckets we took from it while it was alive may still carry the flows it was
-            # draining: they have no server now, so they get the orphan treatment (a RST).
-            window = self.settings.drain_timeout + self.settings.detection_time
-            alive = {m.node_id for m in unit.membership.view().members}
-            for b, (prev, t) in list(unit.gained_from.items()):
-                if (
-                    prev == event.node_id
-                    and now - t <= window
-                    and b not in unit.orphaned
-                    and not self._others_may_hold(unit, b - 1, now, alive, dead=event.node_id)
-                ):
-                    unit.orphaned[b] = now
-                    unit.orphaned_at = now
-                    unit.orphaned_by[b] = (event.node_id, event.incarnation)
-                    log.debug("%s: bucket %d handed over by node %d: orphaned", unit.vip, b, prev)
         elif isinstance(event, PeerUp):
             log.info("%s: node %d up at %s", unit.vip, event.node_id, event.address)
-            # The same incarnation back (it was only silent for a while): its draining flows
-            # are alive, so the buckets it handed us must not reset them after all.
-            for b, who in list(unit.orphaned_by.items()):
-                if who == (event.node_id, event.incarnation):
-                    del unit.orphaned_by[b]
-                    unit.orphaned.pop(b, None)
-
-    def _others_may_hold(
-        self, unit: Unit, bucket: int, now: float, alive: set[int], dead: int = 0
-    ) -> bool:
-        """Whether another live node may still keep established flows of `bucket` (0-based):
-        one that handed it over, alive, within the drain window. Then a mid-flow packet there
-        may be that node's, and must be dropped, not answered with a RST."""
-        window = self.settings.drain_timeout + self.settings.detection_time
-        return any(
-            node != self.settings.node_id and node != dead and node in alive and now - t <= window
-            for node, t in unit.moved_from.get(bucket, {}).items()
-        )
-
-    def _track_moves(self, unit: Unit, now: float) -> None:
-        """Remember which buckets last moved from one live member to another, and when."""
-        members = dict(unit.membership.view().assigned_to)
-        if frozenset(members.items()) == unit.members:
-            return
-        owners = assign(members, self.settings.buckets) if members else ()
-        if unit.owners and owners:
-            for b, (old, new) in enumerate(zip(unit.owners, owners, strict=True)):
-                if old == new:
-                    continue
-                # The old owner keeps flows only if it owned the bucket long enough to have
-                # accepted some: not the instant after a start or a false alarm.
-                if old in members and now - unit.owner_since.get(b, now) >= MIN_HOLD:
-                    unit.moved_from.setdefault(b, {})[old] = now
-                unit.owner_since[b] = now
-        elif owners:
-            unit.owner_since = dict.fromkeys(range(len(owners)), now)
-        unit.owners = owners
-        unit.members = frozenset(members.items())
+            unit.handover.peer_up(event.node_id, event.incarnation, now)
+        elif isinstance(event, PeerDown):
+            log.warning("%s: node %d down (%s)", unit.vip, event.node_id, event.reason)
+            unit.handover.peer_down(event.node_id, event.incarnation, now, unit.alive())
 
     def _sync(self, unit: Unit, now: float) -> None:
         raw = unit.membership.owned_buckets()
-        waiting = now - unit.orphaned_at < ORPHAN_RESET_DELAY + 0.1
-        if raw is unit.last_raw and not unit.draining and not waiting and now < unit.metrics_due:
+        h = unit.handover
+        if (
+            raw is unit.last_raw
+            and not h.draining
+            and not h.waiting(now)
+            and now < unit.metrics_due
+        ):
             return  # nothing can have changed: the common case, every 50 ms
         unit.last_raw = raw
-        owned = {b + 1 for b in raw}
-        for b in owned:
-            unit.draining.pop(b, None)
-        if unit.draining:
-            taken, live = self.watcher.latest(unit.vip) or (-1e18, {})
-            timeout = self.settings.drain_timeout
-            if self.draining_all and self.drain_timeout is not None:
-                timeout = self.drain_timeout
-            for b, since in list(unit.draining.items()):
-                if (taken > since and live.get(b, 0) == 0) or now - since >= timeout:
-                    del unit.draining[b]
-        # Orphaned flows get their RST only once the takeover has lasted ORPHAN_RESET_DELAY: a
-        # node declared dead by mistake (a stalled machine) is back before that, and then
-        # nobody has answered its established connections with a RST.
-        resetting = {b for b, t in unit.orphaned.items() if now - t >= ORPHAN_RESET_DELAY}
-        own = Ownership(
-            self.settings.buckets,
-            frozenset(owned),
-            frozenset(unit.draining),
-            frozenset(resetting & owned),
-        )
+        timeout = self.settings.drain_timeout
+        if self.draining_all and self.drain_timeout is not None:
+            timeout = self.drain_timeout
+        own = h.ownership(raw, now, self.watcher.latest(unit.vip), timeout)
         changed = unit.datapath.apply(own)
         if changed:
             self.metrics.changes.labels(unit.vip).inc()
@@ -378,8 +295,8 @@ class Agent:
         view = unit.membership.view()
         self.metrics.update(
             unit.vip,
-            owned=len(owned),
-            draining=len(unit.draining),
+            owned=len(own.owned),
+            draining=len(unit.handover.draining),
             members=len(view.assigned_to),
             passive=view.state.name == "PASSIVE",
             rejected=view.rejected,
@@ -457,12 +374,12 @@ class Agent:
                     "reason": v.reason,
                     "owned_count": len(v.owned),
                     "owned": sorted(b + 1 for b in v.owned),
-                    "draining": sorted(unit.draining),
+                    "draining": sorted(unit.handover.draining),
                     "flows": {
                         str(b): n
                         for b, n in sorted((self.watcher.latest(unit.vip) or (0.0, {}))[1].items())
                     },
-                    "orphaned": len(unit.orphaned),
+                    "orphaned": len(unit.handover.orphaned),
                     "members": [
                         {
                             "id": m.node_id,

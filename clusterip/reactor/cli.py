@@ -106,10 +106,13 @@ def agent(verbose: bool, **params: Any) -> None:
         raise ConfigError(f"one agent serves one interface, got {', '.join(sorted(interfaces))}")
     key = read_key(settings.key_file)
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.INFO,
         format="%(asctime)s clusterip-agent[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if verbose:  # ours only: pyroute2's debug output would cost the heartbeat loop dearly
+        logging.getLogger("clusterip").setLevel(logging.DEBUG)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     node = Agent(
         configs,
         settings,

@@ -83,10 +83,10 @@ def test_join_drain_weight_break_nothing_and_kill_breaks_only_its_own(
         if r["node"] != "n3"
     ]
     assert not wrong, (len(wrong), wrong[:8])
-    for r in broken:
-        assert r["broken"]["at"] >= killed, r
-        assert r["broken"]["error"] == "ConnectionResetError", r
-        assert r["broken"]["at"] - killed < 1.0, r
+    outcome = Counter((r["broken"]["error"], round(r["broken"]["at"] - killed, 1)) for r in broken)
+    assert all(
+        error == "ConnectionResetError" and 0 <= dt < 1.0 for error, dt in outcome
+    ), outcome
     assert len(broken) == served["n3"], (len(broken), served)
     ok = [r for r in records if not r["broken"]]
     assert all(r["ok"] >= (time.time() - t0 - 3) / 0.1 * 0.5 for r in ok)

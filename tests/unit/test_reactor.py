@@ -12,7 +12,8 @@ from clusterip.config import ConfigError
 from clusterip.flows import FakeFlows
 from clusterip.link import FakeLink
 from clusterip.nft import RecordingFirewall
-from clusterip.reactor.agent import ORPHAN_RESET_DELAY, Agent
+from clusterip.reactor.agent import Agent
+from clusterip.reactor.handover import ORPHAN_RESET_DELAY
 from clusterip.reactor.datapath import AgentDatapath
 from clusterip.reactor.keyfile import read_key
 from clusterip.reactor.settings import AgentSettings, build_settings
@@ -90,6 +91,7 @@ class Node:
             transport=hub.transport(f"198.18.0.{k}"),
             clock=lambda: clock[0],
         )
+        self.agent.units[0].handover.started(clock[0])
         self.agent.units[0].datapath.start()
 
     @property
@@ -135,9 +137,9 @@ def test_agents_converge_fail_over_and_rejoin_in_memory() -> None:
     run_for(nodes, clock, 1.5)
     owned = [n.owned for n in nodes]
     assert sum(len(o) for o in owned) == 4096 and max(map(len, owned)) - min(map(len, owned)) <= 1
-    lost = set(nodes[0].agent.units[0].draining)
+    lost = set(nodes[0].agent.units[0].handover.draining)
     assert lost and lost <= nodes[2].owned
     # Once the flows are gone, draining ends at the next check.
     nodes[0].agent.watcher.source = FakeFlows()
     run_for(nodes, clock, 1.2)
-    assert not nodes[0].agent.units[0].draining
+    assert not nodes[0].agent.units[0].handover.draining
