@@ -13,8 +13,8 @@ from clusterip.flows import FakeFlows
 from clusterip.link import FakeLink
 from clusterip.nft import RecordingFirewall
 from clusterip.reactor.agent import Agent
-from clusterip.reactor.handover import ORPHAN_RESET_DELAY
 from clusterip.reactor.datapath import AgentDatapath
+from clusterip.reactor.handover import ORPHAN_RESET_DELAY
 from clusterip.reactor.keyfile import read_key
 from clusterip.reactor.settings import AgentSettings, build_settings
 from clusterip.reactor.transport import MemoryHub
