@@ -12,7 +12,7 @@ from clusterip.config import ConfigError
 from clusterip.reactor.transport import DEFAULT_GROUP, DEFAULT_PORT, parse_group
 
 DEFAULT_INTERVAL_MS = 50
-DEFAULT_TOLERANCE = 4
+DEFAULT_TOLERANCE = 5
 DEFAULT_DRAIN_TIMEOUT = 300.0
 MAX_NODE_ID = 255  # the wire format carries one byte (clusterip.agent.wire)
 
