@@ -135,7 +135,6 @@ class Agent:
             _realtime(self.settings.realtime)
         try:
             for unit in self.units:
-                unit.handover.started(self.clock())
                 unit.datapath.start()
             self.watcher.measure()  # imports and first counts before the loop starts
             self.watcher.start()

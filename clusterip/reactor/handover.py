@@ -20,7 +20,7 @@ from clusterip.agent.events import OwnershipChanged
 from clusterip.render import Ownership
 
 ORPHAN_RESET_DELAY = 0.3
-MIN_HOLD = 1.0  # an owner that started less than this ago has no flows worth keeping
+MIN_HOLD = 1.0  # an owner that held a bucket less than this has no flows worth keeping
 
 
 @dataclass
@@ -34,17 +34,13 @@ class Handover:
     orphaned_by: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (node, inc)
     gained_from: dict[int, tuple[int, float]] = field(default_factory=dict)  # -> (node, t)
     moved_from: dict[int, dict[int, float]] = field(default_factory=dict)  # 0-based -> {node: t}
-    seen_since: dict[int, tuple[int, float]] = field(default_factory=dict)  # node -> (inc, t)
     owners: tuple[int, ...] = ()  # the cluster-wide assignment last seen (0-based buckets)
     members: frozenset[tuple[int, int]] = frozenset()  # what `owners` was computed from
     orphaned_at: float = -1e18  # when buckets were last added to `orphaned`
-
-    def started(self, now: float) -> None:
-        self.seen_since[self.node_id] = (0, now)
+    tenure: dict[int, float] = field(default_factory=dict)  # 0-based -> owner holds it since
+    last_tenure: dict[int, tuple[int, float, float]] = field(default_factory=dict)  # (o, s, end)
 
     def peer_up(self, node: int, incarnation: int, now: float) -> None:
-        if self.seen_since.get(node, (None, 0.0))[0] != incarnation:
-            self.seen_since[node] = (incarnation, now)
         # The same incarnation back (it was only silent for a while): its draining flows are
         # alive, so the buckets it handed us must not reset them after all.
         for b, who in list(self.orphaned_by.items()):
@@ -74,21 +70,33 @@ class Handover:
         )
 
     def track(self, assigned: Mapping[int, int], alive: set[int], now: float) -> None:
-        """Remember which buckets moved from a live member to another, and when."""
+        """Remember which buckets moved from a live member to another, and when.
+
+        A move counts only if the old owner held the bucket for MIN_HOLD: not the instant
+        after a cold start (everyone owns everything until they hear each other), not the
+        moment a node held a bucket during someone's false alarm. A bucket that comes back to
+        its owner soon after such a flap keeps that owner's original tenure.
+        """
         if frozenset(assigned.items()) == self.members:
             return
         owners = assign(assigned, self.buckets) if assigned else ()
         if self.owners and owners:
             for b, (old, new) in enumerate(zip(self.owners, owners, strict=True)):
-                # Not from a node that only just started (a cold start: everyone owns
-                # everything for an instant); a false alarm does not reset that start.
-                if old != new and old in alive and now - self.seen(old, now) >= MIN_HOLD:
+                if old == new:
+                    continue
+                since = self.tenure.get(b, now)
+                if old in alive and now - since >= MIN_HOLD:
                     self.moved_from.setdefault(b, {})[old] = now
+                back = self.last_tenure.get(b)
+                self.last_tenure[b] = (old, since, now)
+                if back is not None and back[0] == new and now - back[2] < MIN_HOLD:
+                    self.tenure[b] = back[1]  # a flap undone: the tenure goes on
+                else:
+                    self.tenure[b] = now
+        elif owners:
+            self.tenure = dict.fromkeys(range(len(owners)), now)
         self.owners = owners
         self.members = frozenset(assigned.items())
-
-    def seen(self, node: int, now: float) -> float:
-        return self.seen_since.get(node, (0, now))[1]
 
     def changed(
         self, event: OwnershipChanged, assigned: Mapping[int, int], alive: set[int], now: float

@@ -43,7 +43,7 @@ def test_kill_9_failover_and_rejoin(
     assert before.errors == 0 and set(before.by_node) == {"n1", "n2", "n3"}
     owner = {r.src: r.node for r in before.results}
     orphans = sorted(s for s, n in owner.items() if n == "n3")
-    loop = start_loop(lab, list(owner), duration=4.0, timeout=0.1, pause=0.02)
+    loop = start_loop(lab, list(owner), duration=4.0, timeout=0.25, pause=0.05)
     time.sleep(1.0)
     killed, gone = a.kill(3)
     records = finish_loop(loop)

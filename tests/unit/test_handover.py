@@ -10,7 +10,6 @@ B = 64
 
 def handover(node: int = 1) -> Handover:
     h = Handover(node, B, drain_window=300.0)
-    h.started(0.0)
     return h
 
 

@@ -91,7 +91,6 @@ class Node:
             transport=hub.transport(f"198.18.0.{k}"),
             clock=lambda: clock[0],
         )
-        self.agent.units[0].handover.started(clock[0])
         self.agent.units[0].datapath.start()
 
     @property
