@@ -2,7 +2,8 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
-DEBS   := nftables python3-nftables python3-venv iproute2 iputils-ping nginx-light curl wrk haproxy
+DEBS   := nftables python3-nftables python3-venv iproute2 iputils-ping nginx-light curl wrk haproxy \
+          netsniff-ng
 PYTEST ?= $(PY) -m pytest
 
 .PHONY: setup demo test test-unit test-lab lint bench clean

@@ -1,0 +1,206 @@
+"""`python -m bench`: run the data-plane benchmarks in a lab and write the report.
+
+    python -m bench                 # everything (~6-8 minutes on 2 cores)
+    python -m bench --quick         # shorter runs (~2 minutes), same figures, wider spread
+    python -m bench --only throughput --only evenness
+    python -m bench --investigate all   # also the datapath variants (see bench/setups.py)
+    python -m bench --only datapath --investigate all   # their cost per packet only
+    python -m bench --report-only   # rewrite docs/ from bench/out/results.json
+
+Needs root (network namespaces), nginx, wrk, haproxy, curl, trafgen (netsniff-ng).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench import control, evenness, foreign, perpacket, report, throughput
+from bench.labrun import bench_lab, isolate_port, lab_inodes, prepare_client
+from bench.servers import haproxy_conf, nginx_conf, start_haproxy, start_nginx
+from bench.setups import DIRECTOR, LAB_NODES, SERVING, VARIANTS, make_setups
+from bench.sysinfo import machine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTS = ("throughput", "foreign", "evenness", "control", "datapath")
+CLIENTS = 100  # client addresses for the evenness sample (wrk uses the gateway address)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="short runs: about 2 minutes in all")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 6; quick 3)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 2)")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument("--warmup", type=int, default=1, help="seconds of wrk before each run")
+    p.add_argument(
+        "--quiet",
+        type=float,
+        default=0.15,
+        help="retry a run if other work used more than this share of the CPUs",
+    )
+    p.add_argument("--retries", type=int, default=1, help="retries of a run taken while busy")
+    p.add_argument("--nice", type=int, default=0, help="nice value for nginx, haproxy and wrk")
+    p.add_argument("--foreign-seconds", type=int, help="seconds per trafgen run (default 3)")
+    p.add_argument("--foreign-rounds", type=int, help="rounds of the foreign-traffic phases")
+    p.add_argument("--flows", type=int, default=10_000, help="flows for the evenness tables")
+    p.add_argument("--per-source", type=int, help="lab sample: requests per client address")
+    p.add_argument("--control-count", type=int, help="repetitions of each control-plane change")
+    p.add_argument("--only", action="append", choices=PARTS, help="run only these parts")
+    p.add_argument(
+        "--investigate",
+        metavar="VARIANTS",
+        default="",
+        help=f"also measure datapath variants: 'all' or some of {','.join(VARIANTS)}",
+    )
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "out"), help="raw results")
+    p.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="report directory")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from --out")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.duration = args.duration or (3 if quick else 6)
+    args.rounds = args.rounds or (2 if quick else 3)
+    args.foreign_seconds = args.foreign_seconds or (2 if quick else 3)
+    args.foreign_rounds = args.foreign_rounds or (2 if quick else 3)
+    args.per_source = args.per_source or (2 if quick else 3)
+    args.control_count = args.control_count or (5 if quick else 15)
+    args.parts = tuple(args.only or PARTS)  # "datapath" runs only with --investigate
+    inv = args.investigate.strip()
+    args.variants = list(VARIANTS) if inv == "all" else [v for v in inv.split(",") if v]
+    for v in args.variants:
+        if v not in VARIANTS:
+            p.error(f"bad variant {v!r}: allowed are all, {', '.join(VARIANTS)}")
+    return args
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    started = time.time()
+    results: dict[str, Any] = {
+        "version": 1,
+        "started": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": " ".join(["python -m bench", *map(shlex.quote, argv)]),
+        "params": {k: v for k, v in vars(args).items() if k not in ("out", "docs", "only")},
+    }
+    if os.geteuid() != 0:
+        sys.exit("python -m bench: needs root (it builds network namespaces)")
+    with (
+        tempfile.TemporaryDirectory(prefix="clusterip-bench-") as workdir,
+        bench_lab(LAB_NODES, CLIENTS, log) as lab,
+    ):
+        isolate_port(lab, lab.topo.node_name(DIRECTOR))
+        prepare_client(lab)
+        prefix = ["nice", "-n", str(args.nice)] if args.nice else []
+        start_nginx(lab, SERVING, workdir, prefix)
+        start_haproxy(lab, DIRECTOR, SERVING, workdir, prefix)
+        inodes = lab_inodes(lab)
+        results["configs"] = {
+            "nginx": nginx_conf("n1", "WORKDIR"),
+            "haproxy": haproxy_conf(
+                [lab.topo.node_addr(k) for k in SERVING], bind=lab.topo.node_addr(DIRECTOR)
+            ),
+        }
+        if "throughput" in args.parts:
+            log("throughput and latency (wrk against nginx)")
+            setups = make_setups(args.variants)
+            params = throughput.WrkParams(
+                duration=args.duration,
+                threads=args.threads,
+                connections=args.connections,
+                warmup=args.warmup,
+                nice=args.nice,
+                quiet=args.quiet,
+                retries=args.retries,
+            )
+            samples = throughput.measure(lab, setups, params, args.rounds, inodes, log)
+            results["throughput"] = {
+                "setups": [{"name": s.name, "title": s.title} for s in setups],
+                "wrk": {m: params.argv("URL", m) for m in ("keepalive", "close")},
+                "samples": samples,
+                "analysis": throughput.analyze(samples, setups),
+            }
+        if args.variants and "datapath" in args.parts:
+            log("datapath cost per packet, variant by variant (trafgen)")
+            chosen = [s for s in make_setups(args.variants) if s.name not in ("direct", "haproxy")]
+            results["perpacket"] = perpacket.measure(
+                lab,
+                chosen,
+                workdir,
+                seconds=args.foreign_seconds,
+                rounds=args.foreign_rounds,
+                lab_inodes=inodes,
+                log=log,
+                quiet=args.quiet,
+                retries=args.retries,
+            )
+        if "foreign" in args.parts:
+            log("foreign traffic (trafgen, one receiver at a time)")
+            results["foreign"] = foreign.measure(
+                lab,
+                workdir,
+                seconds=args.foreign_seconds,
+                rounds=args.foreign_rounds,
+                lab_inodes=inodes,
+                log=log,
+                quiet=args.quiet,
+                retries=args.retries,
+            )
+        if "evenness" in args.parts:
+            log("evenness (computed, and a sample in the lab)")
+            seed = lab.topo.vip_config([1], total_nodes=len(SERVING)).seed
+            results["evenness"] = {
+                "seed": f"{seed:08x}",
+                "flows": evenness.flows_table(seed, args.flows),
+                "agent": evenness.agent_tables(seed, args.flows),
+                "lab": evenness.lab_sample(lab, per_source=args.per_source, log=log),
+                "lab_sources": CLIENTS,
+            }
+        if "control" in args.parts:
+            log("control plane (one ownership change = one nft transaction)")
+            results["control"] = control.measure(lab, count=args.control_count, log=log)
+    results["duration_s"] = round(time.time() - started, 1)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    raw = os.path.join(args.out, "results.json")
+    if args.report_only:
+        with open(raw) as fh:
+            results = json.load(fh)
+    else:
+        try:
+            results = run(args, argv)
+        except KeyboardInterrupt:
+            log("interrupted: the lab was torn down, no report written")
+            return 130
+        os.makedirs(args.out, exist_ok=True)
+        with open(raw, "w") as fh:
+            json.dump(results, fh, indent=1)
+        log(f"raw results: {os.path.relpath(raw, ROOT)}")
+    written = report.write(results, args.docs, args.out)
+    for path in written:
+        log(f"wrote {os.path.relpath(path, ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""docs/benchmarks.md and docs/benchmarks.json from the results of `python -m bench`.
+
+Figures that other benchmarks measure are read from optional JSON files in the output
+directory, if present: `failover.json` (`python -m bench.failover`), `rebalance.json`
+(`python -m bench.rebalance`) and `agent_idle.json`. The first two are rendered from their own
+shapes; any file may instead (or also) carry a generic table:
+
+    {"summary": "one paragraph", "command": "how to rerun",
+     "columns": ["...", ...], "rows": [[...], ...], "plots": ["bench-failover.png"]}
+
+A missing file leaves a marked placeholder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from typing import Any
+
+from bench import plots
+from bench.report_parts import (
+    EXTERNAL,
+    control_section,
+    evenness_section,
+    external_section,
+    ratio_cell,
+    rng,
+    table,
+)
+from bench.throughput import TARGETS
+
+MODE_TITLES = {"keepalive": "keep-alive", "close": "one request per connection"}
+
+
+def verdict(key: str, r: dict[str, Any]) -> str:
+    """Met or not by the median; says so when the rounds fell on both sides of the target."""
+    target = TARGETS.get(key)
+    if target is None:
+        return ""
+    text = f"≥ {target:g}: **{'met' if r['median'] >= target else 'not met'}**"
+    if r["min"] < target <= r["max"]:
+        text += " (rounds on both sides)"
+    return text
+
+
+def load_external(out_dir: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, (_, name) in EXTERNAL.items():
+        path = os.path.join(out_dir, name)
+        try:
+            with open(path) as fh:
+                found[key] = json.load(fh)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            found[key] = {"error": f"unreadable {name}: {exc}"}
+    return found
+
+
+# --- sections -----------------------------------------------------------------------------------
+def summary_section(results: dict[str, Any]) -> str:
+    tp = results.get("throughput")
+    if not tp:
+        return "Throughput was not measured in this run.\n"
+    rows = []
+    for mode, data in tp["analysis"].items():
+        for key, r in data["ratios"].items():
+            rows.append(
+                [
+                    key.replace("vip", "VIP").replace("haproxy", "HAProxy"),
+                    MODE_TITLES[mode],
+                    ratio_cell(r["rps"]),
+                    ratio_cell(r["norm_rps"]),
+                    verdict(key, r["rps"]),
+                ]
+            )
+    text = table(
+        ["ratio", "mode", "request rate (median of rounds, min–max)", "CPU-normalised", "target"],
+        rows,
+    )
+    bg = [s["cpu"]["background"] for s in tp["samples"]]
+    bg.sort()
+    text += (
+        f"\nRatios are taken per round (set-ups measured back to back) and summarised by their "
+        f"median. Other work on the machine used a median {bg[len(bg) // 2]:.0%} of the CPUs "
+        f"during the runs (max {bg[-1]:.0%}); see *Method* for what that does to the numbers.\n"
+    )
+    return text
+
+
+def machine_section(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    rows = [
+        ["uname -a", f"`{m['uname']}`"],
+        ["CPUs", f"{m['nproc']} × {m['cpu_model']}"],
+        ["memory", f"{m['mem_gib']} GiB"],
+        ["nft", m["nft"]],
+        ["nginx", m["nginx"]],
+        ["HAProxy", m["haproxy"]],
+        ["wrk", m["wrk"]],
+        ["trafgen", m["trafgen"]],
+        ["Python", m["python"]],
+        ["run", f"{results['started']}, {results.get('duration_s', '?')} s"],
+    ]
+    return table(["", ""], rows)
+
+
+SETUP_COMMANDS = """\
+# servers: nginx on n1..n3, HAProxy on n4 (configurations below)
+NAME-nK  /usr/sbin/nginx -p DIR/nK -c DIR/nK/nginx.conf
+NAME-n4  /usr/sbin/haproxy -db -f DIR/haproxy.cfg
+NAME-sw  ip link set dev n4 type bridge_slave mcast_flood off    # n4: no VIP copies
+NAME-c   sysctl net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range='1024 65535'
+# direct: wrk against http://198.18.0.1/ (no rules anywhere)
+# ceiling:
+NAME-n1  ip addr add 198.18.0.100/32 dev eth0; ip maddr add CLUSTERMAC dev eth0
+NAME-n1  nft: netdev ingress, priority -500: ip daddr 198.18.0.100 meta pkttype set host accept
+NAME-n2  nft: netdev ingress, priority -500: ip daddr 198.18.0.100 drop     (and NAME-n3)
+NAME-c   ip neigh replace 198.18.0.100 lladdr CLUSTERMAC dev eth0 nud permanent
+# vip, on NAME-nK for K = 1, 2, 3 (the client learns the cluster MAC by ARP):
+NAME-nK  python -m clusterip up --vip 198.18.0.100 --interface eth0 --total-nodes 3 \\
+           --local-node K --hashmode sourceip-sourceport
+# haproxy: wrk against http://198.18.0.4/"""
+
+
+def rerun_section(results: dict[str, Any]) -> str:
+    p = results["params"]
+    lines = [
+        "As root, from the repository:",
+        "",
+        "```sh",
+        "make bench                       # = .venv/bin/python -m bench",
+        f"{results['command']}   # this run",
+        ".venv/bin/python -m bench --quick                # ~2 minutes, wider spread",
+        ".venv/bin/python -m bench --investigate all      # plus the datapath variants",
+        ".venv/bin/python -m bench --report-only          # rewrite this page from bench/out/",
+        "```",
+        "",
+        "The lab: `Lab.build(LabTopo(NAME, 4, 100))` (namespaces NAME-sw, NAME-n1..n4, NAME-c);",
+        "nodes 1-3 serve, node 4 is the director. Each command runs in the namespace named first.",
+        "",
+        "```sh",
+    ]
+    tp = results.get("throughput")
+    if tp:
+        lines += SETUP_COMMANDS.splitlines()
+        for mode, argv in tp["wrk"].items():
+            lines.append(f"NAME-c   {shlex.join(argv)}   # {MODE_TITLES[mode]}")
+    fo = results.get("foreign")
+    if fo:
+        lines.append(f"NAME-c   {fo['trafgen']}   # foreign traffic")
+    lines += [
+        "```",
+        "",
+        "Parameters of this run: "
+        + ", ".join(f"{k}={p[k]}" for k in sorted(p) if p[k] not in (None, "", []))
+        + ".",
+    ]
+    if fo and fo.get("trafgen_conf"):
+        lines += [
+            "",
+            "DIR/foreign.trafgen (CLUSTERMAC is derived from the VIP):",
+            "",
+            "```",
+            fo["trafgen_conf"].rstrip(),
+            "```",
+        ]
+    cfg = results.get("configs")
+    if cfg:
+        lines += [
+            "",
+            "<details><summary>nginx.conf (n1) and haproxy.cfg</summary>",
+            "",
+            "```nginx",
+            cfg["nginx"].rstrip(),
+            "```",
+            "",
+            "```",
+            cfg["haproxy"].rstrip(),
+            "```",
+            "",
+            "</details>",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def throughput_section(results: dict[str, Any], figs: dict[str, str]) -> str:
+    tp = results["throughput"]
+    titles = {s["name"]: s["title"] for s in tp["setups"]}
+    out = []
+    for mode, data in tp["analysis"].items():
+        rows = []
+        for name, r in data["setups"].items():
+            if name.startswith("var:"):
+                continue
+            vs = r.get("vs_ceiling", {}).get("rps")
+            rows.append(
+                [
+                    titles[name],
+                    rng(r["rps"]),
+                    f"{r['norm_rps']['median']:,.0f}",
+                    rng(r["p50_ms"], "{:.2f}"),
+                    rng(r["p99_ms"], "{:.2f}"),
+                    ratio_cell(vs) if vs else "1",
+                    r["errors"],
+                ]
+            )
+        out.append(f"### {MODE_TITLES[mode]}\n")
+        out.append(
+            table(
+                [
+                    "set-up",
+                    "req/s",
+                    "CPU-normalised req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "vs ceiling",
+                    "errors",
+                ],
+                rows,
+            )
+        )
+        out.append("")
+    for key in ("throughput", "latency"):
+        if key in figs:
+            out.append(f"![{key}]({os.path.basename(figs[key])})\n")
+    return "\n".join(out)
+
+
+def variants_section(results: dict[str, Any]) -> str:
+    tp = results.get("throughput") or {}
+    titles = {s["name"]: s["title"] for s in tp.get("setups", [])}
+    rows = []
+    for mode, data in tp.get("analysis", {}).items():
+        for name, r in data["setups"].items():
+            if name.startswith("var:") or name in ("ceiling", "vip"):
+                vs = r.get("vs_ceiling", {})
+                rows.append(
+                    [
+                        MODE_TITLES[mode],
+                        f"`{name}` {titles[name]}",
+                        rng(r["rps"]),
+                        ratio_cell(vs["rps"]) if vs else "1",
+                        ratio_cell(vs["norm_rps"]) if vs else "1",
+                    ]
+                )
+    pp = results.get("perpacket")
+    if not any(r[1].startswith("`var:") for r in rows) and not pp:
+        return ""
+    text = (
+        "## Where the datapath's cost goes (variants)\n\n"
+        "Measured with `--investigate`: the same rounds, with rulesets loaded by hand on nodes "
+        "1-3 (`bench/setups.py`, `VARIANTS`).\n\n"
+        + table(["mode", "variant", "req/s", "vs ceiling", "vs ceiling, CPU-normalised"], rows)
+        if rows
+        else "## Where the datapath's cost goes (variants)\n\n"
+    )
+    if pp:
+        titles.update({s["name"]: s["title"] for s in pp.get("setups", [])})
+        prow = [
+            [
+                f"`{name}` {titles.get(name, '')}",
+                rng(r["ns_per_packet"]),
+                rng(r["extra_ns"]) if "extra_ns" in r else "(reference)",
+            ]
+            for name, r in pp["analysis"].items()
+        ]
+        text += (
+            "\nCost per packet, flooded to nodes 1-3 (`perpacket.py`: trafgen, 256 UDP flows to "
+            "the VIP; whole path CPU time per packet, sender and switch included):\n\n"
+            + table(["set-up", "ns per packet", "extra over the ceiling (same round)"], prow)
+            + f"\nCommand: `{pp['trafgen']}`.\n"
+        )
+    return text
+
+
+def foreign_section(results: dict[str, Any], figs: dict[str, str]) -> str:
+    fo = results["foreign"]
+    an = fo["analysis"]
+    none = an.get("none", {}).get("receiver_ns_per_packet", {}).get("median")
+    rows = []
+    for key, r in an.items():
+        own = r.get("receiver_ns_per_packet")
+        rel = f"{own['median'] / none:.2f}" if own and none and none > 0 else ""
+        rows.append(
+            [
+                f"`{key}` {r['title']}",
+                rng(r["pps"]),
+                rng(r["ns_per_packet"]),
+                rng(own) if own else "(baseline)",
+                rel,
+            ]
+        )
+    text = (
+        f"trafgen sends {fo['frame_bytes']}-byte UDP frames to the VIP from random source ports; "
+        "the switch floods them to one receiver at a time. The receiver's cost is the whole "
+        "path's CPU time per packet minus that of the same round with no receiver.\n\n"
+        + table(
+            ["receiver", "packets/s", "whole path ns/packet", "receiver ns/packet", "vs no rules"],
+            rows,
+        )
+        + "\nSet-up: "
+        + "; ".join(f"`{c}`" for c in fo["commands"])
+        + ".\n"
+    )
+    if "foreign" in figs:
+        text += f"\n![foreign]({os.path.basename(figs['foreign'])})\n"
+    return text
+
+
+METHOD = """\
+* **Where.** One machine, network namespaces joined by a Linux bridge with multicast snooping
+  off (the switch floods the cluster MAC to every port, as a real switch does). Nodes, client,
+  director and switch all share the same CPUs: on one host every node's copy of a flooded
+  frame costs the same CPUs, which is why the *ceiling* (the VIP with the cluster MAC, one
+  node accepting everything with no hashing, the other two dropping their copies at ingress)
+  is the fair upper bound for a flooding datapath here. HAProxy runs on node 4, whose switch
+  port gets no flooded VIP frames.
+* **Servers.** Debian's nginx, one worker per node, `return 200 "nK\\n"`, no logs; HAProxy in
+  TCP mode (its cheapest mode: no HTTP parsing), round robin over nodes 1-3, two threads.
+* **Client.** wrk in the client namespace, all connections from one address (wrk cannot bind
+  others); the port-aware default hashmode spreads them by source port. The client allows
+  TIME_WAIT reuse and a wide port range (behind HAProxy wrk closes first and would otherwise
+  run out of ports).
+* **Noise.** Set-ups are interleaved round by round, starting each round at a different one;
+  ratios are per round. A run during which other work used more than the `quiet` share of the
+  CPUs is retried (after waiting up to 10 s for a quiet second) and the quieter run kept. The
+  *CPU-normalised* rate divides the requests by the CPU time of the lab's own processes (nginx,
+  HAProxy, wrk, ksoftirqd) and multiplies by the CPU count: what the set-up would do with the
+  machine to itself. It is less sensitive to other work, but not immune (shared caches).
+  Nothing is pinned.
+"""
+
+
+def render_page(results: dict[str, Any], figs: dict[str, str], external: dict[str, Any]) -> str:
+    parts = [
+        "# Benchmarks\n",
+        "Generated by `make bench` (`bench/`); do not edit by hand. Raw samples: "
+        "`bench/out/results.json`; summary: `docs/benchmarks.json`.\n",
+        "## Summary\n",
+        summary_section(results),
+        "## Machine\n",
+        machine_section(results),
+        "## How to rerun\n",
+        rerun_section(results),
+    ]
+    if results.get("throughput"):
+        parts += ["## Throughput and latency\n", throughput_section(results, figs)]
+    parts.append(variants_section(results))
+    if results.get("foreign"):
+        parts += ["## Foreign traffic\n", foreign_section(results, figs)]
+    if results.get("evenness"):
+        parts += ["## Evenness\n", evenness_section(results, figs)]
+    if results.get("control"):
+        parts += ["## Control plane\n", control_section(results)]
+    for key in ("failover", "rebalancing", "agent_idle"):
+        parts += [f"## {EXTERNAL[key][0]}\n", external_section(key, external.get(key))]
+    parts += ["## Method\n", METHOD]
+    return "\n".join(p for p in parts if p)
+
+
+def summary_json(results: dict[str, Any], external: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        k: results[k]
+        for k in ("version", "started", "machine", "command", "params", "duration_s")
+        if k in results
+    }
+    if results.get("throughput"):
+        out["throughput"] = results["throughput"]["analysis"]
+        out["targets"] = {
+            f"{key} {mode}": {
+                "target": TARGETS[key],
+                "median": r["rps"]["median"],
+                "met": r["rps"]["median"] >= TARGETS[key],
+            }
+            for mode, d in results["throughput"]["analysis"].items()
+            for key, r in d["ratios"].items()
+            if key in TARGETS
+        }
+    if results.get("foreign"):
+        out["foreign"] = results["foreign"]["analysis"]
+    for key in ("evenness", "control"):
+        if results.get(key):
+            out[key] = results[key]
+    out["external"] = {k: external.get(k, {"status": "pending"}) for k in EXTERNAL}
+    return out
+
+
+def write(results: dict[str, Any], docs: str, out_dir: str) -> list[str]:
+    os.makedirs(docs, exist_ok=True)
+    figs = plots.make_all(results, docs)
+    external = load_external(out_dir)
+    page = os.path.join(docs, "benchmarks.md")
+    with open(page, "w") as fh:
+        fh.write(render_page(results, figs, external))
+    summary = os.path.join(docs, "benchmarks.json")
+    with open(summary, "w") as fh:
+        json.dump(summary_json(results, external), fh, indent=1)
+        fh.write("\n")
+    return [page, summary, *figs.values()]
