@@ -30,7 +30,7 @@ from bench.setups import DIRECTOR, LAB_NODES, SERVING, VARIANTS, make_setups
 from bench.sysinfo import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("throughput", "foreign", "evenness", "control", "datapath")
+PARTS = ("throughput", "foreign", "evenness", "control", "datapath", "failover", "rebalance")
 CLIENTS = 100  # client addresses for the evenness sample (wrk uses the gateway address)
 
 
@@ -179,6 +179,21 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     return results
 
 
+def run_agent_benches(args: argparse.Namespace) -> None:
+    """Failover and rebalancing: their own labs and JSON files, which the report reads."""
+    from pathlib import Path
+
+    from bench import failover, rebalance
+
+    out = Path(args.out)
+    if "failover" in args.parts:
+        log("failover: kill -9 an agent, again and again")
+        failover.run(5 if args.quick else 20, out / "failover.json", log=log)
+    if "rebalance" in args.parts:
+        log("rebalancing: connections broken, naive move vs clusterip")
+        rebalance.run(60 if args.quick else 150, out / "rebalance.json", log=log)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -189,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         try:
             results = run(args, argv)
+            run_agent_benches(args)
         except KeyboardInterrupt:
             log("interrupted: the lab was torn down, no report written")
             return 130
