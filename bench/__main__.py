@@ -30,7 +30,16 @@ from bench.setups import DIRECTOR, LAB_NODES, SERVING, VARIANTS, make_setups
 from bench.sysinfo import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("throughput", "foreign", "evenness", "control", "datapath", "failover", "rebalance")
+PARTS = (
+    "throughput",
+    "foreign",
+    "evenness",
+    "control",
+    "datapath",
+    "failover",
+    "falsealarm",
+    "rebalance",
+)
 CLIENTS = 100  # client addresses for the evenness sample (wrk uses the gateway address)
 
 
@@ -183,12 +192,15 @@ def run_agent_benches(args: argparse.Namespace) -> None:
     """Failover and rebalancing: their own labs and JSON files, which the report reads."""
     from pathlib import Path
 
-    from bench import failover, rebalance
+    from bench import failover, falsealarm, rebalance
 
     out = Path(args.out)
     if "failover" in args.parts:
         log("failover: kill -9 an agent, again and again")
         failover.run(5 if args.quick else 20, out / "failover.json", log=log)
+    if "falsealarm" in args.parts:
+        log("false alarms: idle, then wrk saturating the lab")
+        falsealarm.run(10 if args.quick else 30, out / "falsealarm.json", log=log)
     if "rebalance" in args.parts:
         log("rebalancing: connections broken, naive move vs clusterip")
         rebalance.run(60 if args.quick else 150, out / "rebalance.json", log=log)

@@ -26,6 +26,7 @@ EXTERNAL = {
     "failover": ("Failover", "failover.json"),
     "rebalancing": ("Rebalancing", "rebalance.json"),
     "agent_idle": ("Agent CPU at idle", "agent_idle.json"),
+    "falsealarm": ("False alarms under load", "falsealarm.json"),
 }
 
 
