@@ -284,21 +284,26 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def from_mapping(data: Mapping[str, Any], *, known_extra: Iterable[str] = ()) -> VipConfig:
-    """One `[[vip]]` table of a TOML file (keys as the long flags, with _ for -)."""
+def from_mapping(
+    data: Mapping[str, Any], *, known_extra: Iterable[str] = (), agent: bool = False
+) -> VipConfig:
+    """One `[[vip]]` table of a TOML file (keys as the long flags, with _ for -).
+
+    For the agent (`agent=True`) `total_nodes` is not needed: it has buckets instead of nodes.
+    """
     allowed = _TOML_KEYS | set(known_extra)
     for key in data:
         if key not in allowed:
             raise ConfigError(
                 f"unknown key {key!r} in config: allowed are {', '.join(sorted(allowed))}"
             )
-    for key in ("vip", "interface", "total_nodes"):
+    for key in ("vip", "interface") if agent else ("vip", "interface", "total_nodes"):
         if key not in data:
             raise ConfigError(f"missing key {key!r} in config entry {dict(data)!r}")
     cfg = build(
         vip=data["vip"],
         interface=data["interface"],
-        total_nodes=data["total_nodes"],
+        total_nodes=data.get("total_nodes", 1),
         local_nodes=_as_list(data.get("local_node")) + _as_list(data.get("local_nodes")),
         protocol=data.get("protocol", DEFAULT_PROTOCOL),
         dports=_as_list(data.get("dport")) + _as_list(data.get("dports")),
@@ -310,7 +315,9 @@ def from_mapping(data: Mapping[str, Any], *, known_extra: Iterable[str] = ()) ->
     return replace(cfg, extra=extra)
 
 
-def load_toml(path: str, *, known_extra: Iterable[str] = ()) -> list[VipConfig]:
+def load_toml(
+    path: str, *, known_extra: Iterable[str] = (), agent: bool = False
+) -> list[VipConfig]:
     """Read a config file: `[[vip]]` tables (or one top-level table); raises ConfigError."""
     try:
         with open(path, "rb") as fh:
@@ -319,11 +326,15 @@ def load_toml(path: str, *, known_extra: Iterable[str] = ()) -> list[VipConfig]:
         raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"bad config file {path!r}: {exc}") from None
-    return parse_document(data, source=path, known_extra=known_extra)
+    return parse_document(data, source=path, known_extra=known_extra, agent=agent)
 
 
 def parse_document(
-    data: Mapping[str, Any], *, source: str = "config", known_extra: Iterable[str] = ()
+    data: Mapping[str, Any],
+    *,
+    source: str = "config",
+    known_extra: Iterable[str] = (),
+    agent: bool = False,
 ) -> list[VipConfig]:
     if "vip" in data and isinstance(data["vip"], list):
         entries = data["vip"]
@@ -331,7 +342,7 @@ def parse_document(
         entries = [data]
     else:
         raise ConfigError(f"bad config {source!r}: expected [[vip]] tables")
-    configs = [from_mapping(e, known_extra=known_extra) for e in entries]
+    configs = [from_mapping(e, known_extra=known_extra, agent=agent) for e in entries]
     seen: set[ipaddress.IPv4Address] = set()
     for cfg in configs:
         if cfg.vip in seen:

@@ -10,6 +10,7 @@ Finally a summary, and a teardown that removes exactly what was created.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -166,12 +167,13 @@ def run(argv: Sequence[str] = ()) -> int:
             for k in topo.node_indexes:
                 demo.start_agent(lab, k, key, work)
             load_argv = [sys.executable, "-m", "clusterip.lab.load", "--vip", topo.vip]
-            load_argv += ["--sources", topo.client_range(), "--duration", "75"]
-            load = lab.spawn(topo.client_ns, load_argv, stdout=subprocess.PIPE, text=True)
-            threading.Thread(target=_read, args=(load, demo.feed), daemon=True).start()
+            load_argv += ["--sources", topo.client_range(), "--duration", "75", "--pause", "0.2"]
             with Live(demo.view(lab), console=console, refresh_per_second=4) as live:
                 demo.say("3 agents start: they find each other and split 4096 buckets")
                 ok &= demo.wait_for(lab, live, lambda: demo.converged(lab, [1, 2, 3]), 20)
+                demo.say(f"{CLIENTS} clients start: a new connection every ~0.2 s each")
+                load = lab.spawn(topo.client_ns, load_argv, stdout=subprocess.PIPE, text=True)
+                threading.Thread(target=_read, args=(load, demo.feed), daemon=True).start()
                 demo.hold(lab, live, 5)
                 before = {s for t, s, n in demo.feed.records[-600:] if n == "n3"}
                 demo.say("kill -9 the agent of n3: its tables vanish with it")
@@ -200,12 +202,12 @@ def run(argv: Sequence[str] = ()) -> int:
                 in_netns(topo.node_ns(2), lambda: request("resume"))
                 ok &= demo.wait_for(lab, live, lambda: demo.converged(lab, [1, 2, 3]), 10)
                 demo.hold(lab, live, 4)
+            load.terminate()
+            load.wait(timeout=10)
             for proc in demo.procs.values():
                 proc.terminate()
             for proc in demo.procs.values():
                 proc.wait(timeout=10)
-            load.terminate()
-            load.wait(timeout=10)
             total = sum(demo.feed.totals.values())
             failed = [t for t, _s, n in demo.feed.records if n is None]
             in_window = sum(1 for t in failed if killed <= t <= killed + 2.0)
@@ -218,6 +220,9 @@ def run(argv: Sequence[str] = ()) -> int:
                 f"after the kill -9; served by: {served}"
             )
             ok &= len(failed) - in_window <= total // 100
+            if os.environ.get("CLUSTERIP_DEMO_DEBUG"):
+                bins = Counter(int(t - demo.started) for t in failed)
+                console.print(f"failures per second of the demo: {sorted(bins.items())}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     console.rule(f"torn down: lab {topo.name} removed ({time.time() - demo.started:.0f} s)")

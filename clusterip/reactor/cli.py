@@ -27,7 +27,7 @@ def _agent_configs(params: dict[str, Any]) -> list[VipConfig]:
         given = [f for f in flags if params.get(f) not in (None, ())]
         if given:
             raise ConfigError(f"give either -c FILE or VIP flags, not both (got --{given[0]})")
-        return cfgmod.load_toml(params["config_file"])
+        return cfgmod.load_toml(params["config_file"], known_extra=("agent",), agent=True)
     for key in ("vip", "interface"):
         if not params.get(key):
             raise ConfigError(f"missing --{key} (or give -c FILE)")

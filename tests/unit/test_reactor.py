@@ -142,3 +142,42 @@ def test_agents_converge_fail_over_and_rejoin_in_memory() -> None:
     nodes[0].agent.watcher.source = FakeFlows()
     run_for(nodes, clock, 1.2)
     assert not nodes[0].agent.units[0].handover.draining
+
+
+def test_agent_config_file_and_notify(tmp_path: Path) -> None:
+    import sys
+    import time
+
+    from clusterip.reactor.cli import _agent_configs
+    from clusterip.reactor.notify import Notifier
+    from clusterip.reactor.settings import settings_from_toml
+
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[agent]\nnode_id = 3\nkey_file = "/etc/k"\nweight = 2\ninterval_ms = 40\n'
+        '[[vip]]\nvip = "198.18.0.100"\ninterface = "eth0"\nprotocol = "tcp"\ndport = 80\n'
+    )
+    (cfg_,) = _agent_configs({"config_file": str(path)})
+    assert cfg_.dports == (80,) and cfg_.protocol == "tcp"
+    s = settings_from_toml(str(path), {"weight": "5"})  # a flag wins over the file
+    assert (s.node_id, s.weight, s.interval, s.tolerance) == (3, 5, 0.04, 5)
+    path.write_text('[agent]\nnode_id = 3\nkey_file = "/k"\nbogus = 1\n')
+    with pytest.raises(ConfigError, match="unknown key 'bogus' in \\[agent\\]"):
+        settings_from_toml(str(path), {})
+    # --notify: CMD EVENT VIP OWNED_COUNT BUCKETS, as an argv (no shell).
+    out = tmp_path / "events"
+    script = f"import sys; open({str(out)!r}, 'a').write(' '.join(sys.argv[1:]) + chr(10))"
+    note = Notifier(f"{sys.executable} -c {shlex_quote(script)}")
+    note("owned", "198.18.0.100", [1, 2, 3], 4096)
+    deadline = time.time() + 10
+    while time.time() < deadline and not out.exists():
+        time.sleep(0.05)
+    for p in note._running:
+        p.wait(timeout=10)
+    assert out.read_text() == "owned 198.18.0.100 3 4096\n"
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
