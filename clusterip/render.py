@@ -150,8 +150,9 @@ def _lookup(cfg: VipConfig, modulus: int, *, ports: bool, map_name: str = "bucke
 
 
 def _vip_rules(cfg: VipConfig, modulus: int) -> list[str]:
-    rules = [f"icmp type {{ {ICMP_ERRORS} }} meta pkttype set host accept"]
-    rules.append(f"{_l4_match(cfg)} {_lookup(cfg, modulus, ports=True)}")
+    # The hash first: the common packet (ours or not) is decided without other checks.
+    rules = [f"{_l4_match(cfg)} {_lookup(cfg, modulus, ports=True)}"]
+    rules.append(f"icmp type {{ {ICMP_ERRORS} }} meta pkttype set host accept")
     if cfg.protocol == "all" and not cfg.dports:
         # Protocols without ports (ICMP, GRE, ...) are hashed by source IP. A port protocol's
         # packet whose bucket is not ours must stop here, or it would fall through to that rule.
