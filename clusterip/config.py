@@ -319,14 +319,18 @@ def load_toml(
     path: str, *, known_extra: Iterable[str] = (), agent: bool = False
 ) -> list[VipConfig]:
     """Read a config file: `[[vip]]` tables (or one top-level table); raises ConfigError."""
+    return parse_document(read_toml(path), source=path, known_extra=known_extra, agent=agent)
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming the file when it cannot be read or parsed."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"bad config file {path!r}: {exc}") from None
-    return parse_document(data, source=path, known_extra=known_extra, agent=agent)
 
 
 def parse_document(

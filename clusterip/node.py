@@ -7,7 +7,6 @@ the ruleset is one nft transaction. I/O goes through the Firewall and Link inter
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import replace
 
 from clusterip.config import ConfigError, VipConfig
 from clusterip.link import Link
@@ -170,7 +169,3 @@ def _check_bucket(st: VipState, bucket: int) -> None:
 
 def _fmt(values: frozenset[int]) -> str:
     return ",".join(str(v) for v in sorted(values)) or "none"
-
-
-def with_local_nodes(cfg: VipConfig, nodes: tuple[int, ...]) -> VipConfig:
-    return replace(cfg, local_nodes=nodes)

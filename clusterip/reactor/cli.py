@@ -16,6 +16,7 @@ from clusterip.reactor.settings import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_INTERVAL_MS,
     DEFAULT_TOLERANCE,
+    SETTING_KEYS,
     build_settings,
     settings_from_toml,
 )
@@ -80,22 +81,7 @@ def agent(verbose: bool, **params: Any) -> None:
     from clusterip.reactor.keyfile import read_key
 
     configs = _agent_configs(params)
-    names = [
-        "node_id",
-        "key_file",
-        "weight",
-        "buckets",
-        "interval_ms",
-        "tolerance",
-        "peers",
-        "group",
-        "port",
-        "notify",
-        "drain_timeout",
-        "metrics",
-        "realtime",
-    ]
-    flags = {k: params.get(k) for k in names}
+    flags = {k: params.get(k) for k in SETTING_KEYS}
     if params.get("config_file"):
         settings = settings_from_toml(params["config_file"], flags)
     else:

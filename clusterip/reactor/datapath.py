@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from clusterip.config import VipConfig
 from clusterip.link import Link
@@ -33,7 +33,6 @@ class ApplyStats:
     changes: int = 0
     last_seconds: float = 0.0
     total_seconds: float = 0.0
-    history: list[float] = field(default_factory=list)
 
 
 class AgentDatapath:
@@ -80,7 +79,6 @@ class AgentDatapath:
         self.stats.changes += 1
         self.stats.last_seconds = took
         self.stats.total_seconds += took
-        self.stats.history = [*self.stats.history[-99:], took]
         return True
 
     def stop(self) -> None:

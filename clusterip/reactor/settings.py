@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterip.config import ConfigError
+from clusterip.config import ConfigError, read_toml
 from clusterip.reactor.transport import DEFAULT_GROUP, DEFAULT_PORT, parse_group
 
 DEFAULT_INTERVAL_MS = 50
@@ -114,7 +113,7 @@ def build_settings(
     )
 
 
-_KEYS = {
+SETTING_KEYS = (
     "node_id",
     "key_file",
     "weight",
@@ -128,25 +127,18 @@ _KEYS = {
     "drain_timeout",
     "metrics",
     "realtime",
-}
+)
 
 
 def settings_from_toml(path: str, overrides: Mapping[str, Any]) -> AgentSettings:
     """The `[agent]` table of a config file; flags given on the command line win."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"bad config file {path!r}: {exc}") from None
-    table = data.get("agent", {})
+    table = read_toml(path).get("agent", {})
     if not isinstance(table, dict):
         raise ConfigError(f"bad config file {path!r}: [agent] must be a table")
     for key in table:
-        if key not in _KEYS:
+        if key not in SETTING_KEYS:
             raise ConfigError(
-                f"unknown key {key!r} in [agent]: allowed are {', '.join(sorted(_KEYS))}"
+                f"unknown key {key!r} in [agent]: allowed are {', '.join(sorted(SETTING_KEYS))}"
             )
     merged = {**table, **{k: v for k, v in overrides.items() if v not in (None, ())}}
     return build_settings(**merged)

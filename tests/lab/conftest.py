@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from clusterip.lab.agents import Agents
 from clusterip.lab.net import Lab
 from clusterip.lab.topo import LabTopo
 
@@ -73,3 +74,12 @@ def make_lab(new_lab_name: Callable[[], str]) -> Iterator[MakeLab]:
     yield make
     for lab in reversed(built):
         lab.teardown()
+
+
+@pytest.fixture
+def agents() -> Iterator[list[Agents]]:
+    """Agent runners a test appends to; every agent they started is stopped afterwards."""
+    made: list[Agents] = []
+    yield made
+    for a in made:
+        a.stop_all()

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from clusterip.lab.agents import KEY, Agents
 from clusterip.lab.net import Lab
 from tests.lab.clients import finish_loop, start_loop
 from tests.lab.conftest import MakeLab
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[list[Agents]]:
-    made: list[Agents] = []
-    yield made
-    for a in made:
-        a.stop_all()
 
 
 def start_cluster(lab: Lab, tmp_path: Path, made: list[Agents], *extra: str) -> Agents:

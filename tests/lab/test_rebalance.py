@@ -6,22 +6,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from clusterip.lab.agents import KEY, Agents
 from clusterip.lab.conns import finish_conns, start_conns
 from tests.lab.conftest import MakeLab
-
-
-@pytest.fixture
-def agents() -> Iterator[list[Agents]]:
-    made: list[Agents] = []
-    yield made
-    for a in made:
-        a.stop_all()
 
 
 def cip(lab: object, k: int, *args: str) -> subprocess.CompletedProcess[str]:
