@@ -157,3 +157,20 @@ def test_forged_replayed_malformed_foreign_change_nothing(
     res = lab.probe(proto="tcp", port=80, per_source=5)
     assert res.errors == 0 and "n4" not in res.by_node, res.by_node
     assert all(a.vip_status(k)["owned"] == before[k]["owned"] for k in (1, 2, 3))
+
+
+def test_unicast_peers_instead_of_multicast(
+    make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
+) -> None:
+    lab = make_lab(nodes=2, clients=20)
+    keyfile = tmp_path / "cluster.key"
+    keyfile.write_text(KEY)
+    a = Agents(lab, keyfile)
+    agents.append(a)
+    for k in (1, 2):
+        other = lab.topo.node_addr(3 - k)
+        a.start(k, args=("--peer", other))  # no multicast group is joined then
+    a.wait_converged([1, 2])
+    assert a.vip_status(1)["members"][0]["address"] == lab.topo.node_addr(2)
+    res = lab.probe(proto="tcp", port=80, per_source=3)
+    assert res.errors == 0 and set(res.by_node) == {"n1", "n2"}
