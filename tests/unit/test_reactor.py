@@ -181,3 +181,24 @@ def shlex_quote(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
+
+
+def test_metrics_registry_of_its_own() -> None:
+    from prometheus_client import generate_latest
+
+    from clusterip.reactor.metrics import Metrics
+
+    m = Metrics()
+    m.update(
+        "198.18.0.100",
+        owned=1366,
+        draining=2,
+        members=3,
+        passive=False,
+        rejected={"bad_mac": 4},
+        apply_seconds=0.003,
+    )
+    text = generate_latest(m.registry).decode()
+    assert 'clusterip_buckets_owned{vip="198.18.0.100"} 1366.0' in text
+    assert 'clusterip_rejected_messages{cause="bad_mac",vip="198.18.0.100"} 4.0' in text
+    assert Metrics().registry is not m.registry  # no global state
