@@ -19,7 +19,7 @@ ip (prerouting at priority mangle, after conntrack):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from clusterip.config import HASHMODES, ConfigError, VipConfig
 
@@ -41,13 +41,16 @@ class Ownership:
 
     owned     new connections and established flows;
     draining  only this node's established TCP flows (the bucket moved away, its flows stay);
-    orphaned  subset of owned: taken over from a dead node; mid-flow TCP gets a RST at once.
+    orphaned  subset of owned: taken over from a dead node; mid-flow TCP gets a RST at once;
+    kept      (client address, client port) of flows other live nodes keep while they drain:
+              dropped here whatever their bucket, never accepted nor reset.
     """
 
     modulus: int
     owned: frozenset[int] = field(default_factory=frozenset)
     draining: frozenset[int] = field(default_factory=frozenset)
     orphaned: frozenset[int] = field(default_factory=frozenset)
+    kept: frozenset[tuple[str, int]] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         for name, values in (
@@ -78,9 +81,7 @@ class Ownership:
         return cls(modulus, frozenset(owned), frozenset(draining), frozenset(orphaned))
 
     def take(self, bucket: int) -> Ownership:
-        return Ownership.of(
-            self.modulus, self.owned | {bucket}, self.draining - {bucket}, self.orphaned
-        )
+        return replace(self, owned=self.owned | {bucket}, draining=self.draining - {bucket})
 
     def release(self, bucket: int, *, keep_flows: bool = True) -> Ownership:
         draining = (
@@ -150,8 +151,10 @@ def _lookup(cfg: VipConfig, modulus: int, *, ports: bool, map_name: str = "bucke
 
 
 def _vip_rules(cfg: VipConfig, modulus: int) -> list[str]:
-    # The hash first: the common packet (ours or not) is decided without other checks.
-    rules = [f"{_l4_match(cfg)} {_lookup(cfg, modulus, ports=True)}"]
+    # Flows another live node keeps (it drains their bucket): nobody else may answer them.
+    rules = ["meta l4proto { tcp, udp } ip saddr . th sport @kept drop"]
+    # Then the hash: the common packet (ours or not) is decided without other checks.
+    rules.append(f"{_l4_match(cfg)} {_lookup(cfg, modulus, ports=True)}")
     rules.append(f"icmp type {{ {ICMP_ERRORS} }} meta pkttype set host accept")
     if cfg.protocol == "all" and not cfg.dports:
         # Protocols without ports (ICMP, GRE, ...) are hashed by source IP. A port protocol's
@@ -199,6 +202,8 @@ def render(
         fill += f"add element netdev {name} buckets {{ {_elements(bucket_verdicts(own))} }}\n"
     if own.orphaned:
         fill += f"add element ip {name} orphaned {{ {_elements(orphan_verdicts(own))} }}\n"
+    if own.kept:
+        fill += f"add element netdev {name} kept {{ {_flows(own.kept)} }}\n"
     return f"""# clusterip: VIP {vip} on {dev} (generated, do not edit)
 add table netdev {name} {{ comment "{note}";{flags} }}
 flush table netdev {name}
@@ -215,6 +220,9 @@ table netdev {name} {{{block_flags}
 	}}{dports}
 	map buckets {{
 		type mark : verdict
+	}}
+	set kept {{
+		type ipv4_addr . inet_service
 	}}
 	chain ingress {{
 		type filter hook ingress device "{dev}" priority {INGRESS_PRIORITY}; policy accept;
@@ -256,6 +264,7 @@ table ip {name} {{{block_flags}
 	}}
 }}
 flush map netdev {name} buckets
+flush set netdev {name} kept
 flush map ip {name} orphaned
 {fill}"""
 
@@ -282,7 +291,16 @@ def render_update(cfg: VipConfig, old: Ownership, new: Ownership) -> str:
             out.append(f"delete element {family} {name} {map_name} {{ {items} }}")
         if added:
             out.append(f"add element {family} {name} {map_name} {{ {_elements(added)} }}")
+    gone_flows, new_flows = old.kept - new.kept, new.kept - old.kept
+    if gone_flows:
+        out.append(f"delete element netdev {name} kept {{ {_flows(gone_flows)} }}")
+    if new_flows:
+        out.append(f"add element netdev {name} kept {{ {_flows(new_flows)} }}")
     return "".join(line + "\n" for line in out)
+
+
+def _flows(flows: frozenset[tuple[str, int]]) -> str:
+    return ", ".join(f"{addr} . {port}" for addr, port in sorted(flows))
 
 
 def render_delete(cfg: VipConfig, *, owner: bool = False) -> str:

@@ -51,6 +51,8 @@ HEADER = struct.Struct(">4sBBBBHHHH4s8s8sQQ")
 MAC_BYTES = 32
 _ACK = struct.Struct(">HQ")
 _HB_HEAD = struct.Struct(">8sH")
+_KEPT = struct.Struct(">4sHH")  # client address, client port, bucket (0-based)
+MAX_KEPT = 160  # flows per KEPT datagram: 52 + 2 + 160 * 8 + 32 bytes, under 1400
 MAX_NODE_ID = 255
 U16 = 0xFFFF
 U64 = (1 << 64) - 1
@@ -60,6 +62,7 @@ class MsgType(IntEnum):
     HELLO = 1
     HEARTBEAT = 2
     LEAVE = 3
+    KEPT = 4
 
 
 class NodeState(IntEnum):
@@ -230,6 +233,51 @@ class Leave(Message):
     state: NodeState = NodeState.LEAVING
 
 
+@dataclass(frozen=True, kw_only=True)
+class Kept(Message):
+    """Flows I keep in buckets I handed over to live nodes (draining): a new owner must not
+    answer them, neither accept them nor reset them. One datagram carries at most MAX_KEPT;
+    `part`/`parts` number the datagrams of one announcement."""
+
+    TYPE = MsgType.KEPT
+    part: int = 0
+    parts: int = 1
+    flows: tuple[tuple[ipaddress.IPv4Address, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(len(self.flows) <= MAX_KEPT, f"more than {MAX_KEPT} flows in one KEPT")
+        _require(0 <= self.part < self.parts <= U16, "bad KEPT part numbering")
+
+    def body(self) -> bytes:
+        head = struct.pack(">HHH", self.part, self.parts, len(self.flows))
+        return head + b"".join(_KEPT.pack(a.packed, p, b) for a, p, b in self.flows)
+
+
+def _kept(header: Header, body: bytes) -> Kept:
+    if len(body) < 6:
+        raise Malformed(f"KEPT body too short: {len(body)} bytes", header)
+    part, parts, count = struct.unpack_from(">HHH", body)
+    rest = body[6:]
+    if len(rest) != count * _KEPT.size:
+        raise Malformed(f"{count} kept flows announced, {len(rest)} bytes follow", header)
+    flows = tuple((ipaddress.IPv4Address(a), p, b) for a, p, b in _KEPT.iter_unpack(rest))
+    return Kept(
+        node_id=header.node_id,
+        vip=header.vip,
+        fingerprint=header.fingerprint,
+        key_id=header.key_id,
+        incarnation=header.incarnation,
+        seq=header.seq,
+        weight=header.weight,
+        state=header.state,
+        interval_ms=header.interval_ms,
+        part=part,
+        parts=parts,
+        flows=flows,
+    )
+
+
 def _require(ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(what)
@@ -321,6 +369,8 @@ def unpack(data: bytes, key: bytes, *, fingerprint: bytes | None = None) -> Mess
                 state=header.state,
                 interval_ms=header.interval_ms,
             )
+        if header.type == MsgType.KEPT:
+            return _kept(header, body)
         return _heartbeat(header, body)
     except ValueError as exc:
         raise Malformed(f"bad field: {exc}", header) from None

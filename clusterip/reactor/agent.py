@@ -18,13 +18,14 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from clusterip.agent.assign import assign
 from clusterip.agent.events import Notice, OwnershipChanged, PeerDown, PeerUp, StateChanged
 from clusterip.agent.membership import Membership
 from clusterip.agent.params import Cluster, Params
+from clusterip.agent.wire import Kept, Malformed, MsgType, Rejected, peek, unpack
 from clusterip.config import VipConfig
 from clusterip.flows import FlowSource
 from clusterip.link import Link
@@ -33,6 +34,7 @@ from clusterip.reactor.control import ControlServer
 from clusterip.reactor.datapath import AgentDatapath
 from clusterip.reactor.flowwatch import FlowWatcher
 from clusterip.reactor.handover import Handover
+from clusterip.reactor.kept import Announcer, KeptBook
 from clusterip.reactor.metrics import Metrics
 from clusterip.reactor.notify import Notifier
 from clusterip.reactor.settings import AgentSettings
@@ -52,6 +54,9 @@ class Unit:
     membership: Membership
     datapath: AgentDatapath
     handover: Handover
+    announcer: Announcer
+    kept: KeptBook = field(default_factory=KeptBook)
+    kept_applied: frozenset[tuple[str, int]] = frozenset()
     metrics_due: float = 0.0
     last_raw: frozenset[int] | None = None  # the membership's owned set last applied
     failovers: list[dict[str, Any]] = field(default_factory=list)
@@ -98,6 +103,7 @@ class Agent:
         # wall clock in microseconds does, unless the clock is stepped back.
         incarnation = time.time_ns() // 1000
         now = clock()
+        clusters = [Cluster.create(cfg, key, buckets=settings.buckets) for cfg in configs]
         self.units = [
             Unit(
                 cfg=cfg,
@@ -105,10 +111,11 @@ class Agent:
                     node_id=settings.node_id,
                     weight=settings.weight,
                     incarnation=incarnation,
-                    cluster=Cluster.create(cfg, key, buckets=settings.buckets),
+                    cluster=cluster,
                     now=now,
                     params=params,
                 ),
+                announcer=Announcer(settings.node_id, incarnation, cluster),
                 datapath=AgentDatapath(cfg, settings.buckets, firewall, link),
                 handover=Handover(
                     settings.node_id,
@@ -117,7 +124,7 @@ class Agent:
                     drain=settings.drain_timeout > 0,
                 ),
             )
-            for cfg in configs
+            for cfg, cluster in zip(configs, clusters, strict=True)
         ]
         self.watcher = FlowWatcher(flows, configs, settings.buckets, FLOW_CHECK_EVERY, clock)
 
@@ -200,18 +207,40 @@ class Agent:
         # stall of our own must not look like the silence of everyone else.
         for data, src in self.transport.recv():
             for unit in self.units:
-                unit.membership.receive(data, src, now)
+                if _is_kept(data):
+                    self._on_kept(unit, data, now)
+                else:
+                    unit.membership.receive(data, src, now)
         for unit in self.units:
             m = unit.membership
             events = m.tick(now)
-            if events:
-                unit.handover.track(m.view().assigned_to, unit.alive(), now)
             for event in events:
                 self._on_event(unit, event, now)
-            # Lost buckets leave the kernel before the heartbeat that announces the new view.
+            # Lost buckets leave the kernel, and the flows we keep of them are announced,
+            # before the heartbeat that lets the new owners take them.
             self._sync(unit, now)
+            self._announce(unit, now)
             if m.due(now):
                 self.transport.send(m.heartbeat(now).pack(m.cluster.key))
+
+    def _announce(self, unit: Unit, now: float, *, fresh: bool = False) -> None:
+        draining = set(unit.handover.draining)
+        if fresh or unit.announcer.due(now, bool(draining)):
+            if fresh:
+                self.watcher.measure()  # the flows as they are now, not a second ago
+            for data in unit.announcer.messages(self.watcher.flows(unit.vip), draining, now):
+                self.transport.send(data)
+
+    def _on_kept(self, unit: Unit, data: bytes, now: float) -> None:
+        m = unit.membership
+        try:
+            if peek(data).vip != m.cluster.vip:
+                return
+            msg = unpack(data, m.cluster.key, fingerprint=m.cluster.fingerprint)
+            if isinstance(msg, Kept) and msg.node_id != m.node_id:
+                unit.kept.take(msg, now)
+        except Rejected as exc:
+            m.stats.record(exc.cause)
 
     def _leave(self) -> None:
         now = self.clock()
@@ -230,8 +259,7 @@ class Agent:
 
     def _on_event(self, unit: Unit, event: object, now: float) -> None:
         if isinstance(event, OwnershipChanged):
-            view = unit.membership.view()
-            fresh = unit.handover.changed(event, view.assigned_to, unit.alive(), now)
+            fresh = unit.handover.changed(event, now)
             if len(fresh) != len(event.orphaned):
                 log.info(
                     "%s: %d of %d buckets from dead or unknown owners may hold live nodes' "
@@ -242,6 +270,10 @@ class Agent:
                 )
             if fresh:
                 unit.failovers = [*unit.failovers[-19:], {"at": now, "buckets": len(fresh)}]
+            if any(owner is not None for owner in event.lost.values()):
+                # Release in the kernel, then tell who keeps what, then the heartbeat.
+                self._sync(unit, now)
+                self._announce(unit, now, fresh=True)
             log.info(
                 "%s: %d buckets now (+%d, %d from dead nodes, -%d)",
                 unit.vip,
@@ -268,23 +300,28 @@ class Agent:
             unit.handover.peer_up(event.node_id, event.incarnation, now)
         elif isinstance(event, PeerDown):
             log.warning("%s: node %d down (%s)", unit.vip, event.node_id, event.reason)
-            unit.handover.peer_down(event.node_id, event.incarnation, now, unit.alive())
+            owned = {b + 1 for b in unit.membership.owned_buckets()}
+            unit.handover.peer_down(event.node_id, event.incarnation, now, owned)
+            unit.kept.forget(event.node_id)  # a dead node keeps nothing: its flows are orphans
 
     def _sync(self, unit: Unit, now: float) -> None:
         raw = unit.membership.owned_buckets()
         h = unit.handover
+        kept = unit.kept.current(now)
         if (
             raw is unit.last_raw
+            and kept == unit.kept_applied
             and not h.draining
             and not h.waiting(now)
             and now < unit.metrics_due
         ):
             return  # nothing can have changed: the common case, every 50 ms
         unit.last_raw = raw
+        unit.kept_applied = kept
         timeout = self.settings.drain_timeout
         if self.draining_all and self.drain_timeout is not None:
             timeout = self.drain_timeout
-        own = h.ownership(raw, now, self.watcher.latest(unit.vip), timeout)
+        own = replace(h.ownership(raw, now, self.watcher.latest(unit.vip), timeout), kept=kept)
         changed = unit.datapath.apply(own)
         if changed:
             self.metrics.changes.labels(unit.vip).inc()
@@ -430,3 +467,10 @@ def _realtime(priority: int) -> None:
         os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
     except OSError as exc:
         log.warning("cannot run with realtime priority %d (%s): heartbeats may lag", priority, exc)
+
+
+def _is_kept(data: bytes) -> bool:
+    try:
+        return peek(data).type == MsgType.KEPT
+    except Malformed:
+        return False  # the membership counts it

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from clusterip.config import VipConfig
-from clusterip.flows import FlowSource
+from clusterip.flows import Flow, FlowSource
 
 log = logging.getLogger("clusterip.agent")
 
@@ -35,6 +36,7 @@ class FlowWatcher:
         self.every = every
         self.clock = clock
         self._latest: dict[str, Measurement] = {}
+        self._flows: dict[str, list[Flow]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -45,12 +47,14 @@ class FlowWatcher:
         for cfg in self.configs:
             taken = self.clock()
             try:
-                counts = self.source.per_bucket(cfg, self.modulus)
+                flows = self.source.flows(cfg, self.modulus)
             except Exception as exc:  # conntrack unavailable: keep draining until the timeout
                 log.warning("cannot count flows of %s: %s", cfg.vip, exc)
                 continue
+            counts = dict(Counter(b for _a, _p, b in flows))
             with self._lock:
                 self._latest[str(cfg.vip)] = (taken, counts)
+                self._flows[str(cfg.vip)] = flows
 
     def poll(self, now: float) -> None:
         """Without a thread (tests, simulations): measure inline when due."""
@@ -74,3 +78,8 @@ class FlowWatcher:
     def latest(self, vip: str) -> Measurement | None:
         with self._lock:
             return self._latest.get(vip)
+
+    def flows(self, vip: str) -> list[Flow]:
+        """The flows of the latest measurement (address, port, bucket)."""
+        with self._lock:
+            return list(self._flows.get(vip, []))

@@ -6,8 +6,9 @@ how the datapath treats them:
   none left (a measurement taken after the drain began) or the drain timeout passes;
 - orphaned: buckets taken over from a node that died get mid-flow TCP answered with a RST (so
   its clients reconnect at once), but only ORPHAN_RESET_DELAY after the takeover (a node
-  declared dead by a stalled machine is back before that) and never where another live node
-  may still keep flows: one that handed the bucket over, alive, within the drain window.
+  declared dead by a stalled machine is back before that). Flows another live node keeps
+  there are safe: it announced them (clusterip.reactor.kept) and every node drops them at
+  ingress, so they never reach the RST.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from clusterip.agent.assign import assign
 from clusterip.agent.events import OwnershipChanged
 from clusterip.render import Ownership
 
-ORPHAN_RESET_DELAY = 0.3
-MIN_HOLD = 1.0  # an owner that held a bucket less than this has no flows worth keeping
+ORPHAN_RESET_DELAY = 0.2
 
 
 @dataclass
@@ -32,13 +31,7 @@ class Handover:
     draining: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> since
     orphaned: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> taken at
     orphaned_by: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (node, inc)
-    gained_from: dict[int, tuple[int, float]] = field(default_factory=dict)  # -> (node, t)
-    moved_from: dict[int, dict[int, float]] = field(default_factory=dict)  # 0-based -> {node: t}
-    owners: tuple[int, ...] = ()  # the cluster-wide assignment last seen (0-based buckets)
-    members: frozenset[tuple[int, int]] = frozenset()  # what `owners` was computed from
     orphaned_at: float = -1e18  # when buckets were last added to `orphaned`
-    tenure: dict[int, float] = field(default_factory=dict)  # 0-based -> owner holds it since
-    last_tenure: dict[int, tuple[int, float, float]] = field(default_factory=dict)  # (o, s, end)
 
     def peer_up(self, node: int, incarnation: int, now: float) -> None:
         # The same incarnation back (it was only silent for a while): its draining flows are
@@ -48,87 +41,36 @@ class Handover:
                 del self.orphaned_by[b]
                 self.orphaned.pop(b, None)
 
-    def peer_down(self, node: int, incarnation: int, now: float, alive: set[int]) -> None:
-        """Buckets we took from `node` while it lived may carry the flows it was draining:
-        they have no server now, so they get the orphan treatment."""
-        for b, (prev, t) in list(self.gained_from.items()):
-            if (
-                prev == node
-                and now - t <= self.drain_window
-                and b not in self.orphaned
-                and not self.others_may_hold(b - 1, now, alive, dead=node)
-            ):
+    def peer_down(self, node: int, incarnation: int, now: float, owned: set[int]) -> None:
+        """A node died: the flows it kept anywhere (it may have been draining a bucket that
+        has since moved on, through several owners) have no server now. Every bucket we own
+        (1-based) gets the orphan treatment: a mid-flow packet with no conntrack entry here
+        that no live node announced as kept can only be the dead node's."""
+        for b in owned:
+            if b not in self.orphaned:
                 self.orphaned[b] = now
-                self.orphaned_at = now
                 self.orphaned_by[b] = (node, incarnation)
+        self.orphaned_at = now
 
-    def others_may_hold(self, bucket: int, now: float, alive: set[int], dead: int = 0) -> bool:
-        """Whether another live node may keep established flows of `bucket` (0-based)."""
-        return any(
-            node not in (self.node_id, dead) and node in alive and now - t <= self.drain_window
-            for node, t in self.moved_from.get(bucket, {}).items()
-        )
+    def changed(self, event: OwnershipChanged, now: float) -> set[int]:
+        """Take in an ownership change; returns the buckets (0-based) orphaned by it.
 
-    def track(self, assigned: Mapping[int, int], alive: set[int], now: float) -> None:
-        """Remember which buckets moved from a live member to another, and when.
-
-        A move counts only if the old owner held the bucket for MIN_HOLD: not the instant
-        after a cold start (everyone owns everything until they hear each other), not the
-        moment a node held a bucket during someone's false alarm. A bucket that comes back to
-        its owner soon after such a flap keeps that owner's original tenure.
+        "Nobody owned it" in our own view (we start or join) is no orphan: the bucket was
+        someone else's, who keeps and announces its flows; a cold start has none to reset.
         """
-        if frozenset(assigned.items()) == self.members:
-            return
-        owners = assign(assigned, self.buckets) if assigned else ()
-        if self.owners and owners:
-            for b, (old, new) in enumerate(zip(self.owners, owners, strict=True)):
-                if old == new:
-                    continue
-                since = self.tenure.get(b, now)
-                if old in alive and now - since >= MIN_HOLD:
-                    self.moved_from.setdefault(b, {})[old] = now
-                back = self.last_tenure.get(b)
-                self.last_tenure[b] = (old, since, now)
-                if back is not None and back[0] == new and now - back[2] < MIN_HOLD:
-                    self.tenure[b] = back[1]  # a flap undone: the tenure goes on
-                else:
-                    self.tenure[b] = now
-        elif owners:
-            self.tenure = dict.fromkeys(range(len(owners)), now)
-        self.owners = owners
-        self.members = frozenset(assigned.items())
-
-    def changed(
-        self, event: OwnershipChanged, assigned: Mapping[int, int], alive: set[int], now: float
-    ) -> set[int]:
-        """Take in an ownership change; returns the buckets (0-based) orphaned by it."""
-        # "Nobody owned it" in our own view happens when we start or join: the bucket was
-        # someone else's in the cluster's view without us. A live holder keeps its flows (not
-        # orphaned); a cold start has no flows to reset anyway.
-        others = {m: w for m, w in assigned.items() if m != self.node_id}
-        without_us = assign(others, self.buckets) if others else ()
-        fresh = {
-            b
-            for b in event.orphaned
-            if event.gained.get(b) is not None and not self.others_may_hold(b, now, alive)
-        }
+        fresh = {b for b in event.orphaned if event.gained.get(b) is not None}
         for b0, new_owner in event.lost.items():
             b = b0 + 1
             self.orphaned.pop(b, None)
             self.orphaned_by.pop(b, None)
-            self.gained_from.pop(b, None)
             if new_owner is not None and self.drain:
                 self.draining[b] = now  # moved to a live node: keep our established flows
-        for b0, prev in event.gained.items():
+        for b0 in event.gained:
             b = b0 + 1
             self.draining.pop(b, None)
             if b0 in fresh:
                 self.orphaned.setdefault(b, now)
                 self.orphaned_at = now
-                continue
-            holder = prev if prev is not None else (without_us[b0] if without_us else None)
-            if holder is not None and holder in alive:
-                self.gained_from[b] = (holder, now)
         return fresh
 
     def waiting(self, now: float) -> bool:

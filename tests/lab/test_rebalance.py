@@ -73,17 +73,7 @@ def test_join_drain_weight_break_nothing_and_kill_breaks_only_its_own(
     ]
     assert not wrong, (len(wrong), wrong[:8])
     outcome = Counter((r["broken"]["error"], round(r["broken"]["at"] - killed, 1)) for r in broken)
-    assert all(dt >= 0 for _e, dt in outcome), outcome
-    reset = sum(
-        1
-        for r in broken
-        if r["broken"]["error"] == "ConnectionResetError" and r["broken"]["at"] - killed < 1.0
-    )
-    # A bucket that moved between live nodes in the drain window may carry another live node's
-    # kept flows: survivors drop (never reset) mid-flow packets there, so a dead node's flows
-    # in such a bucket stall instead of getting a RST. After three rebalances in ten seconds
-    # that is a few percent of them (see the closing note of issue 4).
-    assert reset >= 0.85 * len(broken), outcome
+    assert all(error == "ConnectionResetError" and 0 <= dt < 1.0 for error, dt in outcome), outcome
     assert len(broken) == served["n3"], (len(broken), served)
     ok = [r for r in records if not r["broken"]]
     assert all(r["ok"] >= (time.time() - t0 - 3) / 0.1 * 0.5 for r in ok)
