@@ -20,6 +20,7 @@ from clusterip.agent.events import OwnershipChanged
 from clusterip.render import Ownership
 
 ORPHAN_RESET_DELAY = 0.2
+AFTER_DEATH = 5.0  # buckets gained this long after a death may carry the dead node's flows
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Handover:
     orphaned: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> taken at
     orphaned_by: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (node, inc)
     orphaned_at: float = -1e18  # when buckets were last added to `orphaned`
+    death: tuple[int, int, float] = (0, 0, -1e18)  # the last node that died: (id, inc, when)
 
     def peer_up(self, node: int, incarnation: int, now: float) -> None:
         # The same incarnation back (it was only silent for a while): its draining flows are
@@ -51,6 +53,7 @@ class Handover:
                 self.orphaned[b] = now
                 self.orphaned_by[b] = (node, incarnation)
         self.orphaned_at = now
+        self.death = (node, incarnation, now)
 
     def changed(self, event: OwnershipChanged, now: float) -> set[int]:
         """Take in an ownership change; returns the buckets (0-based) orphaned by it.
@@ -65,11 +68,18 @@ class Handover:
             self.orphaned_by.pop(b, None)
             if new_owner is not None and self.drain:
                 self.draining[b] = now  # moved to a live node: keep our established flows
+        node, incarnation, died = self.death
         for b0 in event.gained:
             b = b0 + 1
             self.draining.pop(b, None)
             if b0 in fresh:
                 self.orphaned.setdefault(b, now)
+                self.orphaned_at = now
+            elif now - died <= AFTER_DEATH and b not in self.orphaned:
+                # The survivors' assignment settles in a few moves after a death: a bucket
+                # that reaches us from a live node may still carry the dead node's flows.
+                self.orphaned[b] = now
+                self.orphaned_by[b] = (node, incarnation)
                 self.orphaned_at = now
         return fresh
 
