@@ -46,7 +46,7 @@ def parse_proc_conntrack(
 def proc_flows(
     text: str, cfg: VipConfig, modulus: int, bucket_of: BucketOf | None = None
 ) -> list[Flow]:
-    """Live TCP flows to the VIP, each with its bucket, from /proc/net/nf_conntrack's text.
+    """Live TCP and UDP flows to the VIP, each with its bucket, from /proc/net/nf_conntrack.
 
     A line: `ipv4 2 tcp 6 431999 ESTABLISHED src=C dst=VIP sport=P dport=Q src=... [ASSURED]
     ...`; the first src/dst/sport/dport are the original direction.
@@ -57,10 +57,12 @@ def proc_flows(
         if vip not in line:
             continue
         words = line.split()
-        if len(words) < 10 or words[0] != "ipv4" or words[2] != "tcp" or words[5] in _TCP_DONE:
+        if len(words) < 10 or words[0] != "ipv4" or words[2] not in ("tcp", "udp"):
+            continue
+        if words[2] == "tcp" and words[5] in _TCP_DONE:
             continue
         fields: dict[str, str] = {}
-        for word in words[6:]:
+        for word in words[4:]:  # the first src/dst/ports: the original direction
             key, _, value = word.partition("=")
             if key in ("src", "dst", "sport", "dport") and key not in fields:
                 fields[key] = value

@@ -31,6 +31,9 @@ MAX_COMMENT = 128
 # owner's conntrack marks them related, every other node's stack finds no socket and ignores
 # them. Accepting them everywhere keeps path MTU discovery working.
 ICMP_ERRORS = "destination-unreachable, time-exceeded, parameter-problem"
+# Set at ingress on packets of a draining bucket; prerouting then lets only established flows
+# through (a value above any bucket number, reset to 0 before the packet goes on).
+KEEP_MARK = 0x0C1EA0A0
 # TCP that is not a bare SYN and has no conntrack entry here: another node's flow.
 MIDFLOW = "ct state { new, invalid } tcp flags & (fin | syn | rst | ack) != syn"
 
@@ -197,6 +200,9 @@ def render(
             + " }\n\t}"
         )
     vip_rules = "\n".join(f"\t\t{r}" for r in _vip_rules(cfg, modulus))
+    # Only agents announce the flows they keep (clusterip.reactor.kept), so only agents can
+    # keep UDP: elsewhere the new owner would answer the old owner's UDP flows too.
+    kept_protos = "{ tcp, udp }" if mode == "agent" else "tcp"
     fill = ""
     if own.owned or own.draining:
         fill += f"add element netdev {name} buckets {{ {_elements(bucket_verdicts(own))} }}\n"
@@ -237,8 +243,8 @@ table netdev {name} {{{block_flags}
 	chain keep {{
 		meta mark set 0
 		tcp flags & (syn | ack) == syn counter name "foreign" drop
-		meta l4proto != tcp counter name "foreign" drop
-		meta pkttype set host counter name "kept" accept
+		meta l4proto != {kept_protos} counter name "foreign" drop
+		meta mark set {KEEP_MARK:#010x} meta pkttype set host counter name "kept" accept
 	}}
 	chain egress {{
 		type filter hook egress device "{dev}" priority 0; policy accept;
@@ -254,6 +260,7 @@ table ip {name} {{{block_flags}
 	chain prerouting {{
 		type filter hook prerouting priority mangle; policy accept;
 		iif "{dev}" ip daddr {vip} {MIDFLOW} jump midflow
+		iif "{dev}" ip daddr {vip} meta mark {KEEP_MARK:#010x} jump drained
 	}}
 	chain midflow {{
 		meta l4proto tcp {_lookup(cfg, modulus, ports=True, map_name="orphaned")}
@@ -261,6 +268,10 @@ table ip {name} {{{block_flags}
 	}}
 	chain rst {{
 		meta mark set 0 accept
+	}}
+	chain drained {{
+		ct state new counter name "midflow" drop
+		meta mark set 0
 	}}
 }}
 flush map netdev {name} buckets

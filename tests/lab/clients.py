@@ -175,3 +175,45 @@ for _ in range(5):
 from clusterip.agent.wire import peek
 print(peek(captured).node_id)
 """
+
+
+# Long-lived UDP "sessions": each socket (fixed source address and port) sends a datagram every
+# `period` and collects every reply; prints, per session, the nodes that answered, the
+# datagrams that got no answer and those that got more than one.
+UDP_SESSIONS = r"""
+import json, selectors, socket, sys, time
+vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+period, duration = float(sys.argv[4]), float(sys.argv[5])
+sources = sys.argv[6].split(",")
+sel = selectors.DefaultSelector()
+sessions = []
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sources[i % len(sources)], 0))
+    s.setblocking(False)
+    sess = {"src": sources[i % len(sources)], "sport": s.getsockname()[1], "sent": 0,
+            "replies": {}, "sock": s}
+    sessions.append(sess)
+    sel.register(s, selectors.EVENT_READ, sess)
+end = time.time() + duration
+next_send = time.time()
+while time.time() < end + 0.5:
+    now = time.time()
+    if now >= next_send and now < end:
+        for sess in sessions:
+            sess["sent"] += 1
+            sess["sock"].sendto(str(sess["sent"]).encode(), (vip, port))
+        next_send = now + period
+    for key, _ in sel.select(timeout=0.01):
+        sess = key.data
+        data = key.fileobj.recv(2048).decode().split()
+        sess["replies"].setdefault(data[1], []).append(data[0])
+out = []
+for sess in sessions:
+    nodes = sorted({n for r in sess["replies"].values() for n in r})
+    missing = sess["sent"] - len(sess["replies"])
+    doubles = sum(1 for r in sess["replies"].values() if len(r) > 1)
+    out.append({"src": sess["src"], "sport": sess["sport"], "nodes": nodes,
+                "sent": sess["sent"], "missing": missing, "doubles": doubles})
+print(json.dumps(out))
+"""

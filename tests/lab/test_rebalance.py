@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -77,3 +78,38 @@ def test_join_drain_weight_break_nothing_and_kill_breaks_only_its_own(
     assert len(broken) == served["n3"], (len(broken), served)
     ok = [r for r in records if not r["broken"]]
     assert all(r["ok"] >= (time.time() - t0 - 3) / 0.1 * 0.5 for r in ok)
+
+
+def test_udp_flows_stay_with_their_node_when_a_node_joins(
+    make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
+) -> None:
+    from tests.lab.clients import UDP_SESSIONS
+
+    lab = make_lab(nodes=4, clients=50)
+    keyfile = tmp_path / "cluster.key"
+    keyfile.write_text(KEY)
+    a = Agents(lab, keyfile)
+    agents.append(a)
+    for k in (1, 2, 3):
+        a.start(k)
+    a.wait_converged([1, 2, 3])
+    argv = [sys.executable, "-c", UDP_SESSIONS, lab.topo.vip, "5300", "100", "0.1", "6"]
+    proc = lab.spawn(
+        lab.topo.client_ns,
+        [*argv, ",".join(lab.topo.client_addrs())],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    a.start(4)  # buckets move from live nodes to node 4: the old owners keep their UDP flows
+    a.wait_converged([1, 2, 3, 4])
+    out, _ = proc.communicate(timeout=60)
+    sessions = json.loads(out)
+    assert len(sessions) == 100
+    moved_nodes = [s for s in sessions if len(s["nodes"]) != 1]
+    assert not moved_nodes, moved_nodes[:5]
+    assert sum(s["doubles"] for s in sessions) == 0
+    assert sum(s["missing"] for s in sessions) <= len(sessions) // 20, sessions[:3]
+    # New UDP flows follow the new assignment: node 4 gets its share.
+    res = lab.probe(proto="udp", port=5300, per_source=2)
+    assert res.errors == 0 and res.by_node.get("n4", 0) > 0, res.by_node
