@@ -56,6 +56,12 @@ SAMPLES: dict[str, Message] = {
         acks=(Ack(1, 1_732_600_000_000_001), Ack(7, 1_732_600_000_000_007)),
     ),
     "leave": Leave(**common(seq=43)),  # type: ignore[arg-type]
+    "kept": wire.Kept(
+        **common(seq=44, state=NodeState.ACTIVE),  # type: ignore[arg-type]
+        part=0,
+        parts=1,
+        flows=((ipaddress.IPv4Address("198.51.100.7"), 40312, 17),),
+    ),
 }
 
 
