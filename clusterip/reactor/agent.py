@@ -65,10 +65,6 @@ class Unit:
     def vip(self) -> str:
         return str(self.cfg.vip)
 
-    def alive(self) -> set[int]:
-        """Every peer heard lately (draining ones too), and this node."""
-        return {m.node_id for m in self.membership.view().members} | {self.handover.node_id}
-
 
 class Agent:
     def __init__(
