@@ -41,7 +41,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from clusterip.agent.fingerprint import ID_BYTES, key_id
 
@@ -254,6 +254,21 @@ class Kept(Message):
         return head + b"".join(_KEPT.pack(a.packed, p, b) for a, p, b in self.flows)
 
 
+def _common(header: Header) -> dict[str, Any]:
+    """The fields every message takes from its header."""
+    return {
+        "node_id": header.node_id,
+        "vip": header.vip,
+        "fingerprint": header.fingerprint,
+        "key_id": header.key_id,
+        "incarnation": header.incarnation,
+        "seq": header.seq,
+        "weight": header.weight,
+        "state": header.state,
+        "interval_ms": header.interval_ms,
+    }
+
+
 def _kept(header: Header, body: bytes) -> Kept:
     if len(body) < 6:
         raise Malformed(f"KEPT body too short: {len(body)} bytes", header)
@@ -263,15 +278,7 @@ def _kept(header: Header, body: bytes) -> Kept:
         raise Malformed(f"{count} kept flows announced, {len(rest)} bytes follow", header)
     flows = tuple((ipaddress.IPv4Address(a), p, b) for a, p, b in _KEPT.iter_unpack(rest))
     return Kept(
-        node_id=header.node_id,
-        vip=header.vip,
-        fingerprint=header.fingerprint,
-        key_id=header.key_id,
-        incarnation=header.incarnation,
-        seq=header.seq,
-        weight=header.weight,
-        state=header.state,
-        interval_ms=header.interval_ms,
+        **_common(header),
         part=part,
         parts=parts,
         flows=flows,
@@ -359,15 +366,7 @@ def unpack(data: bytes, key: bytes, *, fingerprint: bytes | None = None) -> Mess
             if body:
                 raise Malformed(f"LEAVE with a {len(body)}-byte body", header)
             return Leave(
-                node_id=header.node_id,
-                vip=header.vip,
-                fingerprint=header.fingerprint,
-                key_id=header.key_id,
-                incarnation=header.incarnation,
-                seq=header.seq,
-                weight=header.weight,
-                state=header.state,
-                interval_ms=header.interval_ms,
+                **_common(header),
             )
         if header.type == MsgType.KEPT:
             return _kept(header, body)
@@ -386,15 +385,7 @@ def _heartbeat(header: Header, body: bytes) -> Heartbeat:
     acks = tuple(Ack(n, i) for n, i in _ACK.iter_unpack(rest))
     cls = Hello if header.type == MsgType.HELLO else Heartbeat
     return cls(
-        node_id=header.node_id,
-        vip=header.vip,
-        fingerprint=header.fingerprint,
-        key_id=header.key_id,
-        incarnation=header.incarnation,
-        seq=header.seq,
-        weight=header.weight,
-        state=header.state,
-        interval_ms=header.interval_ms,
+        **_common(header),
         view_digest=digest,
         acks=acks,
     )

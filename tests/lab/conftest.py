@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from clusterip.lab.agents import Agents
+from clusterip.lab.agents import KEY, Agents
 from clusterip.lab.net import Lab
 from clusterip.lab.topo import LabTopo
 
@@ -83,3 +83,17 @@ def agents() -> Iterator[list[Agents]]:
     yield made
     for a in made:
         a.stop_all()
+
+
+def start_agents(
+    lab: Lab, tmp_path: Path, made: list[Agents], nodes: list[int], *extra: str
+) -> Agents:
+    """Agents with a shared key on `nodes` (more can be started later), converged."""
+    keyfile = tmp_path / "cluster.key"
+    keyfile.write_text(KEY)
+    a = Agents(lab, keyfile, *extra)
+    made.append(a)
+    for k in nodes:
+        a.start(k)
+    a.wait_converged(nodes)
+    return a

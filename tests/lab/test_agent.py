@@ -9,18 +9,11 @@ from pathlib import Path
 from clusterip.lab.agents import KEY, Agents
 from clusterip.lab.net import Lab
 from tests.lab.clients import finish_loop, start_loop
-from tests.lab.conftest import MakeLab
+from tests.lab.conftest import MakeLab, start_agents
 
 
 def start_cluster(lab: Lab, tmp_path: Path, made: list[Agents], *extra: str) -> Agents:
-    keyfile = tmp_path / "cluster.key"
-    keyfile.write_text(KEY)
-    a = Agents(lab, keyfile, *extra)
-    made.append(a)
-    for k in lab.topo.node_indexes:
-        a.start(k)
-    a.wait_converged(list(lab.topo.node_indexes))
-    return a
+    return start_agents(lab, tmp_path, made, list(lab.topo.node_indexes), *extra)
 
 
 def test_kill_9_failover_and_rejoin(
@@ -115,13 +108,8 @@ def test_forged_replayed_malformed_foreign_change_nothing(
     from tests.lab.clients import FORGE
 
     lab = make_lab(nodes=4, clients=40)
-    keyfile = tmp_path / "cluster.key"
-    keyfile.write_text(KEY)
-    a = Agents(lab, keyfile)
-    agents.append(a)
-    for k in (1, 2, 3):
-        a.start(k)
-    a.wait_converged([1, 2, 3])
+    a = start_agents(lab, tmp_path, agents, [1, 2, 3])
+    keyfile = a.keyfile
     before = {k: a.vip_status(k) for k in (1, 2, 3)}
     argv = [sys.executable, "-c", FORGE, lab.topo.vip, DEFAULT_GROUP, str(DEFAULT_PORT)]
     done = lab.run(lab.topo.client_ns, [*argv, str(keyfile)], timeout=30)

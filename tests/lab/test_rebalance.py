@@ -9,9 +9,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from clusterip.lab.agents import KEY, Agents
+from clusterip.lab.agents import Agents
 from clusterip.lab.conns import finish_conns, start_conns
-from tests.lab.conftest import MakeLab
+from tests.lab.conftest import MakeLab, start_agents
 
 
 def cip(lab: object, k: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -28,13 +28,7 @@ def test_join_drain_weight_break_nothing_and_kill_breaks_only_its_own(
     make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
 ) -> None:
     lab = make_lab(nodes=4, clients=100)
-    keyfile = tmp_path / "cluster.key"
-    keyfile.write_text(KEY)
-    a = Agents(lab, keyfile)
-    agents.append(a)
-    for k in (1, 2, 3):
-        a.start(k)
-    a.wait_converged([1, 2, 3])
+    a = start_agents(lab, tmp_path, agents, [1, 2, 3])
     proc = start_conns(lab, 300, duration=90.0)
     t0 = time.time()
     # A fourth node joins: buckets move to it from live nodes, which keep their flows.
@@ -86,13 +80,7 @@ def test_udp_flows_stay_with_their_node_when_a_node_joins(
     from tests.lab.clients import UDP_SESSIONS
 
     lab = make_lab(nodes=4, clients=50)
-    keyfile = tmp_path / "cluster.key"
-    keyfile.write_text(KEY)
-    a = Agents(lab, keyfile)
-    agents.append(a)
-    for k in (1, 2, 3):
-        a.start(k)
-    a.wait_converged([1, 2, 3])
+    a = start_agents(lab, tmp_path, agents, [1, 2, 3])
     argv = [sys.executable, "-c", UDP_SESSIONS, lab.topo.vip, "5300", "100", "0.1", "6"]
     proc = lab.spawn(
         lab.topo.client_ns,
