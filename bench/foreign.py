@@ -172,19 +172,7 @@ def measure(
     mac = lab_config(lab, 1).clustermac
     with open(conf, "w") as fh:
         fh.write(trafgen_conf(mac, lab.topo.client_mac, lab.topo.client_addrs()[0], lab.topo.vip))
-    argv = [
-        "timeout",
-        "-s",
-        "INT",
-        str(seconds),
-        "trafgen",
-        "-o",
-        lab.topo.interface,
-        "-c",
-        conf,
-        "-P",
-        "1",
-    ]
+    argv = trafgen_argv(lab, conf, seconds)
     commands = prepare(lab)
     samples: list[dict[str, Any]] = []
     try:
@@ -240,3 +228,9 @@ def analyze(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 entry["receiver_ns_per_packet"] = summarize(own).to_dict()
         out[rx.key] = entry
     return out
+
+
+def trafgen_argv(lab: Lab, conf: str, seconds: int) -> list[str]:
+    """trafgen on the client's interface, one CPU, stopped by SIGINT after `seconds`."""
+    head = ["timeout", "-s", "INT", str(seconds), "trafgen"]
+    return [*head, "-o", lab.topo.interface, "-c", conf, "-P", "1"]

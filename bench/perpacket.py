@@ -65,19 +65,7 @@ def measure(
                 sport="dinc(40000, 40255, 1)",
             )
         )
-    argv = [
-        "timeout",
-        "-s",
-        "INT",
-        str(seconds),
-        "trafgen",
-        "-o",
-        lab.topo.interface,
-        "-c",
-        conf,
-        "-P",
-        "1",
-    ]
+    argv = foreign.trafgen_argv(lab, conf, seconds)
     rx = foreign.Receiver("serving", 1, "nodes 1-3")
     _flood_serving(lab)
     samples: list[dict[str, Any]] = []
