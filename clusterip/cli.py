@@ -135,7 +135,7 @@ def down(vip: str | None, config_file: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(as_json: bool) -> None:
     """Per VIP: interface, MAC, hashmode, nodes this node answers for, counters."""
-    from clusterip.flows import ConntrackFlows
+    from clusterip.flows import SocketFlows
     from clusterip.reactor.control import NoAgent, request
 
     try:
@@ -148,7 +148,7 @@ def status(as_json: bool) -> None:
         if st.mode == "agent":
             continue  # the agent's own report above is richer
         doc = st.to_json()
-        flows = ConntrackFlows().per_bucket(st.config, st.ownership.modulus)
+        flows = SocketFlows(udp=False).per_bucket(st.config, st.ownership.modulus)
         doc["flows"] = {str(b): n for b, n in sorted(flows.items())}
         docs.append(doc)
     if as_json:

@@ -1,76 +1,86 @@
-"""Live flows per bucket, from this node's conntrack table (pyroute2's netlink conntrack).
+"""Live flows per bucket on this node: its TCP sockets, and the UDP flows its datapath saw.
 
-A draining bucket is done when this node has no live TCP flow in it: the bucket of each entry
-is computed with the same kernel-exact jhash as the datapath uses.
+A draining bucket is done when this node has no live flow in it; the flows it keeps are
+announced to the other nodes (clusterip.reactor.kept). No conntrack: TCP flows are the
+kernel's own sockets (/proc/net/tcp of this namespace, a text read of a few milliseconds for
+thousands of sockets), UDP flows the agent's `udp_seen` set, which the datapath refreshes on
+every packet of an owned bucket (clusterip.render). The bucket of each flow is computed with
+the same kernel-exact jhash as the datapath uses.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
+import json
+import struct
 from collections import Counter
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from clusterip.config import VipConfig
 from clusterip.hashing import flow_bucket
-
-# conntrack's TCP states (include/uapi/linux/netfilter/nf_conntrack_tcp.h) that are over.
-_TCP_DONE = {"TIME_WAIT", "CLOSE", "NONE"}
-
+from clusterip.render import table_name
 
 Flow = tuple[str, int, int]  # client address, client port, bucket (1-based)
+BucketOf = Callable[[str, int, int], int]
+
+PROC_TCP = "/proc/net/tcp"
+# TCP states (include/net/tcp_states.h) of sockets that carry no flow: LISTEN, CLOSE and
+# TIME_WAIT (over; the socket lookup at prerouting still finds it while it lasts).
+_NO_FLOW = {0x0A, 0x07, 0x06}
 
 
 class FlowSource(Protocol):
     def per_bucket(self, cfg: VipConfig, modulus: int) -> dict[int, int]:
-        """Live TCP flows to cfg.vip on this node, counted per bucket 1..modulus."""
+        """Live flows to cfg.vip on this node, counted per bucket 1..modulus."""
 
     def flows(self, cfg: VipConfig, modulus: int) -> list[Flow]:
-        """The live TCP flows to cfg.vip on this node, each with its bucket."""
+        """The live flows to cfg.vip on this node, each with its bucket."""
 
 
-PROC_CONNTRACK = "/proc/net/nf_conntrack"
+def _proc_addr(word: str) -> tuple[str, int]:
+    """`0164A8C0:0050` -> ('192.168.100.1', 80): the kernel prints the address as a native
+    32-bit integer (so little-endian machines reverse its bytes), the port as a number."""
+    addr, _, port = word.partition(":")
+    raw = struct.pack("=I", int(addr, 16))
+    return str(ipaddress.IPv4Address(raw)), int(port, 16)
 
 
-BucketOf = Callable[[str, int, int], int]
-
-
-def parse_proc_conntrack(
-    text: str, cfg: VipConfig, modulus: int, bucket_of: BucketOf | None = None
-) -> dict[int, int]:
-    """Live TCP flows to the VIP per bucket, from /proc/net/nf_conntrack's text."""
-    return dict(Counter(b for _s, _p, b in proc_flows(text, cfg, modulus, bucket_of)))
-
-
-def proc_flows(
-    text: str, cfg: VipConfig, modulus: int, bucket_of: BucketOf | None = None
-) -> list[Flow]:
-    """Live TCP and UDP flows to the VIP, each with its bucket, from /proc/net/nf_conntrack.
-
-    A line: `ipv4 2 tcp 6 431999 ESTABLISHED src=C dst=VIP sport=P dport=Q src=... [ASSURED]
-    ...`; the first src/dst/sport/dport are the original direction.
-    """
-    vip = f"dst={cfg.vip}"
-    out: list[Flow] = []
-    for line in text.splitlines():
-        if vip not in line:
-            continue
+def proc_tcp_flows(text: str, vip: str) -> list[tuple[str, int, int]]:
+    """(client address, client port, local port) of the live TCP sockets on `vip`, from
+    /proc/net/tcp's text (established, handshaking and closing; not listening, not over)."""
+    out: list[tuple[str, int, int]] = []
+    for line in text.splitlines()[1:]:
         words = line.split()
-        if len(words) < 10 or words[0] != "ipv4" or words[2] not in ("tcp", "udp"):
+        if len(words) < 4:
             continue
-        if words[2] == "tcp" and words[5] in _TCP_DONE:
+        try:
+            state = int(words[3], 16)
+            if state in _NO_FLOW:
+                continue
+            local, lport = _proc_addr(words[1])
+            if local != vip:
+                continue
+            remote, rport = _proc_addr(words[2])
+        except ValueError:
             continue
-        fields: dict[str, str] = {}
-        for word in words[4:]:  # the first src/dst/ports: the original direction
-            key, _, value = word.partition("=")
-            if key in ("src", "dst", "sport", "dport") and key not in fields:
-                fields[key] = value
-        if fields.get("dst") != str(cfg.vip):
+        out.append((remote, rport, lport))
+    return out
+
+
+def set_flows(objects: Iterable[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(address, port) elements of an `ipv4_addr . inet_service` set, from nft's JSON."""
+    out: list[tuple[str, int]] = []
+    for obj in objects:
+        body = obj.get("set")
+        if not body:
             continue
-        src, sport, dport = fields["src"], int(fields["sport"]), int(fields["dport"])
-        find = bucket_of or (lambda a, p, q: _bucket(cfg, modulus, a, p, q))
-        out.append((src, sport, find(src, sport, dport)))
+        for elem in body.get("elem", []) or []:
+            if isinstance(elem, dict) and "elem" in elem:  # with timeout/expires
+                elem = elem["elem"]["val"]
+            parts = elem.get("concat") if isinstance(elem, dict) else None
+            if parts and len(parts) == 2:
+                out.append((str(parts[0]), int(parts[1])))
     return out
 
 
@@ -79,13 +89,13 @@ def _bucket(cfg: VipConfig, modulus: int, src: str, sport: int, dport: int) -> i
     return flow_bucket(cfg.hashmode, cfg.seed, modulus, addr, sport, dport)
 
 
-class ConntrackFlows:
-    """This namespace's conntrack table: /proc/net/nf_conntrack where the kernel has it (a
-    text read, about a millisecond for hundreds of flows), else netlink through pyroute2 (which
-    parses about a flow per 3 ms in Python: too slow to run often beside heartbeats)."""
+class SocketFlows:
+    """This namespace's TCP sockets and the agent's UDP flow set, with a bucket memo."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, udp: bool = True) -> None:
+        self.udp = udp
         self._memo: dict[tuple[str, int, str, int, int], int] = {}
+        self._nft: Any = None
 
     def per_bucket(self, cfg: VipConfig, modulus: int) -> dict[int, int]:
         return dict(Counter(b for _s, _p, b in self.flows(cfg, modulus)))
@@ -103,28 +113,26 @@ class ConntrackFlows:
                 b = memo[key] = _bucket(cfg, modulus, src, sport, dport)
             return b
 
-        try:
-            with open(PROC_CONNTRACK) as fh:
-                return proc_flows(fh.read(), cfg, modulus, bucket_of)
-        except FileNotFoundError:
-            return self.flows_netlink(cfg, modulus)
-
-    def per_bucket_netlink(self, cfg: VipConfig, modulus: int) -> dict[int, int]:
-        return dict(Counter(b for _s, _p, b in self.flows_netlink(cfg, modulus)))
-
-    def flows_netlink(self, cfg: VipConfig, modulus: int) -> list[Flow]:
-        from pyroute2 import Conntrack
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
-        out: list[Flow] = []
-        want = NFCTAttrTuple(proto=socket.IPPROTO_TCP, daddr=str(cfg.vip))
-        with Conntrack() as ct:
-            for entry in ct.dump_entries(tuple_orig=want):
-                if entry.protoinfo is not None and entry.protoinfo.state_name() in _TCP_DONE:
-                    continue
-                t = entry.tuple_orig
-                out.append((t.saddr, t.sport, _bucket(cfg, modulus, t.saddr, t.sport, t.dport)))
+        with open(PROC_TCP) as fh:
+            tcp = proc_tcp_flows(fh.read(), vip)
+        out = [(src, sport, bucket_of(src, sport, dport)) for src, sport, dport in tcp]
+        if self.udp and cfg.protocol in ("udp", "all"):
+            # The set holds no destination port: in the dport hashmode the port is that of
+            # the configured service when there is exactly one (else the flow counts as 0).
+            dport = cfg.dports[0] if len(cfg.dports) == 1 else 0
+            out.extend((a, p, bucket_of(a, p, dport)) for a, p in self._udp(cfg))
         return out
+
+    def _udp(self, cfg: VipConfig) -> list[tuple[str, int]]:
+        if self._nft is None:
+            import nftables
+
+            self._nft = nftables.Nftables()
+            self._nft.set_json_output(True)
+        rc, out, _err = self._nft.cmd(f"list set netdev {table_name(cfg)} udp_seen")
+        if rc != 0 or not out:
+            return []  # no agent tables (static mode), or they are being replaced
+        return set_flows(json.loads(out).get("nftables", []))
 
 
 class FakeFlows:

@@ -79,7 +79,7 @@ class NftFirewall:
         return objects
 
 
-# What state.parse_tables reads: the comment, the bucket maps, counters, the port set.
+# What state.parse_tables reads: the comment, the bucket map, counters, the port set.
 _PIECES = {
     "netdev": (
         "chain {family} {name} ingress",
@@ -87,7 +87,8 @@ _PIECES = {
         "counters table {family} {name}",
         "set {family} {name} dports",
     ),
-    "ip": ("map {family} {name} orphaned", "counters table {family} {name}"),
+    "ip": ("counters table {family} {name}",),
+    "arp": ("counters table {family} {name}",),
 }
 
 

@@ -7,6 +7,7 @@ the ruleset is one nft transaction. I/O goes through the Firewall and Link inter
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from clusterip.config import ConfigError, VipConfig
 from clusterip.link import Link
@@ -49,10 +50,14 @@ class Node:
         same = old is not None and _same_setup(old.config, cfg)
         owned = frozenset(cfg.local_nodes)
         keep: frozenset[int] = frozenset()
+        guarded: frozenset[int] = frozenset()
         if same and old is not None:
-            # Buckets this node no longer owns keep their established flows.
-            keep = (old.ownership.owned | old.ownership.draining) - owned
-        own = Ownership(cfg.total_nodes, owned, keep)
+            # Buckets this node no longer owns keep their established flows; buckets it gains
+            # leave the flows of their previous owner alone.
+            was = old.ownership
+            keep = (was.owned | was.draining) - owned
+            guarded = owned & (was.guarded | (frozenset(range(1, cfg.total_nodes + 1)) - was.owned))
+        own = Ownership(cfg.total_nodes, owned, keep, guarded=guarded)
         script = render(cfg, own, note_extra=ADDR_FLAG if added_addr else "")
         if old is not None and not same:
             script = render_delete(old.config) + script
@@ -99,7 +104,9 @@ class Node:
         ifname, mac = fields["if"], fields["mac"]
         mac = ":".join(mac[i : i + 2] for i in range(0, 12, 2))
         name = GUARD_PREFIX + str(vip).replace(".", "_")
-        self.firewall.apply(f"add table netdev {name}\ndelete table netdev {name}\n")
+        self.firewall.apply(
+            "".join(f"add table {f} {name}\ndelete table {f} {name}\n" for f in ("netdev", "arp"))
+        )
         if mac in self.link.multicast_macs(ifname):
             self.link.del_multicast(ifname, mac)
         if fields.get("addr") == "1" and self.link.has_address(ifname, vip):
@@ -139,7 +146,7 @@ class Node:
         self._static_only(st)
         own = st.ownership.release(bucket, keep_flows=keep_flows)
         if not keep_flows:
-            own = Ownership(own.modulus, own.owned, own.draining - {bucket}, own.orphaned)
+            own = replace(own, draining=own.draining - {bucket})
         self._change(st, own)
         kept = " (its established TCP flows stay here)" if bucket in own.draining else ""
         return f"{vip}: released {bucket}{kept}; owned {_fmt(own.owned)}"

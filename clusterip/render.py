@@ -1,19 +1,22 @@
 """Render the nftables ruleset of one VIP: a pure function of (config, ownership).
 
-Two tables per VIP, both named `clusterip_<vip>`, always changed together in one batch:
+Tables per VIP, all named `clusterip_<vip>` and always changed together in one batch:
 
-netdev (hooks on the cluster interface, before the IP stack and before conntrack):
-  ingress  packets to the VIP are hashed into buckets 1..N with the configured seed. An owned
-           bucket is accepted with pkttype set to host (the frame came to a multicast MAC, which
-           the IP and TCP stacks would otherwise drop); a draining bucket lets only non-SYN TCP
-           through (this node's established flows, checked against conntrack at prerouting);
-           everything else is dropped here, the cheapest place in the kernel.
-  egress   ARP requests and replies with the VIP as sender carry the cluster MAC in the
-           payload, so no client ever learns a node's own MAC for the VIP.
-ip (prerouting at priority mangle, after conntrack):
-  a TCP packet to the VIP with no conntrack entry here that is not a bare SYN belongs to a flow
-  of another node (a moved bucket): drop it rather than let the stack answer with a RST. Buckets
-  taken from a dead node (`orphaned`) are exempt, so their orphaned clients get the RST at once.
+netdev  ingress on the cluster interface, before the IP stack and before conntrack: packets to
+        the VIP are hashed into buckets 1..N with the configured seed and looked up in the
+        `buckets` map. An owned bucket is accepted with pkttype set to host (the frame came to a
+        multicast MAC, which the IP and TCP stacks would otherwise drop); everything else is
+        dropped here, the cheapest place in the kernel. In the steady state that is the whole
+        per-packet cost: no conntrack, no other hook.
+arp     output: ARP requests and replies with the VIP as sender carry the cluster MAC in the
+        payload, so no client ever learns a node's own MAC for the VIP (an arp-family hook sees
+        ARP only; a netdev egress hook would cost every packet the node sends).
+ip      only while a bucket is in transition. A TCP packet that is not a bare SYN, in a bucket
+        that is draining (moved away, our flows stay), guarded (moved here, the previous owner's
+        flows stay there) or orphaned (taken from a dead node), must find a socket on this node
+        (a socket lookup at prerouting); without one it belongs to another node's flow and is
+        dropped, or, in an orphaned bucket, goes on to the stack, whose RST tells the dead
+        node's client at once. Conntrack is never switched on.
 """
 
 from __future__ import annotations
@@ -28,14 +31,19 @@ COMMENT_MAGIC = "clusterip/1"
 INGRESS_PRIORITY = -500
 MAX_COMMENT = 128
 # ICMP errors about a flow name the client in their inner header, not in the outer one; the
-# owner's conntrack marks them related, every other node's stack finds no socket and ignores
-# them. Accepting them everywhere keeps path MTU discovery working.
+# owner's stack finds the flow's socket, every other node's stack finds none and ignores them.
+# Accepting them everywhere keeps path MTU discovery working.
 ICMP_ERRORS = "destination-unreachable, time-exceeded, parameter-problem"
-# Set at ingress on packets of a draining bucket; prerouting then lets only established flows
-# through (a value above any bucket number, reset to 0 before the packet goes on).
-KEEP_MARK = 0x0C1EA0A0
-# TCP that is not a bare SYN and has no conntrack entry here: another node's flow.
-MIDFLOW = "ct state { new, invalid } tcp flags & (fin | syn | rst | ack) != syn"
+# Set at ingress on non-SYN TCP of a bucket in transition; prerouting then asks for a socket.
+# CHECK_MARK: no socket here -> drop (another node's flow). ORPHAN_MARK: no socket -> the
+# stack's RST (a dead node's flow). Values above any bucket number; reset to 0 on acceptance.
+CHECK_MARK = 0x0C1EA0A0
+ORPHAN_MARK = 0x0C1EA0A1
+BARE_SYN = "tcp flags & (syn | ack) == syn"
+# Agents keep UDP flows of a draining bucket: the flows this node served lately, kept in a set
+# that the datapath refreshes (the kernel's own conntrack UDP timeout is 30 s unreplied).
+UDP_FLOW_TIMEOUT = 30
+UDP_FLOWS_MAX = 65536
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,11 @@ class Ownership:
     """Which buckets (1..modulus) this node serves.
 
     owned     new connections and established flows;
-    draining  only this node's established TCP flows (the bucket moved away, its flows stay);
-    orphaned  subset of owned: taken over from a dead node; mid-flow TCP gets a RST at once;
+    guarded   subset of owned: moved here from a live node, whose flows stay there; mid-flow TCP
+              without a socket here is dropped, never answered with a RST;
+    orphaned  subset of owned: taken over from a dead node; mid-flow TCP without a socket here
+              gets the stack's RST at once;
+    draining  only this node's established flows (the bucket moved away, its flows stay);
     kept      (client address, client port) of flows other live nodes keep while they drain:
               dropped here whatever their bucket, never accepted nor reset.
     """
@@ -54,12 +65,14 @@ class Ownership:
     draining: frozenset[int] = field(default_factory=frozenset)
     orphaned: frozenset[int] = field(default_factory=frozenset)
     kept: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+    guarded: frozenset[int] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         for name, values in (
             ("owned", self.owned),
             ("draining", self.draining),
             ("orphaned", self.orphaned),
+            ("guarded", self.guarded),
         ):
             bad = [b for b in values if not 1 <= b <= self.modulus]
             if bad:
@@ -68,9 +81,12 @@ class Ownership:
             raise ConfigError(
                 f"buckets {sorted(self.owned & self.draining)} both owned and draining"
             )
-        if not self.orphaned <= self.owned:
+        for name, values in (("orphaned", self.orphaned), ("guarded", self.guarded)):
+            if not values <= self.owned:
+                raise ConfigError(f"{name} buckets {sorted(values - self.owned)} are not owned")
+        if self.orphaned & self.guarded:
             raise ConfigError(
-                f"orphaned buckets {sorted(self.orphaned - self.owned)} are not owned"
+                f"buckets {sorted(self.orphaned & self.guarded)} both orphaned and guarded"
             )
 
     @classmethod
@@ -80,17 +96,42 @@ class Ownership:
         owned: Iterable[int] = (),
         draining: Iterable[int] = (),
         orphaned: Iterable[int] = (),
+        guarded: Iterable[int] = (),
     ) -> Ownership:
-        return cls(modulus, frozenset(owned), frozenset(draining), frozenset(orphaned))
+        return cls(
+            modulus,
+            frozenset(owned),
+            frozenset(draining),
+            frozenset(orphaned),
+            guarded=frozenset(guarded),
+        )
 
-    def take(self, bucket: int) -> Ownership:
-        return replace(self, owned=self.owned | {bucket}, draining=self.draining - {bucket})
+    def take(self, bucket: int, *, guard: bool = True) -> Ownership:
+        """Own `bucket`; guarded (unless `guard` is False) while the previous owner's flows
+        may still be alive elsewhere."""
+        if bucket in self.owned:
+            return self
+        guarded = self.guarded | {bucket} if guard else self.guarded
+        return replace(
+            self, owned=self.owned | {bucket}, draining=self.draining - {bucket}, guarded=guarded
+        )
 
     def release(self, bucket: int, *, keep_flows: bool = True) -> Ownership:
         draining = (
             self.draining | {bucket} if keep_flows and bucket in self.owned else self.draining
         )
-        return Ownership.of(self.modulus, self.owned - {bucket}, draining, self.orphaned - {bucket})
+        return replace(
+            self,
+            owned=self.owned - {bucket},
+            draining=draining,
+            orphaned=self.orphaned - {bucket},
+            guarded=self.guarded - {bucket},
+        )
+
+    @property
+    def in_transition(self) -> bool:
+        """Whether any bucket needs the socket check at prerouting (the ip table)."""
+        return bool(self.draining or self.guarded or self.orphaned)
 
 
 def table_name(cfg: VipConfig) -> str:
@@ -125,15 +166,13 @@ def _elements(mapping: dict[int, str]) -> str:
 
 
 def bucket_verdicts(own: Ownership) -> dict[int, str]:
-    """Contents of the `buckets` map: owned -> jump own, draining -> jump keep."""
-    out = {b: "jump own" for b in own.owned}
+    """Contents of the `buckets` map: the chain each bucket's packets go to."""
+    out = {}
+    for b in own.owned:
+        chain = "orphan" if b in own.orphaned else "guard" if b in own.guarded else "own"
+        out[b] = f"jump {chain}"
     out.update({b: "jump keep" for b in own.draining})
     return out
-
-
-def orphan_verdicts(own: Ownership) -> dict[int, str]:
-    """Contents of the `orphaned` map (prerouting): let mid-flow TCP reach the stack's RST."""
-    return {b: "jump rst" for b in own.orphaned}
 
 
 def _l4_match(cfg: VipConfig) -> str:
@@ -144,18 +183,18 @@ def _l4_match(cfg: VipConfig) -> str:
     return match
 
 
-def _lookup(cfg: VipConfig, modulus: int, *, ports: bool, map_name: str = "buckets") -> str:
+def _lookup(cfg: VipConfig, modulus: int, *, ports: bool) -> str:
     # nft cannot key a named map by the jhash expression itself (`typeof jhash` maps crash
     # `nft list` in nftables 1.0.6), so the bucket goes through the packet mark, a 32-bit
     # register that is free at netdev ingress; the accepting chains reset it to 0.
-    return (
-        f"meta mark set {_hash_expr(cfg, ports=ports, modulus=modulus)} meta mark vmap @{map_name}"
-    )
+    return f"meta mark set {_hash_expr(cfg, ports=ports, modulus=modulus)} meta mark vmap @buckets"
 
 
-def _vip_rules(cfg: VipConfig, modulus: int) -> list[str]:
-    # Flows another live node keeps (it drains their bucket): nobody else may answer them.
-    rules = ["meta l4proto { tcp, udp } ip saddr . th sport @kept drop"]
+def vip_rules(cfg: VipConfig, modulus: int, *, kept: bool) -> list[str]:
+    """The `vip` chain. The flows other nodes keep are looked up only while there are any."""
+    rules = []
+    if kept:
+        rules.append("meta l4proto { tcp, udp } ip saddr . th sport @kept drop")
     # Then the hash: the common packet (ours or not) is decided without other checks.
     rules.append(f"{_l4_match(cfg)} {_lookup(cfg, modulus, ports=True)}")
     rules.append(f"icmp type {{ {ICMP_ERRORS} }} meta pkttype set host accept")
@@ -167,6 +206,73 @@ def _vip_rules(cfg: VipConfig, modulus: int) -> list[str]:
         rules.append(_lookup(cfg, modulus, ports=False))
     rules.append('counter name "foreign" drop')
     return rules
+
+
+def _tracks_udp(cfg: VipConfig, mode: str) -> bool:
+    """Only agents announce the flows they keep (clusterip.reactor.kept), so only agents can
+    keep UDP: elsewhere the new owner would answer the old owner's UDP flows too."""
+    return mode == "agent" and cfg.protocol in ("udp", "all")
+
+
+def _accepting_chains(cfg: VipConfig, mode: str) -> str:
+    host = "meta pkttype set host counter name"
+    seen = "ip saddr . udp sport"
+    own = [f'meta mark set 0 {host} "accepted" accept']
+    keep = [
+        f'{BARE_SYN} counter name "foreign" drop',
+        f'meta l4proto tcp meta mark set {CHECK_MARK:#010x} {host} "kept" accept',
+    ]
+    if _tracks_udp(cfg, mode):
+        own.insert(0, f"meta l4proto udp update @udp_seen {{ {seen} }}")
+        keep.append(
+            f'{seen} @udp_seen update @udp_seen {{ {seen} }} meta mark set 0 {host} "kept" accept'
+        )
+    keep.append('counter name "foreign" drop')
+    chains = {"own": own, "keep": keep}
+    for name, mark in (("guard", CHECK_MARK), ("orphan", ORPHAN_MARK)):
+        chains[name] = [
+            f"{BARE_SYN} goto own",
+            f'meta l4proto tcp meta mark set {mark:#010x} {host} "accepted" accept',
+            "goto own",
+        ]
+    return "".join(
+        f"\tchain {name} {{\n" + "".join(f"\t\t{r}\n" for r in rules) + "\t}\n"
+        for name, rules in chains.items()
+    )
+
+
+def _ip_table(cfg: VipConfig, owner: bool) -> str:
+    """The socket check, present only while buckets are in transition."""
+    name = table_name(cfg)
+    flags = " { flags owner; }" if owner else ""
+    block_flags = "\tflags owner\n" if owner else ""
+    return f"""add table ip {name}{flags}
+flush table ip {name}
+table ip {name} {{
+{block_flags}	counter midflow {{
+	}}
+	chain prerouting {{
+		type filter hook prerouting priority mangle; policy accept;
+		ip daddr {cfg.vip} meta mark {{ {CHECK_MARK:#010x}, {ORPHAN_MARK:#010x} }} jump check
+	}}
+	chain check {{
+		socket wildcard 0 meta mark set 0 accept
+		socket wildcard 1 goto nosock
+		socket transparent {{ 0, 1 }} meta mark set 0 accept
+		goto nosock
+	}}
+	chain nosock {{
+		meta mark {ORPHAN_MARK:#010x} meta mark set 0 accept
+		counter name "midflow" drop
+	}}
+}}
+"""
+
+
+def _ip_delete(cfg: VipConfig, owner: bool) -> str:
+    name = table_name(cfg)
+    flags = " { flags owner; }" if owner else ""
+    return f"add table ip {name}{flags}\ndelete table ip {name}\n"
 
 
 def render(
@@ -181,7 +287,7 @@ def render(
 
     It is applied as one transaction: the `add`/`flush` prologue makes it work both on a fresh
     ruleset and over a previous version of the same tables (named counters keep counting).
-    Later ownership changes can go in as `render_update`, which only touches map elements.
+    Later ownership changes can go in as `render_update`, a few lines.
     """
     name = table_name(cfg)
     vip = str(cfg.vip)
@@ -189,6 +295,7 @@ def render(
     modulus = own.modulus
     note = comment(cfg, modulus, mode=mode, extra=note_extra)
     flags = " flags owner;" if owner else ""
+    table_flags = " { flags owner; }" if owner else ""
     # Every table statement of the batch must carry the flag: one without it asks the kernel to
     # clear `owner`, which it refuses.
     block_flags = "\n\tflags owner" if owner else ""
@@ -199,132 +306,112 @@ def render(
             + ", ".join(str(p) for p in cfg.dports)
             + " }\n\t}"
         )
-    vip_rules = "\n".join(f"\t\t{r}" for r in _vip_rules(cfg, modulus))
-    # Only agents announce the flows they keep (clusterip.reactor.kept), so only agents can
-    # keep UDP: elsewhere the new owner would answer the old owner's UDP flows too.
-    kept_protos = "{ tcp, udp }" if mode == "agent" else "tcp"
+    udp_seen = ""
+    if _tracks_udp(cfg, mode):
+        udp_seen = (
+            "\n\tset udp_seen {\n\t\ttype ipv4_addr . inet_service\n"
+            f"\t\tflags dynamic,timeout\n\t\ttimeout {UDP_FLOW_TIMEOUT}s\n"
+            f"\t\tsize {UDP_FLOWS_MAX}\n\t}}"
+        )
+    rules = "\n".join(f"\t\t{r}" for r in vip_rules(cfg, modulus, kept=bool(own.kept)))
+    ip = _ip_table(cfg, owner) if own.in_transition else _ip_delete(cfg, owner)
     fill = ""
     if own.owned or own.draining:
         fill += f"add element netdev {name} buckets {{ {_elements(bucket_verdicts(own))} }}\n"
-    if own.orphaned:
-        fill += f"add element ip {name} orphaned {{ {_elements(orphan_verdicts(own))} }}\n"
     if own.kept:
         fill += f"add element netdev {name} kept {{ {_flows(own.kept)} }}\n"
     return f"""# clusterip: VIP {vip} on {dev} (generated, do not edit)
 add table netdev {name} {{ comment "{note}";{flags} }}
 flush table netdev {name}
-add table ip {name} {{ comment "{note}";{flags} }}
-flush table ip {name}
-table netdev {name} {{{block_flags}
+add table arp {name}{table_flags}
+flush table arp {name}
+{ip}table netdev {name} {{{block_flags}
 	counter accepted {{
 	}}
 	counter kept {{
 	}}
 	counter foreign {{
-	}}
-	counter arps {{
 	}}{dports}
 	map buckets {{
 		type mark : verdict
 	}}
 	set kept {{
 		type ipv4_addr . inet_service
-	}}
+	}}{udp_seen}
 	chain ingress {{
 		type filter hook ingress device "{dev}" priority {INGRESS_PRIORITY}; policy accept;
 		ip daddr {vip} jump vip comment "{note}"
 	}}
 	chain vip {{
-{vip_rules}
+{rules}
 	}}
-	chain own {{
-		meta mark set 0 meta pkttype set host counter name "accepted" accept
+{_accepting_chains(cfg, mode)}}}
+table arp {name} {{{block_flags}
+	counter arps {{
 	}}
-	chain keep {{
-		meta mark set 0
-		tcp flags & (syn | ack) == syn counter name "foreign" drop
-		meta l4proto != {kept_protos} counter name "foreign" drop
-		meta mark set {KEEP_MARK:#010x} meta pkttype set host counter name "kept" accept
-	}}
-	chain egress {{
-		type filter hook egress device "{dev}" priority 0; policy accept;
+	chain output {{
+		type filter hook output priority 0; policy accept;
 		arp saddr ip {vip} arp saddr ether set {cfg.clustermac} counter name "arps"
-	}}
-}}
-table ip {name} {{{block_flags}
-	counter midflow {{
-	}}
-	map orphaned {{
-		type mark : verdict
-	}}
-	chain prerouting {{
-		type filter hook prerouting priority mangle; policy accept;
-		iif "{dev}" ip daddr {vip} {MIDFLOW} jump midflow
-		iif "{dev}" ip daddr {vip} meta mark {KEEP_MARK:#010x} jump drained
-	}}
-	chain midflow {{
-		meta l4proto tcp {_lookup(cfg, modulus, ports=True, map_name="orphaned")}
-		counter name "midflow" drop
-	}}
-	chain rst {{
-		meta mark set 0 accept
-	}}
-	chain drained {{
-		ct state new counter name "midflow" drop
-		meta mark set 0
 	}}
 }}
 flush map netdev {name} buckets
 flush set netdev {name} kept
-flush map ip {name} orphaned
 {fill}"""
 
 
-def render_update(cfg: VipConfig, old: Ownership, new: Ownership) -> str:
-    """Only the map elements that differ between `old` and `new`: one small transaction.
+def render_update(cfg: VipConfig, old: Ownership, new: Ownership, *, owner: bool = False) -> str:
+    """Only what differs between `old` and `new`: one small transaction.
 
     Empty when nothing changes. A bucket whose verdict changes is deleted and re-added in the
-    same batch, so no packet ever sees it missing.
+    same batch, so no packet ever sees it missing. The `vip` chain is rewritten when the kept
+    flows come or go, and the ip table (the socket check) when transitions begin or end.
     """
     if old.modulus != new.modulus:
         raise ValueError(f"bucket count changed ({old.modulus} -> {new.modulus}): render anew")
     name = table_name(cfg)
     out = []
-    for family, map_name, verdicts in (
-        ("netdev", "buckets", bucket_verdicts),
-        ("ip", "orphaned", orphan_verdicts),
-    ):
-        before, after = verdicts(old), verdicts(new)
-        gone = sorted(b for b, v in before.items() if after.get(b) != v)
-        added = {b: v for b, v in after.items() if before.get(b) != v}
-        if gone:
-            items = ", ".join(str(b) for b in gone)
-            out.append(f"delete element {family} {name} {map_name} {{ {items} }}")
-        if added:
-            out.append(f"add element {family} {name} {map_name} {{ {_elements(added)} }}")
+    if new.in_transition and not old.in_transition:
+        out.append(_ip_table(cfg, owner))
+    before, after = bucket_verdicts(old), bucket_verdicts(new)
+    gone = sorted(b for b, v in before.items() if after.get(b) != v)
+    added = {b: v for b, v in after.items() if before.get(b) != v}
+    if gone:
+        items = ", ".join(str(b) for b in gone)
+        out.append(f"delete element netdev {name} buckets {{ {items} }}\n")
+    if added:
+        out.append(f"add element netdev {name} buckets {{ {_elements(added)} }}\n")
     gone_flows, new_flows = old.kept - new.kept, new.kept - old.kept
     if gone_flows:
-        out.append(f"delete element netdev {name} kept {{ {_flows(gone_flows)} }}")
+        out.append(f"delete element netdev {name} kept {{ {_flows(gone_flows)} }}\n")
     if new_flows:
-        out.append(f"add element netdev {name} kept {{ {_flows(new_flows)} }}")
-    return "".join(line + "\n" for line in out)
+        out.append(f"add element netdev {name} kept {{ {_flows(new_flows)} }}\n")
+    if bool(old.kept) != bool(new.kept):
+        out.append(f"flush chain netdev {name} vip\n")
+        out.extend(
+            f"add rule netdev {name} vip {r}\n"
+            for r in vip_rules(cfg, new.modulus, kept=bool(new.kept))
+        )
+    if old.in_transition and not new.in_transition:
+        out.append(_ip_delete(cfg, owner))
+    return "".join(out)
 
 
 def _flows(flows: frozenset[tuple[str, int]]) -> str:
     return ", ".join(f"{addr} . {port}" for addr, port in sorted(flows))
 
 
+FAMILIES = ("netdev", "arp", "ip")
+
+
 def render_delete(cfg: VipConfig, *, owner: bool = False) -> str:
-    """Remove both tables of a VIP (and nothing else) in one transaction, if present.
+    """Remove the tables of a VIP (and nothing else) in one transaction, if present.
 
     `add` first makes the delete work when a table is absent; for the agent's own tables the
     `add` must repeat the owner flag (see render).
     """
     name = table_name(cfg)
     flags = " { flags owner; }" if owner else ""
-    return "".join(
-        f"add table {fam} {name}{flags}\ndelete table {fam} {name}\n" for fam in ("netdev", "ip")
-    )
+    return "".join(f"add table {f} {name}{flags}\ndelete table {f} {name}\n" for f in FAMILIES)
 
 
 GUARD_PREFIX = TABLE_PREFIX + "guard_"
@@ -336,27 +423,27 @@ def guard_name(cfg: VipConfig) -> str:
 
 
 def render_guard(cfg: VipConfig, note_extra: str = "") -> str:
-    """The agent's fail-safe, a table that outlives the agent.
+    """The agent's fail-safe, tables that outlive the agent.
 
-    The agent's own tables carry the `owner` flag and vanish with its process. This one stays:
-    it drops every packet to the VIP that no owner claimed (the owner chain, which runs first,
-    sets pkttype to host on what it accepts; an unclaimed frame to the cluster MAC is still
-    `multicast`), and keeps rewriting ARP, so a node whose agent died never answers for the
-    VIP, not even UDP, and never teaches a client its own MAC for it.
+    The agent's own tables carry the `owner` flag and vanish with its process. These stay: the
+    netdev one drops every packet to the VIP that no owner claimed (the owner chain, which runs
+    first, sets pkttype to host on what it accepts; an unclaimed frame to the cluster MAC is
+    still `multicast`), the arp one keeps rewriting ARP, so a node whose agent died never
+    answers for the VIP, not even UDP, and never teaches a client its own MAC for it.
     """
     name = guard_name(cfg)
     vip = str(cfg.vip)
     dev = cfg.interface
     note = comment(cfg, 0, mode="guard", extra=note_extra)
-    return f"""add table netdev {name}
-delete table netdev {name}
-table netdev {name} {{
+    return f"""{render_guard_delete(cfg)}table netdev {name} {{
 	chain ingress {{
 		type filter hook ingress device "{dev}" priority {GUARD_PRIORITY}; policy accept;
 		ip daddr {vip} meta pkttype != host drop comment "{note}"
 	}}
-	chain egress {{
-		type filter hook egress device "{dev}" priority 0; policy accept;
+}}
+table arp {name} {{
+	chain output {{
+		type filter hook output priority 0; policy accept;
 		arp saddr ip {vip} arp saddr ether set {cfg.clustermac}
 	}}
 }}
@@ -365,4 +452,4 @@ table netdev {name} {{
 
 def render_guard_delete(cfg: VipConfig) -> str:
     name = guard_name(cfg)
-    return f"add table netdev {name}\ndelete table netdev {name}\n"
+    return "".join(f"add table {f} {name}\ndelete table {f} {name}\n" for f in ("netdev", "arp"))

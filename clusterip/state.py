@@ -40,6 +40,7 @@ class VipState:
             "total_nodes": self.ownership.modulus,
             "owned": sorted(self.ownership.owned),
             "draining": sorted(self.ownership.draining),
+            "guarded": sorted(self.ownership.guarded),
             "counters": self.counters,
         }
 
@@ -115,9 +116,13 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
         owned: set[int] = set()
         draining: set[int] = set()
         orphaned: set[int] = set()
+        guarded: set[int] = set()
         for bucket, target in t["maps"].get("buckets", []):
-            (owned if target == "own" else draining).add(bucket)
-        orphaned.update(bucket for bucket, _ in t["maps"].get("orphaned", []))
+            (draining if target == "keep" else owned).add(bucket)
+            if target == "orphan":
+                orphaned.add(bucket)
+            elif target == "guard":
+                guarded.add(bucket)
         mac = fields["mac"]
         cfg = VipConfig(
             vip=_vip_of(name),
@@ -134,7 +139,7 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
         states.append(
             VipState(
                 config=cfg,
-                ownership=Ownership.of(modulus, owned, draining, orphaned),
+                ownership=Ownership.of(modulus, owned, draining, orphaned, guarded),
                 mode=fields.get("mode", "static"),
                 owner_flag=fields.get("mode") == "agent",
                 counters=t["counters"],

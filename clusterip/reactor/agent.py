@@ -3,8 +3,10 @@
 One process per node, one Membership per VIP. The loop: receive datagrams, serve the control
 socket, send heartbeats when due, tick the state machines, and turn their ownership into the
 kernel's ruleset (one nft transaction per change). Buckets lost to a live node keep their
-established TCP flows (draining) until conntrack shows none left or the drain timeout passes;
-buckets taken from a dead node are `orphaned`, so their stale flows get a RST at once.
+established flows (draining) until none is left (sockets, UDP flows) or the drain timeout
+passes; buckets gained from a live node are `guarded` (mid-flow TCP with no socket here is
+dropped, not reset); buckets taken from a dead node are `orphaned`, so their stale flows get a
+RST at once.
 """
 
 from __future__ import annotations
@@ -317,7 +319,10 @@ class Agent:
         timeout = self.settings.drain_timeout
         if self.draining_all and self.drain_timeout is not None:
             timeout = self.drain_timeout
-        own = replace(h.ownership(raw, now, self.watcher.latest(unit.vip), timeout), kept=kept)
+        own = replace(
+            h.ownership(raw, now, self.watcher.latest(unit.vip), timeout, kept=bool(kept)),
+            kept=kept,
+        )
         changed = unit.datapath.apply(own)
         if changed:
             self.metrics.changes.labels(unit.vip).inc()

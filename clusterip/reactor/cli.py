@@ -74,7 +74,7 @@ def _agent_configs(params: dict[str, Any]) -> list[VipConfig]:
 @click.option("-v", "--verbose", is_flag=True)
 def agent(verbose: bool, **params: Any) -> None:
     """Run the membership agent in the foreground: automatic failover, no person in the loop."""
-    from clusterip.flows import ConntrackFlows
+    from clusterip.flows import SocketFlows
     from clusterip.link import NetlinkLink
     from clusterip.nft import NftFirewall
     from clusterip.reactor.agent import Agent
@@ -105,7 +105,7 @@ def agent(verbose: bool, **params: Any) -> None:
         key,
         firewall=NftFirewall(),
         link=NetlinkLink(),
-        flows=ConntrackFlows(),
+        flows=SocketFlows(),
     )
     sys.exit(node.run())
 

@@ -71,7 +71,7 @@ class AgentDatapath:
             note = ADDR_FLAG if self.added_addr else ""
             script = render(self.cfg, own, mode="agent", owner=True, note_extra=note)
         else:
-            script = render_update(self.cfg, self.current, own)
+            script = render_update(self.cfg, self.current, own, owner=True)
         if script:
             self.firewall.apply(script)
         took = time.perf_counter() - started

@@ -1,9 +1,9 @@
 """Live flow counts for the agent, measured away from its heartbeat loop.
 
-A conntrack dump of a busy node takes tens of milliseconds of Python: done in the loop it would
-delay heartbeats and get healthy nodes declared dead. A worker thread measures every `every`
-seconds; the loop reads the latest counts with the time they were taken, and trusts a zero
-only when it was measured after the bucket started draining.
+Reading the sockets and UDP flows of a busy node takes milliseconds of Python: done in the loop
+it would delay heartbeats and get healthy nodes declared dead. A worker thread measures every
+`every` seconds; the loop reads the latest counts with the time they were taken, and trusts a
+zero only when it was measured after the bucket started draining.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class FlowWatcher:
             taken = self.clock()
             try:
                 flows = self.source.flows(cfg, self.modulus)
-            except Exception as exc:  # conntrack unavailable: keep draining until the timeout
+            except Exception as exc:  # cannot read them: keep draining until the timeout
                 log.warning("cannot count flows of %s: %s", cfg.vip, exc)
                 continue
             counts = dict(Counter(b for _a, _p, b in flows))

@@ -2,8 +2,13 @@
 
 Pure (the clock is passed in). The membership says which buckets this node owns; this decides
 how the datapath treats them:
-- draining: buckets we lost to a live node keep our established TCP flows until conntrack shows
-  none left (a measurement taken after the drain began) or the drain timeout passes;
+- draining: buckets we lost to a live node keep our established flows until none is left (a
+  count of this node's sockets and UDP flows taken after the drain began) or the drain timeout
+  passes;
+- guarded: buckets we gained from a live node, which keeps its flows of them: mid-flow TCP with
+  no socket here is dropped, never reset (the flows it announced are dropped before that, at
+  ingress). Guarded for GUARD_TIME after the gain, and as long as any node announces kept
+  flows;
 - orphaned: buckets taken over from a node that died get mid-flow TCP answered with a RST (so
   its clients reconnect at once), but only ORPHAN_RESET_DELAY after the takeover (a node
   declared dead by a stalled machine is back before that). Flows another live node keeps
@@ -20,6 +25,7 @@ from clusterip.agent.events import OwnershipChanged
 from clusterip.render import Ownership
 
 ORPHAN_RESET_DELAY = 0.2
+GUARD_TIME = 10.0  # a gained bucket's socket check lasts at least this long
 AFTER_DEATH = 5.0  # buckets gained this long after a death may carry the dead node's flows
 
 
@@ -32,6 +38,7 @@ class Handover:
     draining: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> since
     orphaned: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> taken at
     orphaned_by: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (node, inc)
+    guarded: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> gained at
     orphaned_at: float = -1e18  # when buckets were last added to `orphaned`
     death: tuple[int, int, float] = (0, 0, -1e18)  # the last node that died: (id, inc, when)
 
@@ -46,7 +53,7 @@ class Handover:
     def peer_down(self, node: int, incarnation: int, now: float, owned: set[int]) -> None:
         """A node died: the flows it kept anywhere (it may have been draining a bucket that
         has since moved on, through several owners) have no server now. Every bucket we own
-        (1-based) gets the orphan treatment: a mid-flow packet with no conntrack entry here
+        (1-based) gets the orphan treatment: a mid-flow packet with no socket here
         that no live node announced as kept can only be the dead node's."""
         for b in owned:
             if b not in self.orphaned:
@@ -66,6 +73,7 @@ class Handover:
             b = b0 + 1
             self.orphaned.pop(b, None)
             self.orphaned_by.pop(b, None)
+            self.guarded.pop(b, None)
             if new_owner is not None and self.drain:
                 self.draining[b] = now  # moved to a live node: keep our established flows
         node, incarnation, died = self.death
@@ -81,6 +89,8 @@ class Handover:
                 self.orphaned[b] = now
                 self.orphaned_by[b] = (node, incarnation)
                 self.orphaned_at = now
+            else:
+                self.guarded[b] = now
         return fresh
 
     def waiting(self, now: float) -> bool:
@@ -93,9 +103,11 @@ class Handover:
         now: float,
         flows: tuple[float, Mapping[int, int]] | None,
         timeout: float,
+        kept: bool = False,
     ) -> Ownership:
-        """What the datapath should hold now, given the membership's owned buckets (0-based)
-        and the latest flow measurement (taken at, flows per 1-based bucket)."""
+        """What the datapath should hold now, given the membership's owned buckets (0-based),
+        the latest flow measurement (taken at, flows per 1-based bucket) and whether any other
+        node announces kept flows."""
         owned = {b + 1 for b in owned0}
         for b in owned:
             self.draining.pop(b, None)
@@ -105,6 +117,16 @@ class Handover:
                 if (taken > since and live.get(b, 0) == 0) or now - since >= timeout:
                     del self.draining[b]
         resetting = {b for b, t in self.orphaned.items() if now - t >= ORPHAN_RESET_DELAY}
+        for b, t in list(self.guarded.items()):
+            if b not in owned or (now - t >= GUARD_TIME and not kept):
+                del self.guarded[b]
+        # An orphan waiting for its RST delay is guarded: mid-flow packets are dropped meanwhile.
+        waiting = (set(self.orphaned) - resetting) & owned
+        guarded = (set(self.guarded) | waiting) - resetting
         return Ownership(
-            self.buckets, frozenset(owned), frozenset(self.draining), frozenset(resetting & owned)
+            self.buckets,
+            frozenset(owned),
+            frozenset(self.draining),
+            frozenset(resetting & owned),
+            guarded=frozenset(guarded & owned),
         )

@@ -49,7 +49,10 @@ def test_kill_9_failover_and_rejoin(
     assert not survivors_failed, survivors_failed
     # The dead agent's tables died with it: only the guard is left on n3.
     tables = lab.run(lab.topo.node_ns(3), ["nft", "list", "tables"], timeout=10).stdout
-    assert tables.split() == ["table", "netdev", "clusterip_guard_198_18_0_100"], tables
+    assert tables.splitlines() == [
+        "table netdev clusterip_guard_198_18_0_100",
+        "table arp clusterip_guard_198_18_0_100",
+    ], tables
     after = lab.probe(proto="tcp", port=80)
     assert after.errors == 0 and set(after.by_node) == {"n1", "n2"}
     # The dead node's share was spread over both survivors, not dumped on one.

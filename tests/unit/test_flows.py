@@ -1,31 +1,64 @@
-"""Live flows per bucket from /proc/net/nf_conntrack's text."""
+"""Live flows from /proc/net/tcp's text and from the nft JSON of the UDP flow set."""
 
 from __future__ import annotations
 
-import ipaddress
+import socket
+import struct
 
-from clusterip import config
-from clusterip.flows import parse_proc_conntrack
-from clusterip.hashing import flow_bucket
-
-TEXT = """\
-ipv4     2 tcp      6 431999 ESTABLISHED src=198.18.1.1 dst=198.18.0.100 sport=40000 dport=7 \
-src=198.18.0.100 dst=198.18.1.1 sport=7 dport=40000 [ASSURED] mark=0 zone=0 use=2
-ipv4     2 tcp      6 119 TIME_WAIT src=198.18.1.2 dst=198.18.0.100 sport=40001 dport=80 \
-src=198.18.0.100 dst=198.18.1.2 sport=80 dport=40001 [ASSURED] mark=0 zone=0 use=2
-ipv4     2 udp      17 29 src=198.18.1.3 dst=198.18.0.100 sport=5000 dport=5300 \
-src=198.18.0.100 dst=198.18.1.3 sport=5300 dport=5000 mark=0 zone=0 use=2
-ipv4     2 tcp      6 300 ESTABLISHED src=198.18.0.100 dst=198.18.1.4 sport=7 dport=1 \
-src=198.18.1.4 dst=198.18.0.100 sport=1 dport=7 mark=0 zone=0 use=2
-ipv4     2 tcp      6 431999 ESTABLISHED src=198.18.1.5 dst=198.18.0.1 sport=40000 dport=22 \
-src=198.18.0.1 dst=198.18.1.5 sport=22 dport=40000 [ASSURED] mark=0 zone=0 use=2
-"""
+from clusterip.flows import proc_tcp_flows, set_flows
 
 
-def test_only_live_flows_to_the_vip_count() -> None:
-    cfg = config.build(vip="198.18.0.100", interface="eth0", total_nodes=1)
-    counts = parse_proc_conntrack(TEXT, cfg, 4096)
-    b = flow_bucket(cfg.hashmode, cfg.seed, 4096, ipaddress.IPv4Address("198.18.1.1"), 40000, 7)
-    u = flow_bucket(cfg.hashmode, cfg.seed, 4096, ipaddress.IPv4Address("198.18.1.3"), 5000, 5300)
-    # TIME_WAIT is over; a flow *from* the VIP and one to another address are not the VIP's.
-    assert counts == ({b: 1, u: 1} if b != u else {b: 2})
+def _hex(addr: str, port: int) -> str:
+    """As the kernel prints it: the address as a native integer, the port as a number."""
+    (native,) = struct.unpack("=I", socket.inet_aton(addr))
+    return f"{native:08X}:{port:04X}"
+
+
+def _line(n: int, local: tuple[str, int], remote: tuple[str, int], state: int) -> str:
+    return (
+        f"  {n}: {_hex(*local)} {_hex(*remote)} {state:02X} 00000000:00000000 00:00000000 "
+        "00000000     0        0 12345 1 0000000000000000 20 4 30 10 -1"
+    )
+
+
+VIP = "198.18.0.100"
+TEXT = "\n".join(
+    [
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid",
+        _line(0, ("0.0.0.0", 80), ("0.0.0.0", 0), 0x0A),  # listening
+        _line(1, (VIP, 80), ("198.18.1.1", 40000), 0x01),  # established
+        _line(2, (VIP, 80), ("198.18.1.2", 40001), 0x06),  # TIME_WAIT: over
+        _line(3, (VIP, 443), ("198.18.1.3", 40002), 0x03),  # SYN_RECV: handshaking
+        _line(4, (VIP, 80), ("198.18.1.4", 40003), 0x08),  # CLOSE_WAIT: still a flow
+        _line(5, ("198.18.0.1", 22), ("198.18.1.5", 40004), 0x01),  # another address
+        "garbage",
+    ]
+)
+
+
+def test_live_sockets_on_the_vip_only() -> None:
+    assert proc_tcp_flows(TEXT, VIP) == [
+        ("198.18.1.1", 40000, 80),
+        ("198.18.1.3", 40002, 443),
+        ("198.18.1.4", 40003, 80),
+    ]
+
+
+def test_no_header_no_flows() -> None:
+    assert proc_tcp_flows("", VIP) == []
+
+
+def test_udp_set_elements_with_and_without_timeouts() -> None:
+    objects = [
+        {"metainfo": {}},
+        {
+            "set": {
+                "name": "udp_seen",
+                "elem": [
+                    {"elem": {"val": {"concat": ["198.18.1.1", 5000]}, "timeout": 30}},
+                    {"concat": ["198.18.1.2", 5001]},
+                ],
+            }
+        },
+    ]
+    assert set_flows(objects) == [("198.18.1.1", 5000), ("198.18.1.2", 5001)]

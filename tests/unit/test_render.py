@@ -31,6 +31,53 @@ def test_render_agent_owner_orphaned_golden() -> None:
     check_golden("render/agent-orphaned.nft", render(c, own, mode="agent", owner=True))
 
 
+def test_steady_state_golden() -> None:
+    """Owned buckets only: one ingress hook, no ip table (no socket check, no conntrack)."""
+    text = render(cfg(), Ownership.of(3, [1]))
+    check_golden("render/steady.nft", text)
+    assert "delete table ip" in text and "prerouting" not in text
+    assert "ct " not in text and "egress" not in text and "@kept" not in text
+
+
+def test_transitions_switch_the_socket_check_on_and_off() -> None:
+    c = cfg()
+    steady = Ownership.of(3, [1])
+    taken = steady.take(2)
+    assert taken.guarded == {2} and taken.in_transition
+    on = render_update(c, steady, taken)
+    assert on.startswith("add table ip ") and "socket wildcard" in on
+    assert "2 : jump guard" in on
+    settled = Ownership.of(3, [1, 2])
+    off = render_update(c, taken, settled)
+    assert off.endswith("delete table ip clusterip_198_18_0_100\n")
+    assert "2 : jump own" in off
+    assert "table ip" not in render_update(c, taken, taken.release(1))  # still in transition
+
+
+def test_kept_flows_are_looked_up_only_while_there_are_any() -> None:
+    c = cfg()
+    none = Ownership.of(3, [1])
+    some = Ownership(3, frozenset({1}), kept=frozenset({("198.18.1.1", 4000)}))
+    text = render_update(c, none, some)
+    assert "flush chain netdev clusterip_198_18_0_100 vip" in text
+    assert "@kept drop" in text and "add element" in text
+    back = render_update(c, some, none)
+    assert "flush chain" in back and "@kept" not in back.split("flush chain")[1]
+    more = Ownership(3, frozenset({1}), kept=frozenset({("198.18.1.1", 4000), ("198.18.1.2", 1)}))
+    assert "flush chain" not in render_update(c, some, more)
+
+
+def test_udp_flows_are_tracked_by_agents_only() -> None:
+    for protocol, mode, tracked in (
+        ("all", "agent", True),
+        ("udp", "agent", True),
+        ("tcp", "agent", False),
+        ("all", "static", False),
+    ):
+        text = render(cfg(protocol=protocol), Ownership.of(3, [1]), mode=mode)
+        assert ("@udp_seen" in text) is tracked, (protocol, mode)
+
+
 def test_nothing_owned_drops_everything_for_the_vip() -> None:
     text = render(cfg(), Ownership.of(3))
     assert "add element" not in text
@@ -52,7 +99,7 @@ def test_delete_names_only_our_tables() -> None:
     c = cfg()
     text = render_delete(c)
     assert table_name(c) == "clusterip_198_18_0_100"
-    assert text.count("delete table") == 2
+    assert text.count("delete table") == 3  # netdev, arp, ip
     assert all(table_name(c) in line for line in text.splitlines())
 
 
@@ -78,3 +125,7 @@ def test_take_and_release() -> None:
     assert released.owned == {2} and released.draining == {1}
     assert own.release(1, keep_flows=False).draining == frozenset()
     assert own.take(2).release(2).take(2).draining == frozenset()
+    assert own.take(2).guarded == {2} and own.take(2, guard=False).guarded == frozenset()
+    assert own.take(2).release(2).guarded == frozenset()
+    with pytest.raises(config.ConfigError, match="guarded buckets \\[2\\] are not owned"):
+        Ownership.of(3, [1], guarded=[2])

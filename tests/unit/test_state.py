@@ -10,7 +10,7 @@ GOLDEN = Path(__file__).parent.parent / "golden" / "state" / "two-vips.json"
 
 
 def test_parse_kernel_json() -> None:
-    # Captured from the kernel (nft -j) after applying two rendered VIPs.
+    # Captured from the kernel after applying two rendered VIPs (make_two_vips.py beside it).
     objects = json.loads(GOLDEN.read_text())["nftables"]
     states = parse_tables(objects)
     assert [str(s.config.vip) for s in states] == ["198.18.0.100", "198.18.0.101"]
@@ -25,8 +25,8 @@ def test_parse_kernel_json() -> None:
         seed="1a2b3c4d",
     )
     assert a.config.cluster_fields() == expected.cluster_fields()
-    assert a.ownership.owned == {1, 3} and a.ownership.draining == {2}
-    assert a.ownership.orphaned == {3}
+    assert a.ownership.owned == {1, 3, 4} and a.ownership.draining == {2}
+    assert a.ownership.orphaned == {3} and a.ownership.guarded == {4}
     assert a.comment_fields["addr"] == "1"
     assert set(a.counters) == {"accepted", "kept", "foreign", "arps", "midflow"}
     assert b.config.hashmode == "sourceip" and b.ownership.owned == {2}
