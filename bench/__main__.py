@@ -26,7 +26,7 @@ from typing import Any
 from bench import control, evenness, foreign, perpacket, report, throughput
 from bench.labrun import bench_lab, isolate_port, lab_inodes, prepare_client
 from bench.servers import haproxy_conf, nginx_conf, start_haproxy, start_nginx
-from bench.setups import DIRECTOR, LAB_NODES, SERVING, VARIANTS, make_setups
+from bench.setups import DIRECTOR, LAB_NODES, SERVING, VARIANTS, live_setups, make_setups
 from bench.sysinfo import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,11 +50,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="short runs: about 2 minutes in all")
-    p.add_argument("--duration", type=int, help="seconds per wrk run (default 6; quick 3)")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 2)")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 2)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 20; quick 6)")
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    p.add_argument("--warmup", type=int, default=1, help="seconds of wrk before each run")
+    p.add_argument("--warmup", type=int, default=0, help="seconds of wrk before each run")
     p.add_argument(
         "--quiet",
         type=float,
@@ -73,15 +73,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--investigate",
         metavar="VARIANTS",
         default="",
-        help=f"also measure datapath variants: 'all' or some of {','.join(VARIANTS)}",
+        help=f"datapath variants, per packet: 'all' or some of {','.join(VARIANTS)}",
     )
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "out"), help="raw results")
     p.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="report directory")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from --out")
     args = p.parse_args(argv)
     quick = args.quick
-    args.duration = args.duration or (3 if quick else 6)
-    args.rounds = args.rounds or (2 if quick else 3)
+    args.duration = args.duration or 2
+    args.rounds = args.rounds or (6 if quick else 20)
     args.foreign_seconds = args.foreign_seconds or (2 if quick else 3)
     args.foreign_rounds = args.foreign_rounds or (2 if quick else 3)
     args.per_source = args.per_source or (2 if quick else 3)
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         }
         if "throughput" in args.parts:
             log("throughput and latency (wrk against nginx)")
-            setups = make_setups(args.variants)
+            setups = live_setups()
             params = throughput.WrkParams(
                 duration=args.duration,
                 threads=args.threads,

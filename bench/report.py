@@ -21,6 +21,7 @@ from typing import Any
 from bench import plots
 from bench.report_parts import (
     EXTERNAL,
+    ci_cell,
     control_section,
     evenness_section,
     external_section,
@@ -34,13 +35,18 @@ MODE_TITLES = {"keepalive": "keep-alive", "close": "one request per connection"}
 
 
 def verdict(key: str, r: dict[str, Any]) -> str:
-    """Met or not by the median; says so when the rounds fell on both sides of the target."""
+    """Met or not by the median; says whether the median's 95% interval clears the target."""
     target = TARGETS.get(key)
     if target is None:
         return ""
     text = f"≥ {target:g}: **{'met' if r['median'] >= target else 'not met'}**"
-    if r["min"] < target <= r["max"]:
-        text += " (rounds on both sides)"
+    lo, hi = r.get("ci95", (r["min"], r["max"]))
+    if lo >= target:
+        text += " (whole interval above)"
+    elif hi < target:
+        text += " (whole interval below)"
+    else:
+        text += " (interval spans the target)"
     return text
 
 
@@ -70,21 +76,32 @@ def summary_section(results: dict[str, Any]) -> str:
                 [
                     key.replace("vip", "VIP").replace("haproxy", "HAProxy"),
                     MODE_TITLES[mode],
+                    ci_cell(r["rps"]),
                     ratio_cell(r["rps"]),
-                    ratio_cell(r["norm_rps"]),
+                    ci_cell(r["norm_rps"]),
                     verdict(key, r["rps"]),
                 ]
             )
     text = table(
-        ["ratio", "mode", "request rate (median of rounds, min–max)", "CPU-normalised", "target"],
+        [
+            "ratio",
+            "mode",
+            "request rate: median [95% interval]",
+            "min–max of rounds",
+            "CPU-normalised",
+            "target",
+        ],
         rows,
     )
     bg = [s["cpu"]["background"] for s in tp["samples"]]
     bg.sort()
     text += (
-        f"\nRatios are taken per round (set-ups measured back to back) and summarised by their "
-        f"median. Other work on the machine used a median {bg[len(bg) // 2]:.0%} of the CPUs "
-        f"during the runs (max {bg[-1]:.0%}); see *Method* for what that does to the numbers.\n"
+        f"\nRatios are taken per round (set-ups measured back to back, {len(bg)} runs in all) "
+        f"and summarised by their median, with the median's 95% confidence interval (order "
+        f"statistics, no assumption about the distribution). *spread* is the control with no "
+        f"hash at all (see *Method*). Other work on the machine used a median "
+        f"{bg[len(bg) // 2]:.0%} of the CPUs during the runs (max {bg[-1]:.0%}); see *Method* "
+        "for what that does to the numbers.\n"
     )
     return text
 
@@ -113,11 +130,15 @@ NAME-n4  /usr/sbin/haproxy -db -f DIR/haproxy.cfg
 NAME-sw  ip link set dev n4 type bridge_slave mcast_flood off    # n4: no VIP copies
 NAME-c   sysctl net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range='1024 65535'
 # direct: wrk against http://198.18.0.1/ (no rules anywhere)
-# ceiling:
-NAME-n1  ip addr add 198.18.0.100/32 dev eth0; ip maddr add CLUSTERMAC dev eth0
-NAME-n1  nft: netdev ingress, priority -500: ip daddr 198.18.0.100 meta pkttype set host accept
-NAME-n2  nft: netdev ingress, priority -500: ip daddr 198.18.0.100 drop     (and NAME-n3)
-NAME-c   ip neigh replace 198.18.0.100 lladdr CLUSTERMAC dev eth0 nud permanent
+# all set-ups below are configured at once, each on its own address; CLUSTERMAC = 03:bf:<VIP>
+# ceiling, on its own VIP 198.18.0.101:
+NAME-n1  ip addr add 198.18.0.101/32 dev eth0; ip maddr add CLUSTERMAC dev eth0
+NAME-n1  nft: netdev ingress, priority -500: ip daddr 198.18.0.101 meta pkttype set host accept
+NAME-n2  nft: netdev ingress, priority -500: ip daddr 198.18.0.101 drop     (and NAME-n3)
+NAME-c   ip neigh replace 198.18.0.101 lladdr CLUSTERMAC dev eth0 nud permanent
+# spread, on VIP 198.18.0.102, address and CLUSTERMAC on NAME-n1..n3, static neighbour as above:
+NAME-nK  nft: netdev ingress, priority -500: ip daddr 198.18.0.102 th sport RANGE_K \\
+           meta pkttype set host accept; ip daddr 198.18.0.102 drop   (RANGE_K: K-th third)
 # vip, on NAME-nK for K = 1, 2, 3 (the client learns the cluster MAC by ARP):
 NAME-nK  python -m clusterip up --vip 198.18.0.100 --interface eth0 --total-nodes 3 \\
            --local-node K --hashmode sourceip-sourceport
@@ -323,12 +344,20 @@ METHOD = """\
   others); the port-aware default hashmode spreads them by source port. The client allows
   TIME_WAIT reuse and a wide port range (behind HAProxy wrk closes first and would otherwise
   run out of ports).
-* **Noise.** Set-ups are interleaved round by round, starting each round at a different one;
-  ratios are per round. A run during which other work used more than the `quiet` share of the
-  CPUs is retried (after waiting up to 10 s for a quiet second) and the quieter run kept. The
-  *CPU-normalised* rate divides the requests by the CPU time of the lab's own processes (nginx,
-  HAProxy, wrk, ksoftirqd) and multiplies by the CPU count: what the set-up would do with the
-  machine to itself. It is less sensitive to other work, but not immune (shared caches).
+* **Control.** *spread* serves from the same three nginx as the VIP, flooded the same way,
+  but splits the clients by a source-port range match instead of a hash: the cost of three
+  servers instead of one on two cores, apart from any datapath. VIP/spread is the cost of the
+  cluster's datapath itself.
+* **Noise.** The request rate of two shared cores moves by about 10% between runs of a few
+  seconds (host noise: the same set-up, run back to back, spans ±10%), more than the
+  differences measured here. So all set-ups are live at once, each on its own address, and
+  wrk alternates between them in short runs: nothing is reconfigured between samples, and
+  many rounds narrow the median. Set-ups are interleaved round by round, starting each round
+  at a different one; ratios are per round. A run during which other work used more than
+  the `quiet` share of the CPUs is retried (after waiting up to 10 s for a quiet second) and
+  the quieter run kept. The *CPU-normalised* rate divides the requests by the CPU time of the
+  lab's own processes (nginx, HAProxy, wrk, ksoftirqd) and multiplies by the CPU count: what
+  the set-up would do with the machine to itself. It is less sensitive to other work, but not immune (shared caches).
   Nothing is pinned.
 """
 

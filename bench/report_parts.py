@@ -22,6 +22,11 @@ def ratio_cell(r: dict[str, Any]) -> str:
     return f"{r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f})"
 
 
+def ci_cell(r: dict[str, Any]) -> str:
+    lo, hi = r.get("ci95", (r["min"], r["max"]))
+    return f"{r['median']:.3f} [{lo:.3f}–{hi:.3f}]"
+
+
 EXTERNAL = {
     "failover": ("Failover", "failover.json"),
     "rebalancing": ("Rebalancing", "rebalance.json"),

@@ -1,12 +1,19 @@
 """The throughput set-ups: how the lab is configured for each, and back.
 
 direct     node 1's own address; no cluster rules anywhere, unicast MAC, no flooding.
-ceiling    the VIP with the cluster MAC on nodes 1-3, so the switch floods every frame to all
-           three; node 1 accepts everything (an ingress rule that sets pkttype host, no hash),
-           nodes 2 and 3 drop their copies at ingress, the cheapest drop there is. The best any
-           flooding datapath can do on this machine.
+ceiling    a VIP of its own with its cluster MAC on nodes 1-3, so the switch floods every frame
+           to all three; node 1 accepts everything (an ingress rule that sets pkttype host, no
+           hash), nodes 2 and 3 drop their copies at ingress, the cheapest drop there is. The
+           best any flooding datapath can do on this machine.
+spread     a control: a third VIP, flooded the same way, each node accepting a third of the
+           client ports by a bit mask and range (no hash, no cluster rules): what serving from
+           three nginx instead of one costs on two cores, apart from any datapath.
 vip        the cluster: `clusterip up` on nodes 1-3, one bucket each, as a user would run it.
 haproxy    HAProxy on node 4 (its own address, TCP mode, round robin) in front of nodes 1-3.
+
+Each base set-up has its own address, so all of them are configured at once and wrk alternates
+between their URLs every few seconds: nothing is reconfigured between samples, and drift of
+the machine hits every set-up alike.
 
 Variants of the datapath (`--investigate`) load a modified ruleset by hand with `nft -f`; they
 show where the per-packet cost of the cluster's ruleset goes. See `variants`.
@@ -24,6 +31,8 @@ from clusterip.lab.net import Lab, LabError
 from clusterip.render import INGRESS_PRIORITY, Ownership, render
 
 SERVING = (1, 2, 3)
+CEILING_VIP = "198.18.0.101"  # the lab's VIP is 198.18.0.100; nodes are .1-.4, clients .1.x
+SPREAD_VIP = "198.18.0.102"
 DIRECTOR = 4
 LAB_NODES = 4
 
@@ -68,7 +77,7 @@ def ceiling_script(vip: str, dev: str, *, accept: bool) -> str:
     """Node 1 takes every frame for the VIP as its own; the others drop theirs at once."""
     verdict = "meta pkttype set host accept" if accept else "drop"
     return (
-        "table netdev bench_ceiling {\n"
+        f"table netdev {_bench_table('ceiling', vip)} {{\n"
         "\tchain ingress {\n"
         f'\t\ttype filter hook ingress device "{dev}" priority {INGRESS_PRIORITY}; policy accept;\n'
         f"\t\tip daddr {vip} {verdict}\n"
@@ -96,53 +105,13 @@ def recipe_script(cfg: VipConfig, k: int, modulus: int) -> str:
     )
 
 
+def _bench_table(kind: str, vip: str) -> str:
+    return f"bench_{kind}_{vip.replace('.', '_')}"
+
+
 # --- variants of the cluster's own ruleset ----------------------------------------------------
-def top_level(script: str) -> list[str]:
-    """Split an nft script into its top-level statements: one-line commands, and blocks from
-    `table ... {` to the `}` that closes it (by brace depth), each with its newline."""
-    items: list[str] = []
-    current: list[str] = []
-    depth = 0
-    for line in script.splitlines(keepends=True):
-        current.append(line)
-        depth += line.count("{") - line.count("}")
-        if depth == 0:
-            items.append("".join(current))
-            current = []
-    if current:
-        items.append("".join(current))
-    return items
-
-
-def without_ip_table(script: str) -> str:
-    """No ip-family table (its prerouting chain asks conntrack, which is then on for the whole
-    namespace): drop the table's block and every one-line command about ip-family objects."""
-    ip_cmd = re.compile(r"^(add|flush|delete) (table|chain|map|set|element|rule) ip ")
-    return "".join(
-        item
-        for item in top_level(script)
-        if not item.startswith("table ip ") and not ip_cmd.match(item)
-    )
-
-
-def without_egress(script: str) -> str:
-    """No netdev egress chain (ARP rewrite): outgoing packets skip the egress hook."""
-    return re.sub(r"\tchain egress \{.*?\n\t\}\n", "", script, flags=re.S)
-
-
 def without_counters(script: str) -> str:
     return re.sub(r'counter name "\w+" ?', "", script)
-
-
-def arp_family_egress(script: str, cfg: VipConfig) -> str:
-    """The ARP rewrite in an arp-family output chain, which sees ARP only, instead of a netdev
-    egress chain, which every outgoing packet traverses."""
-    vip = str(cfg.vip)
-    return without_egress(script) + (
-        f"table arp bench_arp {{\n\tchain output {{\n"
-        "\t\ttype filter hook output priority 0; policy accept;\n"
-        f"\t\tarp saddr ip {vip} arp saddr ether set {cfg.clustermac}\n\t}}\n}}\n"
-    )
 
 
 def bare_script(cfg: VipConfig, k: int, modulus: int) -> str:
@@ -161,18 +130,19 @@ def bare_script(cfg: VipConfig, k: int, modulus: int) -> str:
 
 
 def spread_script(cfg: VipConfig, k: int, modulus: int) -> str:
-    """No hash at all: node k accepts one third of the client's source port range. Shows the
-    cost of sharing the load among three servers on one machine, apart from any rule's cost."""
-    lo, hi = 1024, 65535
-    step = (hi - lo + 1) // modulus
-    first = lo + (k - 1) * step
-    last = hi if k == modulus else first + step - 1
+    """No hash at all: node k accepts a k-th share of the client ports by a masked range match
+    on port bits 1-5 (the kernel hands out a client's ports two apart, so these bits cycle
+    every 32 connections: an even split whatever the first port). Shows the cost of sharing the
+    load among three servers on one machine, apart from any datapath's cost."""
+    values = 32  # (sport & 0x3e) >> 1
+    first = (k - 1) * values // modulus
+    last = k * values // modulus - 1
     vip, dev = str(cfg.vip), cfg.interface
     return (
-        "table netdev bench_spread {\n"
+        f"table netdev {_bench_table('spread', vip)} {{\n"
         "\tchain ingress {\n"
         f'\t\ttype filter hook ingress device "{dev}" priority {INGRESS_PRIORITY}; policy accept;\n'
-        f"\t\tip daddr {vip} th sport {first}-{last} meta pkttype set host accept\n"
+        f"\t\tip daddr {vip} th sport & 0x3e {first * 2}-{last * 2} meta pkttype set host accept\n"
         f"\t\tip daddr {vip} drop\n"
         "\t}\n}\n"
     )
@@ -187,26 +157,13 @@ def _rendered(cfg: VipConfig, k: int) -> str:
 
 VARIANTS: dict[str, tuple[str, VariantFn]] = {
     "rendered": ("clusterip's ruleset loaded by hand (as `up` renders it)", _rendered),
-    "no-ct": (
-        "without the ip prerouting chain (conntrack off)",
-        lambda c, k: without_ip_table(_rendered(c, k)),
-    ),
-    "no-egress": ("without the netdev egress chain", lambda c, k: without_egress(_rendered(c, k))),
-    "arp-out": (
-        "ARP rewrite in an arp-family output chain instead of netdev egress",
-        lambda c, k: arp_family_egress(_rendered(c, k), c),
-    ),
-    "ingress-only": (
-        "ingress chain only (no egress, no prerouting)",
-        lambda c, k: without_egress(without_ip_table(_rendered(c, k))),
-    ),
     "no-counters": ("without the named counters", lambda c, k: without_counters(_rendered(c, k))),
     "bare": (
         "one hash rule at ingress, nothing else",
         lambda c, k: bare_script(c, k, len(SERVING)),
     ),
     "spread": (
-        "no hash: each node takes a third of the source ports (TCP and UDP)",
+        "no hash: each node takes a third of the source ports by a bit mask (TCP and UDP)",
         lambda c, k: spread_script(c, k, len(SERVING)),
     ),
     "recipe": (
@@ -236,13 +193,13 @@ def _vip_link(lab: Lab, nodes: Sequence[int], cfg: VipConfig, *, add: bool) -> N
     dev = lab.topo.interface
     for k in nodes:
         ns = lab.topo.node_ns(k)
-        run_ok(lab, ns, ["ip", "addr", verb, f"{lab.topo.vip}/32", "dev", dev])
+        run_ok(lab, ns, ["ip", "addr", verb, f"{cfg.vip}/32", "dev", dev])
         run_ok(lab, ns, ["ip", "maddr", verb, cfg.clustermac, "dev", dev])
 
 
-def _client_neigh(lab: Lab, mac: str | None) -> None:
+def _client_neigh(lab: Lab, mac: str | None, vip: str | None = None) -> None:
     """A permanent neighbour entry VIP -> cluster MAC in the client, or none (mac=None)."""
-    ns, dev, vip = lab.topo.client_ns, lab.topo.interface, lab.topo.vip
+    ns, dev, vip = lab.topo.client_ns, lab.topo.interface, vip or lab.topo.vip
     if mac is None:
         lab.run(ns, ["ip", "neigh", "del", vip, "dev", dev], timeout=10)
     else:
@@ -264,24 +221,60 @@ class Direct(Setup):
         return f"http://{lab.topo.node_addr(1)}/"
 
 
+def _delete_table(lab: Lab, nodes: Sequence[int], name: str) -> None:
+    for k in nodes:
+        nft(lab, lab.topo.node_ns(k), f"add table netdev {name}\ndelete table netdev {name}\n")
+
+
 class Ceiling(Setup):
-    def __init__(self) -> None:
+    """On `vip` (the lab's VIP unless given): node 1 takes every frame, nodes 2-3 drop theirs."""
+
+    def __init__(self, vip: str | None = None) -> None:
         super().__init__("ceiling", "flooding ceiling (VIP + cluster MAC, node 1 takes all)")
+        self.vip = vip
+
+    def _cfg(self, lab: Lab) -> VipConfig:
+        return lab.topo.vip_config([1], total_nodes=len(SERVING), vip=self.vip)
 
     def enter(self, lab: Lab) -> str:
-        cfg = lab_config(lab, 1)
+        cfg = self._cfg(lab)
         _vip_link(lab, [1], cfg, add=True)
         for k in SERVING:
             nft(
-                lab, lab.topo.node_ns(k), ceiling_script(lab.topo.vip, cfg.interface, accept=k == 1)
+                lab, lab.topo.node_ns(k), ceiling_script(str(cfg.vip), cfg.interface, accept=k == 1)
             )
-        _client_neigh(lab, cfg.clustermac)
-        return f"http://{lab.topo.vip}/"
+        _client_neigh(lab, cfg.clustermac, str(cfg.vip))
+        return f"http://{cfg.vip}/"
 
     def leave(self, lab: Lab) -> None:
-        _flush_nodes(lab, SERVING)
-        _vip_link(lab, [1], lab_config(lab, 1), add=False)
-        _client_neigh(lab, None)
+        cfg = self._cfg(lab)
+        _delete_table(lab, SERVING, _bench_table("ceiling", str(cfg.vip)))
+        _vip_link(lab, [1], cfg, add=False)
+        _client_neigh(lab, None, str(cfg.vip))
+
+
+class Spread(Setup):
+    """On its own VIP: each node accepts a third of the client ports (no hash at all)."""
+
+    def __init__(self, vip: str = SPREAD_VIP) -> None:
+        super().__init__("spread", "control: 3 nodes, a third of the ports each, no hash")
+        self.vip = vip
+
+    def _cfg(self, lab: Lab, k: int) -> VipConfig:
+        return lab.topo.vip_config([k], total_nodes=len(SERVING), vip=self.vip)
+
+    def enter(self, lab: Lab) -> str:
+        cfg = self._cfg(lab, 1)
+        _vip_link(lab, SERVING, cfg, add=True)
+        for k in SERVING:
+            nft(lab, lab.topo.node_ns(k), spread_script(self._cfg(lab, k), k, len(SERVING)))
+        _client_neigh(lab, cfg.clustermac, self.vip)
+        return f"http://{self.vip}/"
+
+    def leave(self, lab: Lab) -> None:
+        _delete_table(lab, SERVING, _bench_table("spread", self.vip))
+        _vip_link(lab, SERVING, self._cfg(lab, 1), add=False)
+        _client_neigh(lab, None, self.vip)
 
 
 class Vip(Setup):
@@ -341,7 +334,13 @@ class Variant(Setup):
 BASE_SETUPS: tuple[Callable[[], Setup], ...] = (Direct, Ceiling, Vip, HAProxy)
 
 
+def live_setups() -> list[Setup]:
+    """The throughput set-ups, each on its own address, so that all can be live at once."""
+    return [Direct(), Ceiling(CEILING_VIP), Spread(), Vip(), HAProxy()]
+
+
 def make_setups(variants: Sequence[str] = ()) -> list[Setup]:
+    """Set-ups entered one at a time, all on the lab's VIP (the per-packet runs)."""
     out = [make() for make in BASE_SETUPS]
     for key in variants:
         if key not in VARIANTS:

@@ -2,7 +2,9 @@
 
 Rounds are interleaved: each round measures every set-up once in each mode, starting from a
 different set-up each time, so drift and background load hit all of them alike. Ratios are
-taken per round (back to back) and summarized by their median.
+taken per round (back to back) and summarized by their median, with a 95% confidence interval
+of that median (the request rate of two shared cores moves by about 10% from one run of a few
+seconds to the next, so it takes many short rounds to pin a ratio down to a few percent).
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from bench.sysinfo import Meter
 from bench.wrk import MODES, WrkResult, parse_wrk, wrk_argv
 from clusterip.lab.net import Lab, LabError
 
-RATIOS = (("vip", "ceiling"), ("vip", "haproxy"), ("vip", "direct"))
+RATIOS = (
+    ("vip", "ceiling"),
+    ("vip", "haproxy"),
+    ("vip", "direct"),
+    ("vip", "spread"),
+    ("spread", "ceiling"),
+)
 TARGETS = {"vip/ceiling": 0.97, "vip/haproxy": 1.6}
 
 
@@ -91,38 +99,47 @@ def measure(
     log: Callable[[str], None],
     modes: Sequence[str] = MODES,
 ) -> list[dict[str, Any]]:
-    """Every (round, set-up, mode) sample, in the order measured. A sample taken while other
-    processes used more than `params.quiet` of the CPUs is retried (after waiting up to 10 s for
-    a quiet second) up to `params.retries` times; the quietest attempt is kept."""
+    """Every (round, mode, set-up) sample, in the order measured.
+
+    All set-ups are live at once (each on its own address); a round measures each of them once
+    per mode, back to back, starting from a different set-up each round. A sample taken while
+    other processes used more than `params.quiet` of the CPUs is retried (after waiting up to
+    10 s for a quiet second) up to `params.retries` times; the quietest attempt is kept."""
     samples: list[dict[str, Any]] = []
-    for rnd in range(rounds):
-        for setup in rotate(setups, rnd):
-            url = setup.enter(lab)
-            try:
-                for mode in modes:
-                    if params.warmup > 0:
-                        run_wrk(lab, params.argv(url, mode, params.warmup), params.warmup)
-                    best = sample_once(lab, url, mode, params, lab_inodes)
-                    tries = 1
-                    while best["cpu"]["background"] > params.quiet and tries <= params.retries:
-                        wait_quiet(lab_inodes, params.quiet, 10.0)
-                        again = sample_once(lab, url, mode, params, lab_inodes)
-                        tries += 1
-                        if again["cpu"]["background"] < best["cpu"]["background"]:
-                            best = again
-                    res, cpu = best, best["cpu"]
-                    samples.append(
-                        {"round": rnd, "setup": setup.name, "mode": mode, "tries": tries, **best}
-                    )
-                    log(
-                        f"  round {rnd + 1}/{rounds} {setup.name:<16} {mode:<9} "
-                        f"{res['rps']:9.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
-                        f"p99 {res['p99_ms']:6.2f} ms  (CPU: busy {cpu['busy']:.0%}, "
-                        f"others {cpu['background']:.0%}, tries {tries})"
-                    )
-            finally:
-                setup.leave(lab)
+    urls: dict[str, str] = {}
+    entered: list[Setup] = []
+    try:
+        for setup in setups:
+            urls[setup.name] = setup.enter(lab)
+            entered.append(setup)
+        for rnd in range(rounds):
+            for mode in modes:
+                line = []
+                for setup in rotate(setups, rnd):
+                    best = _sample(lab, urls[setup.name], mode, params, lab_inodes)
+                    samples.append({"round": rnd, "setup": setup.name, "mode": mode, **best})
+                    line.append(f"{setup.name} {best['rps']:.0f}")
+                log(f"  round {rnd + 1}/{rounds} {mode:<9} req/s: " + ", ".join(line))
+    finally:
+        for setup in reversed(entered):
+            setup.leave(lab)
     return samples
+
+
+def _sample(
+    lab: Lab, url: str, mode: str, params: WrkParams, lab_inodes: Sequence[int]
+) -> dict[str, Any]:
+    if params.warmup > 0:
+        run_wrk(lab, params.argv(url, mode, params.warmup), params.warmup)
+    best = sample_once(lab, url, mode, params, lab_inodes)
+    tries = 1
+    while best["cpu"]["background"] > params.quiet and tries <= params.retries:
+        wait_quiet(lab_inodes, params.quiet, 10.0)
+        again = sample_once(lab, url, mode, params, lab_inodes)
+        tries += 1
+        if again["cpu"]["background"] < best["cpu"]["background"]:
+            best = again
+    return {"tries": tries, **best}
 
 
 def _series(samples: Sequence[dict[str, Any]], setup: str, mode: str, key: str) -> list[float]:
