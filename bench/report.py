@@ -357,8 +357,8 @@ METHOD = """\
   the `quiet` share of the CPUs is retried (after waiting up to 10 s for a quiet second) and
   the quieter run kept. The *CPU-normalised* rate divides the requests by the CPU time of the
   lab's own processes (nginx, HAProxy, wrk, ksoftirqd) and multiplies by the CPU count: what
-  the set-up would do with the machine to itself. It is less sensitive to other work, but not immune (shared caches).
-  Nothing is pinned.
+  the set-up would do with the machine to itself. It is less sensitive to other work, but not
+  immune (shared caches). Nothing is pinned.
 """
 
 
