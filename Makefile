@@ -3,14 +3,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 DEBS   := nftables python3-nftables python3-venv iproute2 iputils-ping nginx-light curl wrk haproxy \
-          netsniff-ng
+          netsniff-ng keepalived
 PYTEST ?= $(PY) -m pytest
 
 .PHONY: setup demo test test-unit test-lab lint bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup-debs.sh
+$(STAMP): pyproject.toml scripts/setup-debs.sh Makefile
 	sh scripts/setup-debs.sh $(DEBS)
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -192,12 +192,14 @@ def run_agent_benches(args: argparse.Namespace) -> None:
     """Failover and rebalancing: their own labs and JSON files, which the report reads."""
     from pathlib import Path
 
-    from bench import failover, falsealarm, rebalance
+    from bench import failover, falsealarm, rebalance, vrrp
 
     out = Path(args.out)
     if "failover" in args.parts:
         log("failover: kill -9 an agent, again and again")
         failover.run(5 if args.quick else 20, out / "failover.json", log=log)
+        log("failover baseline: keepalived VRRP, the master's link taken down")
+        vrrp.run(3 if args.quick else 5, out / "vrrp.json", log=log)
     if "falsealarm" in args.parts:
         log("false alarms: idle, then wrk saturating the lab")
         falsealarm.run(10 if args.quick else 30, out / "falsealarm.json", log=log)

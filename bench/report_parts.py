@@ -29,6 +29,7 @@ def ci_cell(r: dict[str, Any]) -> str:
 
 EXTERNAL = {
     "failover": ("Failover", "failover.json"),
+    "vrrp": ("Failover baseline: keepalived VRRP", "vrrp.json"),
     "rebalancing": ("Rebalancing", "rebalance.json"),
     "agent_idle": ("Agent CPU at idle", "agent_idle.json"),
     "falsealarm": ("False alarms under load", "falsealarm.json"),
@@ -161,6 +162,20 @@ def external_section(key: str, data: dict[str, Any] | None) -> str:
                     f"{data.get('p99_ms')} ms",
                     f"{data.get('max_ms')} ms",
                     data.get("other_clients_failed_requests"),
+                ]
+            ],
+        )
+    if key == "vrrp" and "p50_ms" in data:
+        text += table(
+            ["kills", "clients back", "advert interval", "p50", "p99", "max"],
+            [
+                [
+                    data.get("kills"),
+                    f"{data.get('recovered_clients')} / {data.get('orphaned_clients')}",
+                    f"{data.get('advert_int_s')} s",
+                    f"{data.get('p50_ms')} ms",
+                    f"{data.get('p99_ms')} ms",
+                    f"{data.get('max_ms')} ms",
                 ]
             ],
         )

@@ -173,6 +173,8 @@ def status(as_json: bool) -> None:
         line = f"  node(s) {owned} of {d['total_nodes']}"
         if d["draining"]:
             line += f"; keeping established flows of {','.join(map(str, d['draining']))}"
+        if d.get("guarded"):
+            line += f"; leaving the previous owner's flows of {','.join(map(str, d['guarded']))}"
         click.echo(line)
         if d["flows"]:
             click.echo(

@@ -53,10 +53,11 @@ class Node:
         guarded: frozenset[int] = frozenset()
         if same and old is not None:
             # Buckets this node no longer owns keep their established flows; buckets it gains
-            # leave the flows of their previous owner alone.
+            # leave the flows of their previous owner alone (guarded). Re-running `up` is the
+            # user's word that the rest is settled: their guard ends.
             was = old.ownership
             keep = (was.owned | was.draining) - owned
-            guarded = owned & (was.guarded | (frozenset(range(1, cfg.total_nodes + 1)) - was.owned))
+            guarded = owned - was.owned
         own = Ownership(cfg.total_nodes, owned, keep, guarded=guarded)
         script = render(cfg, own, note_extra=ADDR_FLAG if added_addr else "")
         if old is not None and not same:

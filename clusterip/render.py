@@ -186,7 +186,9 @@ def _l4_match(cfg: VipConfig) -> str:
 def _lookup(cfg: VipConfig, modulus: int, *, ports: bool) -> str:
     # nft cannot key a named map by the jhash expression itself (`typeof jhash` maps crash
     # `nft list` in nftables 1.0.6), so the bucket goes through the packet mark, a 32-bit
-    # register that is free at netdev ingress; the accepting chains reset it to 0.
+    # register that is free at netdev ingress; the accepting chains reset it to 0. The map is
+    # declared with its size, so the kernel picks its fixed hash for 4-byte keys (a plain
+    # lookup) rather than the resizable one.
     return f"meta mark set {_hash_expr(cfg, ports=ports, modulus=modulus)} meta mark vmap @buckets"
 
 
@@ -334,6 +336,7 @@ flush table arp {name}
 	}}{dports}
 	map buckets {{
 		type mark : verdict
+		size {modulus}
 	}}
 	set kept {{
 		type ipv4_addr . inet_service

@@ -13,7 +13,7 @@ fi
 echo "setup: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
-# policy-rc.d keeps package scripts from starting nginx/haproxy on the host.
+# policy-rc.d keeps package scripts from starting nginx/haproxy/keepalived on the host.
 printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.clusterip
 chmod +x /usr/sbin/policy-rc.d.clusterip
 if [ ! -e /usr/sbin/policy-rc.d ]; then cp /usr/sbin/policy-rc.d.clusterip /usr/sbin/policy-rc.d; added=1; else added=0; fi

@@ -51,6 +51,8 @@ TERM_WAIT = 2.0
 
 
 # --- the lab ------------------------------------------------------------------------------------
+BRIDGE_NF = ("iptables", "ip6tables", "arptables")
+
 class Lab:
     """A built lab. Make one with `Lab.build(topo)` or `Lab.load(name)`; `with` tears down."""
 
@@ -124,6 +126,9 @@ class Lab:
         for ns in topo.namespaces:
             ops.sysctls(ns, no_ipv6)
         ops.sysctls(topo.client_ns, {"net.ipv4.conf.all.arp_announce": "2"})
+        # A switch forwards frames; it does not filter them. With br_netfilter loaded (by
+        # anything on this machine), every bridged frame would go through the IP hooks.
+        ops.sysctls(topo.switch_ns, {f"net.bridge.bridge-nf-call-{t}": "0" for t in BRIDGE_NF})
         ops.setup_switch(
             topo.switch_ns, topo.bridge, [(p, ns, topo.interface) for p, ns in topo.ports()]
         )

@@ -200,6 +200,7 @@ class Agent:
 
     def step(self, now: float) -> None:
         """Tick every VIP, apply ownership, send due heartbeats (release before announce)."""
+        self.watcher.active = any(unit.handover.draining for unit in self.units)
         self.watcher.poll(now)
         # Whatever arrived while this process was busy counts before any peer is judged: a
         # stall of our own must not look like the silence of everyone else.
@@ -342,6 +343,13 @@ class Agent:
 
     # ----- control socket -----------------------------------------------------------------
 
+    def _flows_now(self, unit: Unit) -> dict[str, int]:
+        """Live flows per bucket: the watcher's latest, or a fresh count when it is idle."""
+        if not self.watcher.active:
+            self.watcher.measure()
+        latest = self.watcher.latest(unit.vip) or (0.0, {})
+        return {str(b): n for b, n in sorted(latest[1].items())}
+
     def handle_request(self, request: str) -> dict[str, Any]:
         words = request.split()
         command = words[0] if words else "status"
@@ -412,10 +420,7 @@ class Agent:
                     "owned_count": len(v.owned),
                     "owned": sorted(b + 1 for b in v.owned),
                     "draining": sorted(unit.handover.draining),
-                    "flows": {
-                        str(b): n
-                        for b, n in sorted((self.watcher.latest(unit.vip) or (0.0, {}))[1].items())
-                    },
+                    "flows": self._flows_now(unit),
                     "orphaned": len(unit.handover.orphaned),
                     "members": [
                         {

@@ -41,6 +41,9 @@ class FlowWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next = 0.0
+        # Measure only while someone needs the counts (the agent sets this while any bucket
+        # drains): an idle agent reads no socket table and lists no set.
+        self.active = True
 
     def measure(self) -> None:
         """Take one measurement of every VIP now (in the calling thread)."""
@@ -58,7 +61,7 @@ class FlowWatcher:
 
     def poll(self, now: float) -> None:
         """Without a thread (tests, simulations): measure inline when due."""
-        if self._thread is None and now >= self._next:
+        if self._thread is None and self.active and now >= self._next:
             self._next = now + self.every
             self.measure()
 
@@ -68,7 +71,8 @@ class FlowWatcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            self.measure()
+            if self.active:
+                self.measure()
 
     def stop(self) -> None:
         self._stop.set()

@@ -205,3 +205,12 @@ def test_report_writes_page_and_summary(tmp_path: Path) -> None:
     assert summary["targets"]["vip/ceiling keepalive"]["met"] is True
     assert summary["external"]["rebalancing"] == {"status": "pending"}
     assert any(p.endswith("bench-throughput.png") for p in written)
+
+
+def test_vrrp_baseline_configuration() -> None:
+    from bench import vrrp
+
+    confs = [vrrp.keepalived_conf(k, "eth0", vrrp.VRRP_VIP) for k in (1, 2, 3)]
+    prios = [int(re.search(r"priority (\d+)", c)[1]) for c in confs]  # type: ignore[index]
+    assert prios == sorted(prios, reverse=True) and len(set(prios)) == 3  # n1 is the master
+    assert all(f"{vrrp.VRRP_VIP}/32 dev eth0" in c and "advert_int 1" in c for c in confs)

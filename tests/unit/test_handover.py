@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clusterip.agent.events import OwnershipChanged
-from clusterip.reactor.handover import ORPHAN_RESET_DELAY, Handover
+from clusterip.reactor.handover import GUARD_TIME, ORPHAN_RESET_DELAY, Handover
 
 B = 64
 
@@ -102,3 +102,33 @@ def test_kept_flows_book_and_announcer() -> None:
     book.forget(2)
     assert book.current(9.0) == frozenset()
     assert ipaddress.IPv4Address("198.18.1.1")
+
+
+def test_gained_from_a_live_node_is_guarded_for_a_while_and_while_flows_are_kept() -> None:
+    h = handover()
+    h.changed(OwnershipChanged(frozenset({7}), gained={7: 2}), now=10.0)
+    assert h.ownership(frozenset({7}), 10.0, None, 300).guarded == {8}
+    assert h.ownership(frozenset({7}), 10.0 + GUARD_TIME - 0.1, None, 300).guarded == {8}
+    # Another node still announces kept flows: the guard stays past GUARD_TIME ...
+    assert h.ownership(frozenset({7}), 30.0, None, 300, kept=True).guarded == {8}
+    # ... and ends when nobody keeps anything any more; it does not come back.
+    assert h.ownership(frozenset({7}), 31.0, None, 300).guarded == frozenset()
+    assert h.ownership(frozenset({7}), 32.0, None, 300, kept=True).guarded == frozenset()
+
+
+def test_an_orphan_is_guarded_until_its_reset_delay_then_reset() -> None:
+    h = handover()
+    ev = OwnershipChanged(frozenset({3}), gained={3: 2}, orphaned=frozenset({3}))
+    h.changed(ev, now=10.0)
+    early = h.ownership(frozenset({3}), 10.05, None, 300)
+    assert early.guarded == {4} and early.orphaned == frozenset()
+    late = h.ownership(frozenset({3}), 10.01 + ORPHAN_RESET_DELAY, None, 300)
+    assert late.orphaned == {4} and late.guarded == frozenset()
+
+
+def test_a_lost_bucket_is_no_longer_guarded() -> None:
+    h = handover()
+    h.changed(OwnershipChanged(frozenset({7}), gained={7: 2}), now=10.0)
+    h.changed(OwnershipChanged(frozenset(), lost={7: 3}), now=11.0)
+    own = h.ownership(frozenset(), 11.0, None, 300)
+    assert own.guarded == frozenset() and own.draining == {8}

@@ -228,6 +228,7 @@ def test_build_and_teardown_with_fake(tmp_path: Path) -> None:
     client = ops.links["f1-c"]["eth0"]
     assert client["addrs"][0] == "198.18.0.254/16" and len(client["addrs"]) == 301
     assert ops.sysctl_values["f1-c"]["net.ipv4.conf.all.arp_announce"] == "2"
+    assert ops.sysctl_values["f1-sw"]["net.bridge.bridge-nf-call-iptables"] == "0"
     assert all(
         ops.sysctl_values[ns]["net.ipv6.conf.all.disable_ipv6"] == "1" for ns in topo.namespaces
     )
