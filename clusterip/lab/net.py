@@ -53,6 +53,7 @@ TERM_WAIT = 2.0
 # --- the lab ------------------------------------------------------------------------------------
 BRIDGE_NF = ("iptables", "ip6tables", "arptables")
 
+
 class Lab:
     """A built lab. Make one with `Lab.build(topo)` or `Lab.load(name)`; `with` tears down."""
 
