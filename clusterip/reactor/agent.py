@@ -308,7 +308,7 @@ class Agent:
         h = unit.handover
         kept = unit.kept.current(now)
         if (
-            raw is unit.last_raw
+            (raw is unit.last_raw or raw == unit.last_raw)  # the membership may hand out copies
             and kept == unit.kept_applied
             and not h.draining
             and not h.waiting(now)
