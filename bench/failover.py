@@ -51,6 +51,38 @@ class Feed:
             return list(self.records)
 
 
+def start_load(lab: Lab, vip: str, duration: float) -> tuple[subprocess.Popen[str], Feed]:
+    """The clients: every address a new connection every ~50 ms (100 ms timeout), read live."""
+    argv = [sys.executable, "-m", "clusterip.lab.load", "--vip", vip]
+    argv += ["--sources", lab.topo.client_range(), "--duration", str(duration)]
+    argv += ["--timeout", "0.1", "--pause", "0.05"]
+    load = lab.spawn(lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
+    feed = Feed()
+    threading.Thread(target=feed.read, args=(load,), daemon=True).start()
+    return load, feed
+
+
+def client_times(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Over all kills: the orphaned clients, how many came back, and their p50/p99/max."""
+    times = [t for r in results for t in r["times"]]
+
+    def ms(value: float) -> float:
+        return round(value * 1000, 1)
+
+    return {
+        "orphaned_clients": sum(r["orphans"] for r in results),
+        "recovered_clients": sum(r["recovered"] for r in results),
+        "p50_ms": ms(statistics.median(times)) if times else None,
+        "p99_ms": ms(percentile(times, 0.99)) if times else None,
+        "max_ms": ms(max(times)) if times else None,
+    }
+
+
+def write(out: Path, summary: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -126,13 +158,7 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
                 for k in lab.topo.node_indexes:
                     agents.start(k)
                 agents.wait_converged(list(lab.topo.node_indexes), timeout=20)
-                duration = kills * 8 + 30
-                argv = [sys.executable, "-m", "clusterip.lab.load", "--vip", lab.topo.vip]
-                argv += ["--sources", lab.topo.client_range(), "--duration", str(duration)]
-                argv += ["--timeout", "0.1", "--pause", "0.05"]
-                load = lab.spawn(lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
-                feed = Feed()
-                threading.Thread(target=feed.read, args=(load,), daemon=True).start()
+                load, feed = start_load(lab, lab.topo.vip, kills * 8 + 30)
                 time.sleep(2.0)
                 kill_log: list[tuple[int, float]] = []
                 for i in range(kills):
@@ -150,16 +176,11 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
                 alarms = false_alarms(agents, list(lab.topo.node_indexes), kill_log)
             finally:
                 agents.stop_all()
-    times = [t for r in results for t in r["times"]]
     detections = [r["detected"] for r in results if r["detected"] is not None]
     summary = {
         "kills": kills,
-        "orphaned_clients": sum(r["orphans"] for r in results),
-        "recovered_clients": sum(r["recovered"] for r in results),
+        **client_times(results),
         "detection_ms": detection_ms,
-        "p50_ms": round(statistics.median(times) * 1000, 1) if times else None,
-        "p99_ms": round(percentile(times, 0.99) * 1000, 1) if times else None,
-        "max_ms": round(max(times) * 1000, 1) if times else None,
         "other_clients_failed_requests": sum(r["other_clients_failed_requests"] for r in results),
         "detection_p50_ms": round(statistics.median(detections) * 1000, 1) if detections else None,
         "detection_max_ms": round(max(detections) * 1000, 1) if detections else None,
@@ -174,8 +195,7 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
         "kills_detail": results,
         "command": f"python -m bench.failover --kills {kills}",
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    write(out, summary)
     return summary
 
 

@@ -14,19 +14,15 @@ link comes back and the master takes the VIP back (preemption) before the next k
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.failover import CLIENTS, Feed, percentile
+from bench.failover import CLIENTS, Feed, client_times, start_load, write
 from bench.labrun import bench_lab
 from clusterip.lab.net import Lab, LabError
 
@@ -120,13 +116,7 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
         for k in lab.topo.node_indexes:
             start(lab, k, workdir)
         wait_holder(lab, 1, timeout=20)
-        duration = kills * 12 + 30
-        argv = [sys.executable, "-m", "clusterip.lab.load", "--vip", VRRP_VIP]
-        argv += ["--sources", lab.topo.client_range(), "--duration", str(duration)]
-        argv += ["--timeout", "0.1", "--pause", "0.05"]
-        load = lab.spawn(lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
-        feed = Feed()
-        threading.Thread(target=feed.read, args=(load,), daemon=True).start()
+        load, feed = start_load(lab, VRRP_VIP, kills * 12 + 30)
         time.sleep(2.0)
         for i in range(kills):
             r = one_kill(lab, feed, 1)
@@ -137,15 +127,10 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
             results.append(r)
         load.terminate()
         load.wait(timeout=10)
-    times = [t for r in results for t in r["times"]]
     summary = {
         "kills": kills,
         "advert_int_s": ADVERT_INT,
-        "orphaned_clients": sum(r["orphans"] for r in results),
-        "recovered_clients": sum(r["recovered"] for r in results),
-        "p50_ms": round(statistics.median(times) * 1000, 1) if times else None,
-        "p99_ms": round(percentile(times, 0.99) * 1000, 1) if times else None,
-        "max_ms": round(max(times) * 1000, 1) if times else None,
+        **client_times(results),
         "summary": (
             "keepalived VRRP, default timers (advert_int 1 s, master down after 3 adverts plus "
             "skew): from the master's link going down to each client's first answered request."
@@ -153,8 +138,7 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
         "kills_detail": results,
         "command": f"python -m bench.vrrp --kills {kills}",
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    write(out, summary)
     return summary
 
 
