@@ -1,9 +1,9 @@
 """`python -m bench`: run the data-plane benchmarks in a lab and write the report.
 
-    python -m bench                 # everything (~6-8 minutes on 2 cores)
-    python -m bench --quick         # shorter runs (~2 minutes), same figures, wider spread
+    python -m bench                 # everything (about 15 minutes on 2 cores)
+    python -m bench --quick         # fewer rounds and kills, same figures, wider intervals
     python -m bench --only throughput --only evenness
-    python -m bench --investigate all   # also the datapath variants (see bench/setups.py)
+    python -m bench --investigate all   # also the variants' cost per packet (bench/setups.py)
     python -m bench --only datapath --investigate all   # their cost per packet only
     python -m bench --report-only   # rewrite docs/ from bench/out/results.json
 
@@ -49,7 +49,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="short runs: about 2 minutes in all")
+    p.add_argument("--quick", action="store_true", help="fewer rounds and kills: wider intervals")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 2)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 20; quick 6)")
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")

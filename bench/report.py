@@ -153,8 +153,8 @@ def rerun_section(results: dict[str, Any]) -> str:
         "```sh",
         "make bench                       # = .venv/bin/python -m bench",
         f"{results['command']}   # this run",
-        ".venv/bin/python -m bench --quick                # ~2 minutes, wider spread",
-        ".venv/bin/python -m bench --investigate all      # plus the datapath variants",
+        ".venv/bin/python -m bench --quick                # fewer rounds, wider intervals",
+        ".venv/bin/python -m bench --investigate all      # plus the variants' cost per packet",
         ".venv/bin/python -m bench --report-only          # rewrite this page from bench/out/",
         "```",
         "",
@@ -250,50 +250,27 @@ def throughput_section(results: dict[str, Any], figs: dict[str, str]) -> str:
 
 
 def variants_section(results: dict[str, Any]) -> str:
-    tp = results.get("throughput") or {}
-    titles = {s["name"]: s["title"] for s in tp.get("setups", [])}
-    rows = []
-    for mode, data in tp.get("analysis", {}).items():
-        for name, r in data["setups"].items():
-            if name.startswith("var:") or name in ("ceiling", "vip"):
-                vs = r.get("vs_ceiling", {})
-                rows.append(
-                    [
-                        MODE_TITLES[mode],
-                        f"`{name}` {titles[name]}",
-                        rng(r["rps"]),
-                        ratio_cell(vs["rps"]) if vs else "1",
-                        ratio_cell(vs["norm_rps"]) if vs else "1",
-                    ]
-                )
+    """The datapath variants' cost per packet (`--investigate`), if measured."""
     pp = results.get("perpacket")
-    if not any(r[1].startswith("`var:") for r in rows) and not pp:
+    if not pp:
         return ""
-    text = (
-        "## Where the datapath's cost goes (variants)\n\n"
-        "Measured with `--investigate`: the same rounds, with rulesets loaded by hand on nodes "
-        "1-3 (`bench/setups.py`, `VARIANTS`).\n\n"
-        + table(["mode", "variant", "req/s", "vs ceiling", "vs ceiling, CPU-normalised"], rows)
-        if rows
-        else "## Where the datapath's cost goes (variants)\n\n"
-    )
-    if pp:
-        titles.update({s["name"]: s["title"] for s in pp.get("setups", [])})
-        prow = [
-            [
-                f"`{name}` {titles.get(name, '')}",
-                rng(r["ns_per_packet"]),
-                rng(r["extra_ns"]) if "extra_ns" in r else "(reference)",
-            ]
-            for name, r in pp["analysis"].items()
+    titles = {s["name"]: s["title"] for s in pp.get("setups", [])}
+    rows = [
+        [
+            f"`{name}` {titles.get(name, '')}",
+            rng(r["ns_per_packet"]),
+            rng(r["extra_ns"]) if "extra_ns" in r else "(reference)",
         ]
-        text += (
-            "\nCost per packet, flooded to nodes 1-3 (`perpacket.py`: trafgen, 256 UDP flows to "
-            "the VIP; whole path CPU time per packet, sender and switch included):\n\n"
-            + table(["set-up", "ns per packet", "extra over the ceiling (same round)"], prow)
-            + f"\nCommand: `{pp['trafgen']}`.\n"
-        )
-    return text
+        for name, r in pp["analysis"].items()
+    ]
+    return (
+        "## Where the datapath's cost goes (variants)\n\n"
+        "Measured with `--investigate` (rulesets loaded by hand on nodes 1-3: `bench/setups.py`, "
+        "`VARIANTS`). Cost per packet, flooded to nodes 1-3 (`perpacket.py`: trafgen, 256 UDP "
+        "flows to the VIP; whole path CPU time per packet, sender and switch included):\n\n"
+        + table(["set-up", "ns per packet", "extra over the ceiling (same round)"], rows)
+        + f"\nCommand: `{pp['trafgen']}`.\n"
+    )
 
 
 def foreign_section(results: dict[str, Any], figs: dict[str, str]) -> str:

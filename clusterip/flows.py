@@ -11,7 +11,6 @@ the same kernel-exact jhash as the datapath uses.
 from __future__ import annotations
 
 import ipaddress
-import json
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -19,6 +18,7 @@ from typing import Any, Protocol
 
 from clusterip.config import VipConfig
 from clusterip.hashing import flow_bucket
+from clusterip.nft import NftFirewall
 from clusterip.render import table_name
 
 Flow = tuple[str, int, int]  # client address, client port, bucket (1-based)
@@ -95,7 +95,7 @@ class SocketFlows:
     def __init__(self, *, udp: bool = True) -> None:
         self.udp = udp
         self._memo: dict[tuple[str, int, str, int, int], int] = {}
-        self._nft: Any = None
+        self._nft: NftFirewall | None = None  # its own netlink socket: used by a thread
 
     def per_bucket(self, cfg: VipConfig, modulus: int) -> dict[int, int]:
         return dict(Counter(b for _s, _p, b in self.flows(cfg, modulus)))
@@ -125,14 +125,9 @@ class SocketFlows:
 
     def _udp(self, cfg: VipConfig) -> list[tuple[str, int]]:
         if self._nft is None:
-            import nftables
-
-            self._nft = nftables.Nftables()
-            self._nft.set_json_output(True)
-        rc, out, _err = self._nft.cmd(f"list set netdev {table_name(cfg)} udp_seen")
-        if rc != 0 or not out:
-            return []  # no agent tables (static mode), or they are being replaced
-        return set_flows(json.loads(out).get("nftables", []))
+            self._nft = NftFirewall()
+        # None when there are no agent tables (static mode), or they are being replaced.
+        return set_flows(self._nft.list_objects(f"set netdev {table_name(cfg)} udp_seen"))
 
 
 class FakeFlows:

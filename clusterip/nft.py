@@ -73,10 +73,16 @@ class NftFirewall:
             family, name = words[1], words[2]
             objects.append({"table": {"family": family, "name": name}})
             for what in _PIECES.get(family, ()):
-                rc, out, _err = nft.cmd(f"list {what.format(family=family, name=name)}")
-                if rc == 0:  # absent piece (no port set), or the table vanished meanwhile
-                    objects.extend(o for o in json.loads(out)["nftables"] if "metainfo" not in o)
+                objects.extend(self.list_objects(what.format(family=family, name=name)))
         return objects
+
+    def list_objects(self, what: str) -> list[dict[str, Any]]:
+        """`nft -j list WHAT` as objects; none when it is absent (no port set, or the table
+        vanished meanwhile)."""
+        rc, out, _err = self._ctx().cmd(f"list {what}")
+        if rc != 0 or not out:
+            return []
+        return [o for o in json.loads(out)["nftables"] if "metainfo" not in o]
 
 
 # What state.parse_tables reads: the comment, the bucket map, counters, the port set.

@@ -12,7 +12,13 @@ from dataclasses import replace
 from clusterip.config import ConfigError, VipConfig
 from clusterip.link import Link
 from clusterip.nft import Firewall
-from clusterip.render import GUARD_PREFIX, Ownership, render, render_delete, render_update
+from clusterip.render import (
+    Ownership,
+    render,
+    render_delete,
+    render_guard_delete,
+    render_update,
+)
 from clusterip.state import VipState, parse_guards, parse_tables
 
 ADDR_FLAG = "addr=1"
@@ -104,10 +110,7 @@ class Node:
             return f"{vip} is not up here: nothing to do"
         ifname, mac = fields["if"], fields["mac"]
         mac = ":".join(mac[i : i + 2] for i in range(0, 12, 2))
-        name = GUARD_PREFIX + str(vip).replace(".", "_")
-        self.firewall.apply(
-            "".join(f"add table {f} {name}\ndelete table {f} {name}\n" for f in ("netdev", "arp"))
-        )
+        self.firewall.apply(render_guard_delete(vip))
         if mac in self.link.multicast_macs(ifname):
             self.link.del_multicast(ifname, mac)
         if fields.get("addr") == "1" and self.link.has_address(ifname, vip):

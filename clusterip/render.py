@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
 
 from clusterip.config import HASHMODES, ConfigError, VipConfig
 
@@ -243,12 +244,22 @@ def _accepting_chains(cfg: VipConfig, mode: str) -> str:
     )
 
 
+def _table_flags(owner: bool) -> str:
+    """For `add table`: every table statement of an owner table's batch must carry the flag
+    (one without it asks the kernel to clear `owner`, which it refuses)."""
+    return " { flags owner; }" if owner else ""
+
+
+def _drop_table(family: str, name: str, owner: bool = False) -> str:
+    """Delete a table if present (`add` first makes the delete work when it is absent)."""
+    return f"add table {family} {name}{_table_flags(owner)}\ndelete table {family} {name}\n"
+
+
 def _ip_table(cfg: VipConfig, owner: bool) -> str:
     """The socket check, present only while buckets are in transition."""
     name = table_name(cfg)
-    flags = " { flags owner; }" if owner else ""
     block_flags = "\tflags owner\n" if owner else ""
-    return f"""add table ip {name}{flags}
+    return f"""add table ip {name}{_table_flags(owner)}
 flush table ip {name}
 table ip {name} {{
 {block_flags}	counter midflow {{
@@ -271,12 +282,6 @@ table ip {name} {{
 """
 
 
-def _ip_delete(cfg: VipConfig, owner: bool) -> str:
-    name = table_name(cfg)
-    flags = " { flags owner; }" if owner else ""
-    return f"add table ip {name}{flags}\ndelete table ip {name}\n"
-
-
 def render(
     cfg: VipConfig,
     own: Ownership,
@@ -296,10 +301,7 @@ def render(
     dev = cfg.interface
     modulus = own.modulus
     note = comment(cfg, modulus, mode=mode, extra=note_extra)
-    flags = " flags owner;" if owner else ""
-    table_flags = " { flags owner; }" if owner else ""
-    # Every table statement of the batch must carry the flag: one without it asks the kernel to
-    # clear `owner`, which it refuses.
+    flags = " flags owner;" if owner else ""  # see _table_flags
     block_flags = "\n\tflags owner" if owner else ""
     dports = ""
     if cfg.dports:
@@ -316,7 +318,7 @@ def render(
             f"\t\tsize {UDP_FLOWS_MAX}\n\t}}"
         )
     rules = "\n".join(f"\t\t{r}" for r in vip_rules(cfg, modulus, kept=bool(own.kept)))
-    ip = _ip_table(cfg, owner) if own.in_transition else _ip_delete(cfg, owner)
+    ip = _ip_table(cfg, owner) if own.in_transition else _drop_table("ip", name, owner)
     fill = ""
     if own.owned or own.draining:
         fill += f"add element netdev {name} buckets {{ {_elements(bucket_verdicts(own))} }}\n"
@@ -325,7 +327,7 @@ def render(
     return f"""# clusterip: VIP {vip} on {dev} (generated, do not edit)
 add table netdev {name} {{ comment "{note}";{flags} }}
 flush table netdev {name}
-add table arp {name}{table_flags}
+add table arp {name}{_table_flags(owner)}
 flush table arp {name}
 {ip}table netdev {name} {{{block_flags}
 	counter accepted {{
@@ -395,7 +397,7 @@ def render_update(cfg: VipConfig, old: Ownership, new: Ownership, *, owner: bool
             for r in vip_rules(cfg, new.modulus, kept=bool(new.kept))
         )
     if old.in_transition and not new.in_transition:
-        out.append(_ip_delete(cfg, owner))
+        out.append(_drop_table("ip", name, owner))
     return "".join(out)
 
 
@@ -407,22 +409,16 @@ FAMILIES = ("netdev", "arp", "ip")
 
 
 def render_delete(cfg: VipConfig, *, owner: bool = False) -> str:
-    """Remove the tables of a VIP (and nothing else) in one transaction, if present.
-
-    `add` first makes the delete work when a table is absent; for the agent's own tables the
-    `add` must repeat the owner flag (see render).
-    """
-    name = table_name(cfg)
-    flags = " { flags owner; }" if owner else ""
-    return "".join(f"add table {f} {name}{flags}\ndelete table {f} {name}\n" for f in FAMILIES)
+    """Remove the tables of a VIP (and nothing else) in one transaction, if present."""
+    return "".join(_drop_table(f, table_name(cfg), owner) for f in FAMILIES)
 
 
 GUARD_PREFIX = TABLE_PREFIX + "guard_"
 GUARD_PRIORITY = INGRESS_PRIORITY + 100
 
 
-def guard_name(cfg: VipConfig) -> str:
-    return GUARD_PREFIX + str(cfg.vip).replace(".", "_")
+def guard_name(vip: IPv4Address) -> str:
+    return GUARD_PREFIX + str(vip).replace(".", "_")
 
 
 def render_guard(cfg: VipConfig, note_extra: str = "") -> str:
@@ -434,11 +430,11 @@ def render_guard(cfg: VipConfig, note_extra: str = "") -> str:
     still `multicast`), the arp one keeps rewriting ARP, so a node whose agent died never
     answers for the VIP, not even UDP, and never teaches a client its own MAC for it.
     """
-    name = guard_name(cfg)
+    name = guard_name(cfg.vip)
     vip = str(cfg.vip)
     dev = cfg.interface
     note = comment(cfg, 0, mode="guard", extra=note_extra)
-    return f"""{render_guard_delete(cfg)}table netdev {name} {{
+    return f"""{render_guard_delete(cfg.vip)}table netdev {name} {{
 	chain ingress {{
 		type filter hook ingress device "{dev}" priority {GUARD_PRIORITY}; policy accept;
 		ip daddr {vip} meta pkttype != host drop comment "{note}"
@@ -453,6 +449,6 @@ table arp {name} {{
 """
 
 
-def render_guard_delete(cfg: VipConfig) -> str:
-    name = guard_name(cfg)
-    return "".join(f"add table {f} {name}\ndelete table {f} {name}\n" for f in ("netdev", "arp"))
+def render_guard_delete(vip: IPv4Address) -> str:
+    """Remove the guard tables of `vip`, if present (also what a killed agent left)."""
+    return "".join(_drop_table(f, guard_name(vip)) for f in ("netdev", "arp"))

@@ -65,12 +65,13 @@ class Ownership:
         self._digest = b""
         self._history: dict[bytes, Mapping[int, int]] = {}  # recent views: digest -> members
         self._target: frozenset[int] = frozenset()
-        self._held: set[int] = set()
+        self._held: frozenset[int] = frozenset()  # replaced, never mutated: stable identity
         self._pending: dict[int, _Pending] = {}
 
     @property
     def held(self) -> frozenset[int]:
-        return frozenset(self._held)
+        """The same object until the held buckets change (callers may compare by identity)."""
+        return self._held
 
     @property
     def pending(self) -> frozenset[int]:
@@ -123,7 +124,8 @@ class Ownership:
         gone = self._held - self._target
         owners = self.owners() if gone else ()
         lost = {b: (owners[b] if owners else None) for b in gone}
-        self._held -= lost.keys()
+        if lost:
+            self._held = self._held - frozenset(lost)
         gained: dict[int, int | None] = {}
         orphaned: set[int] = set()
         timed_out: dict[int, int] = {}
@@ -140,10 +142,11 @@ class Ownership:
             if prev is None or prev.incarnation != wait.incarnation:
                 orphaned.add(b)
             del self._pending[b]
-        self._held |= gained.keys()
+        if gained:
+            self._held = self._held | frozenset(gained)
         change = None
         if gained or lost:
-            change = OwnershipChanged(frozenset(self._held), gained, frozenset(orphaned), lost)
+            change = OwnershipChanged(self._held, gained, frozenset(orphaned), lost)
         return Settled(change, timed_out)
 
     def _holders(self, peers: Mapping[int, PeerStatus]) -> Callable[[int], list[int]]:

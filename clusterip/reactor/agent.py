@@ -308,7 +308,7 @@ class Agent:
         h = unit.handover
         kept = unit.kept.current(now)
         if (
-            (raw is unit.last_raw or raw == unit.last_raw)  # the membership may hand out copies
+            raw is unit.last_raw  # the membership hands out a new set only when it changes
             and kept == unit.kept_applied
             and not h.draining
             and not h.waiting(now)

@@ -85,7 +85,7 @@ class AgentDatapath:
         """Graceful: remove the tables, the guard, the MAC and the address this agent added."""
         cfg = self.cfg
         try:
-            self.firewall.apply(render_delete(cfg, owner=True) + render_guard_delete(cfg))
+            self.firewall.apply(render_delete(cfg, owner=True) + render_guard_delete(cfg.vip))
         finally:
             if cfg.clustermac in self.link.multicast_macs(cfg.interface):
                 self.link.del_multicast(cfg.interface, cfg.clustermac)

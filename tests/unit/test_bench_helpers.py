@@ -214,3 +214,12 @@ def test_vrrp_baseline_configuration() -> None:
     prios = [int(re.search(r"priority (\d+)", c)[1]) for c in confs]  # type: ignore[index]
     assert prios == sorted(prios, reverse=True) and len(set(prios)) == 3  # n1 is the master
     assert all(f"{vrrp.VRRP_VIP}/32 dev eth0" in c and "advert_int 1" in c for c in confs)
+
+
+def test_median_interval_by_order_statistics() -> None:
+    # The textbook ranks: n=10 -> x(2), x(9); n=30 -> x(10), x(21) (95%).
+    assert stats.median_ci(range(1, 11)) == (2.0, 9.0)
+    assert stats.median_ci(range(1, 31)) == (10.0, 21.0)
+    assert stats.median_ci([5, 1, 3]) == (1.0, 5.0)  # too few values for 95%: the whole range
+    s = stats.summarize([float(v) for v in range(1, 31)])
+    assert s.to_dict()["ci95"] == [10.0, 21.0]
