@@ -6,7 +6,7 @@ DEBS   := nftables python3-nftables python3-venv iproute2 iputils-ping nginx-lig
           netsniff-ng keepalived
 PYTEST ?= $(PY) -m pytest
 
-.PHONY: setup demo test test-unit test-lab lint bench clean
+.PHONY: setup demo test test-unit test-lab lint check bench clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml scripts/setup-debs.sh Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m clusterip.demo
+	$(PY) -m clusterip.lab.demo
 
 test: setup
 	$(PYTEST) -q
@@ -33,6 +33,9 @@ lint: setup
 	$(VENV)/bin/ruff check clusterip tests bench
 	$(VENV)/bin/ruff format --check clusterip tests bench
 	$(VENV)/bin/mypy
+
+# What CI runs (.ci/run), the same for developers: lint, types, then every test.
+check: lint test
 
 bench: setup
 	$(PY) -m bench

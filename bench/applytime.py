@@ -16,8 +16,9 @@ import time
 from collections.abc import Sequence
 
 from clusterip.config import build
+from clusterip.core.ownership import Ownership
 from clusterip.nft import NftFirewall
-from clusterip.render import Ownership, render, render_delete
+from clusterip.render import render, render_delete
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 Flows per node are computed with `clusterip.hashing.flow_bucket`, the kernel's jhash bit for
 bit, over a fixed pseudo-random set of flows, and a sample is confirmed in the lab (each
 request's answering node against the prediction). Buckets per node come from the agent's
-`clusterip.agent.assign.assign` when it is importable, else the rows are marked pending.
+`clusterip.core.assign.assign` when it is importable, else the rows are marked pending.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def owner_of(owners: Sequence[int]) -> Callable[[int], int]:
 
 def load_assign() -> AssignFn | None:
     try:
-        from clusterip.agent.assign import assign
+        from clusterip.core.assign import assign
     except ImportError:
         return None
     fn: AssignFn = assign
@@ -75,7 +75,7 @@ def load_assign() -> AssignFn | None:
 
 def agent_buckets() -> int:
     try:
-        from clusterip.agent.assign import DEFAULT_BUCKETS
+        from clusterip.core.assign import DEFAULT_BUCKETS
     except ImportError:
         return 4096
     return int(DEFAULT_BUCKETS)
@@ -113,7 +113,7 @@ def agent_tables(seed: int, count: int) -> dict[str, Any]:
     """With the agent's assignment: buckets per node, and flows per node (random clients)."""
     assign = load_assign()
     if assign is None:
-        return {"status": "pending", "reason": "clusterip.agent.assign is not importable"}
+        return {"status": "pending", "reason": "clusterip.core.assign is not importable"}
     buckets = agent_buckets()
     flows = make_flows(count)
     by_mode = {m: buckets_of(hashes_of(flows, m, seed), buckets) for m in HASHMODES}

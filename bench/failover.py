@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.labrun import bench_lab
+from clusterip.core.defaults import INTERVAL_MS as DEFAULT_INTERVAL_MS
+from clusterip.core.defaults import TOLERANCE as DEFAULT_TOLERANCE
 from clusterip.lab.agents import KEY, Agents
 from clusterip.lab.net import Lab
-from clusterip.reactor.settings import DEFAULT_INTERVAL_MS, DEFAULT_TOLERANCE
 
 CLIENTS = 30
 

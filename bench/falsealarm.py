@@ -24,14 +24,15 @@ from typing import Any
 
 from bench.failover import down_times
 from bench.labrun import bench_lab
+from clusterip.core.defaults import INTERVAL_MS as DEFAULT_INTERVAL_MS
+from clusterip.core.defaults import TOLERANCE as DEFAULT_TOLERANCE
 from clusterip.lab.agents import KEY, Agents
 from clusterip.lab.net import Lab
-from clusterip.reactor.settings import DEFAULT_INTERVAL_MS, DEFAULT_TOLERANCE
 from clusterip.reactor.transport import DEFAULT_GROUP, DEFAULT_PORT
 
 LISTEN = r"""
 import json, socket, struct, sys, time
-from clusterip.agent.wire import peek
+from clusterip.core.wire import peek
 group, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -69,7 +69,7 @@ def evenness_section(results: dict[str, Any], figs: dict[str, str]) -> str:
         ]
         worst = max(ag["rows"], key=lambda r: r["buckets_max_over_mean"])
         text += (
-            f"\nWith the agent's assignment (`clusterip.agent.assign.assign`, "
+            f"\nWith the agent's assignment (`clusterip.core.assign.assign`, "
             f"{ag['buckets']} buckets, equal weights), all node counts 2-64 computed; the "
             f"worst is {worst['buckets_max_over_mean']:.4f} at {worst['nodes']} nodes:\n\n"
             + table(

@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from clusterip.config import VipConfig
+from clusterip.core.ownership import Ownership
 from clusterip.lab.net import Lab, LabError
-from clusterip.render import INGRESS_PRIORITY, Ownership, render
+from clusterip.render import INGRESS_PRIORITY, render
 
 SERVING = (1, 2, 3)
 CEILING_VIP = "198.18.0.101"  # the lab's VIP is 198.18.0.100; nodes are .1-.4, clients .1.x

@@ -1,7 +1,7 @@
 """Live flows per bucket on this node: its TCP sockets, and the UDP flows its datapath saw.
 
 A draining bucket is done when this node has no live flow in it; the flows it keeps are
-announced to the other nodes (clusterip.reactor.kept). No conntrack: TCP flows are the
+announced to the other nodes (clusterip.core.kept). No conntrack: TCP flows are the
 kernel's own sockets (/proc/net/tcp of this namespace, a text read of a few milliseconds for
 thousands of sockets), UDP flows the agent's `udp_seen` set, which the datapath refreshes on
 every packet of an owned bucket (clusterip.render). The bucket of each flow is computed with

@@ -10,10 +10,10 @@ import ipaddress
 from dataclasses import replace
 
 from clusterip.config import ConfigError, VipConfig
+from clusterip.core.ownership import Ownership
 from clusterip.link import Link
 from clusterip.nft import Firewall
 from clusterip.render import (
-    Ownership,
     render,
     render_delete,
     render_guard_delete,

@@ -21,11 +21,11 @@ ip      only while a bucket is in transition. A TCP packet that is not a bare SY
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
 from clusterip.config import HASHMODES, ConfigError, VipConfig
+from clusterip.core import defaults
+from clusterip.core.ownership import Ownership
 
 TABLE_PREFIX = "clusterip_"
 COMMENT_MAGIC = "clusterip/1"
@@ -43,96 +43,8 @@ ORPHAN_MARK = 0x0C1EA0A1
 BARE_SYN = "tcp flags & (syn | ack) == syn"
 # Agents keep UDP flows of a draining bucket: the flows this node served lately, kept in a set
 # that the datapath refreshes (the kernel's own conntrack UDP timeout is 30 s unreplied).
-UDP_FLOW_TIMEOUT = 30
+UDP_FLOW_TIMEOUT = defaults.UDP_FLOW_TIMEOUT
 UDP_FLOWS_MAX = 65536
-
-
-@dataclass(frozen=True)
-class Ownership:
-    """Which buckets (1..modulus) this node serves.
-
-    owned     new connections and established flows;
-    guarded   subset of owned: moved here from a live node, whose flows stay there; mid-flow TCP
-              without a socket here is dropped, never answered with a RST;
-    orphaned  subset of owned: taken over from a dead node; mid-flow TCP without a socket here
-              gets the stack's RST at once;
-    draining  only this node's established flows (the bucket moved away, its flows stay);
-    kept      (client address, client port) of flows other live nodes keep while they drain:
-              dropped here whatever their bucket, never accepted nor reset.
-    """
-
-    modulus: int
-    owned: frozenset[int] = field(default_factory=frozenset)
-    draining: frozenset[int] = field(default_factory=frozenset)
-    orphaned: frozenset[int] = field(default_factory=frozenset)
-    kept: frozenset[tuple[str, int]] = field(default_factory=frozenset)
-    guarded: frozenset[int] = field(default_factory=frozenset)
-
-    def __post_init__(self) -> None:
-        for name, values in (
-            ("owned", self.owned),
-            ("draining", self.draining),
-            ("orphaned", self.orphaned),
-            ("guarded", self.guarded),
-        ):
-            bad = [b for b in values if not 1 <= b <= self.modulus]
-            if bad:
-                raise ConfigError(f"bad {name} bucket {bad[0]}: expected 1 to {self.modulus}")
-        if self.owned & self.draining:
-            raise ConfigError(
-                f"buckets {sorted(self.owned & self.draining)} both owned and draining"
-            )
-        for name, values in (("orphaned", self.orphaned), ("guarded", self.guarded)):
-            if not values <= self.owned:
-                raise ConfigError(f"{name} buckets {sorted(values - self.owned)} are not owned")
-        if self.orphaned & self.guarded:
-            raise ConfigError(
-                f"buckets {sorted(self.orphaned & self.guarded)} both orphaned and guarded"
-            )
-
-    @classmethod
-    def of(
-        cls,
-        modulus: int,
-        owned: Iterable[int] = (),
-        draining: Iterable[int] = (),
-        orphaned: Iterable[int] = (),
-        guarded: Iterable[int] = (),
-    ) -> Ownership:
-        return cls(
-            modulus,
-            frozenset(owned),
-            frozenset(draining),
-            frozenset(orphaned),
-            guarded=frozenset(guarded),
-        )
-
-    def take(self, bucket: int, *, guard: bool = True) -> Ownership:
-        """Own `bucket`; guarded (unless `guard` is False) while the previous owner's flows
-        may still be alive elsewhere."""
-        if bucket in self.owned:
-            return self
-        guarded = self.guarded | {bucket} if guard else self.guarded
-        return replace(
-            self, owned=self.owned | {bucket}, draining=self.draining - {bucket}, guarded=guarded
-        )
-
-    def release(self, bucket: int, *, keep_flows: bool = True) -> Ownership:
-        draining = (
-            self.draining | {bucket} if keep_flows and bucket in self.owned else self.draining
-        )
-        return replace(
-            self,
-            owned=self.owned - {bucket},
-            draining=draining,
-            orphaned=self.orphaned - {bucket},
-            guarded=self.guarded - {bucket},
-        )
-
-    @property
-    def in_transition(self) -> bool:
-        """Whether any bucket needs the socket check at prerouting (the ip table)."""
-        return bool(self.draining or self.guarded or self.orphaned)
 
 
 def table_name(cfg: VipConfig) -> str:
@@ -212,7 +124,7 @@ def vip_rules(cfg: VipConfig, modulus: int, *, kept: bool) -> list[str]:
 
 
 def _tracks_udp(cfg: VipConfig, mode: str) -> bool:
-    """Only agents announce the flows they keep (clusterip.reactor.kept), so only agents can
+    """Only agents announce the flows they keep (clusterip.core.kept), so only agents can
     keep UDP: elsewhere the new owner would answer the old owner's UDP flows too."""
     return mode == "agent" and cfg.protocol in ("udp", "all")
 

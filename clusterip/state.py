@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterip.config import HASHMODES, VipConfig
-from clusterip.render import COMMENT_MAGIC, GUARD_PREFIX, TABLE_PREFIX, Ownership
+from clusterip.core.ownership import Ownership
+from clusterip.render import COMMENT_MAGIC, GUARD_PREFIX, TABLE_PREFIX
 
 
 class StateError(RuntimeError):

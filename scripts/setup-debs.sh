@@ -12,11 +12,20 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "setup: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
+# policy-rc.d keeps package scripts from starting nginx/haproxy/keepalived on the host. It is
+# removed on every exit path (a failed apt-get included), and only if this script added it.
+policy=${POLICY_RC_D:-/usr/sbin/policy-rc.d}
+added=0
+cleanup() {
+    [ "$added" = 1 ] && rm -f "$policy"
+    return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod +x "$policy"
+    added=1
+fi
 apt-get update -q
-# policy-rc.d keeps package scripts from starting nginx/haproxy/keepalived on the host.
-printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.clusterip
-chmod +x /usr/sbin/policy-rc.d.clusterip
-if [ ! -e /usr/sbin/policy-rc.d ]; then cp /usr/sbin/policy-rc.d.clusterip /usr/sbin/policy-rc.d; added=1; else added=0; fi
 apt-get install -y -q --no-install-recommends $missing
-[ "$added" = 1 ] && rm -f /usr/sbin/policy-rc.d
-rm -f /usr/sbin/policy-rc.d.clusterip

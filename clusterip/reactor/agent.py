@@ -23,29 +23,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from clusterip.agent.assign import assign
-from clusterip.agent.events import Notice, OwnershipChanged, PeerDown, PeerUp, StateChanged
-from clusterip.agent.membership import Membership
-from clusterip.agent.params import Cluster, Params
-from clusterip.agent.wire import Kept, Malformed, MsgType, Rejected, peek, unpack
 from clusterip.config import VipConfig
+from clusterip.core import defaults
+from clusterip.core.assign import assign
+from clusterip.core.events import Notice, OwnershipChanged, PeerDown, PeerUp, StateChanged
+from clusterip.core.handover import Handover
+from clusterip.core.kept import Announcer, KeptBook
+from clusterip.core.membership import Membership
+from clusterip.core.ownership import Ownership
+from clusterip.core.params import Cluster, Params
+from clusterip.core.wire import Kept, Malformed, MsgType, Rejected, peek, unpack
 from clusterip.flows import FlowSource
 from clusterip.link import Link
 from clusterip.nft import Firewall
 from clusterip.reactor.control import ControlServer
 from clusterip.reactor.datapath import AgentDatapath
 from clusterip.reactor.flowwatch import FlowWatcher
-from clusterip.reactor.handover import Handover
-from clusterip.reactor.kept import Announcer, KeptBook
 from clusterip.reactor.metrics import Metrics
 from clusterip.reactor.notify import Notifier
 from clusterip.reactor.settings import AgentSettings
 from clusterip.reactor.transport import Transport, UdpTransport
-from clusterip.render import Ownership
 
-log = logging.getLogger("clusterip.agent")
-LEAVE_REPEAT = 3
-FLOW_CHECK_EVERY = 1.0
+log = logging.getLogger("clusterip.core")
+LEAVE_REPEAT = defaults.LEAVE_REPEAT
+FLOW_CHECK_EVERY = defaults.FLOW_CHECK_EVERY
 
 
 @dataclass

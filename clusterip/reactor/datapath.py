@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 
 from clusterip.config import VipConfig
+from clusterip.core.ownership import Ownership
 from clusterip.link import Link
 from clusterip.nft import Firewall
 from clusterip.render import (
-    Ownership,
     render,
     render_delete,
     render_guard,
@@ -24,7 +24,7 @@ from clusterip.render import (
     render_update,
 )
 
-log = logging.getLogger("clusterip.agent")
+log = logging.getLogger("clusterip.core")
 ADDR_FLAG = "addr=1"
 
 

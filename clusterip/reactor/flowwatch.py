@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from clusterip.config import VipConfig
 from clusterip.flows import Flow, FlowSource
 
-log = logging.getLogger("clusterip.agent")
+log = logging.getLogger("clusterip.core")
 
 Measurement = tuple[float, dict[int, int]]  # (taken at, live flows per bucket)
 

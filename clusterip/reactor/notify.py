@@ -7,7 +7,7 @@ import shlex
 import subprocess
 from collections.abc import Sequence
 
-log = logging.getLogger("clusterip.agent")
+log = logging.getLogger("clusterip.core")
 
 
 class Notifier:

@@ -8,29 +8,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterip.config import ConfigError, read_toml
-from clusterip.reactor.transport import DEFAULT_GROUP, DEFAULT_PORT, parse_group
+from clusterip.core import defaults as d
+from clusterip.core.defaults import SETTING_KEYS
+from clusterip.reactor.transport import parse_group
 
-DEFAULT_INTERVAL_MS = 50
-DEFAULT_TOLERANCE = 5
-DEFAULT_DRAIN_TIMEOUT = 300.0
-MAX_NODE_ID = 255  # the wire format carries one byte (clusterip.agent.wire)
+__all__ = ["SETTING_KEYS", "AgentSettings", "build_settings", "settings_from_toml"]
 
 
 @dataclass(frozen=True)
 class AgentSettings:
     node_id: int
     key_file: str
-    weight: int = 1
-    buckets: int = 4096
-    interval: float = DEFAULT_INTERVAL_MS / 1000
-    tolerance: int = DEFAULT_TOLERANCE
+    weight: int = d.WEIGHT
+    buckets: int = d.BUCKETS
+    interval: float = d.INTERVAL_MS / 1000
+    tolerance: int = d.TOLERANCE
     peers: tuple[str, ...] = ()
-    group: str = DEFAULT_GROUP
-    port: int = DEFAULT_PORT
+    group: str = d.GROUP
+    port: int = d.PORT
     notify: str | None = None
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    drain_timeout: float = d.DRAIN_TIMEOUT
+    restart_grace: float = d.RESTART_GRACE
     metrics: str | None = None
-    realtime: int = 10  # SCHED_RR priority of the agent; 0: normal scheduling
+    realtime: int = d.REALTIME  # SCHED_RR priority of the agent; 0: normal scheduling
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -64,17 +64,18 @@ def build_settings(
     *,
     node_id: Any,
     key_file: Any,
-    weight: Any = 1,
-    buckets: Any = 4096,
-    interval_ms: Any = DEFAULT_INTERVAL_MS,
-    tolerance: Any = DEFAULT_TOLERANCE,
+    weight: Any = d.WEIGHT,
+    buckets: Any = d.BUCKETS,
+    interval_ms: Any = d.INTERVAL_MS,
+    tolerance: Any = d.TOLERANCE,
     peers: Any = (),
-    group: Any = DEFAULT_GROUP,
-    port: Any = DEFAULT_PORT,
+    group: Any = d.GROUP,
+    port: Any = d.PORT,
     notify: Any = None,
-    drain_timeout: Any = DEFAULT_DRAIN_TIMEOUT,
+    drain_timeout: Any = d.DRAIN_TIMEOUT,
+    restart_grace: Any = d.RESTART_GRACE,
     metrics: Any = None,
-    realtime: Any = 10,
+    realtime: Any = d.REALTIME,
 ) -> AgentSettings:
     if node_id is None:
         raise ConfigError("missing --node-id (a small integer unique in the cluster, 1 to 255)")
@@ -97,10 +98,10 @@ def build_settings(
             except ValueError:
                 raise ConfigError(f"bad metrics address {metrics!r}: expected ADDR:PORT") from None
     return AgentSettings(
-        node_id=_int(node_id, "node id", 1, MAX_NODE_ID),
+        node_id=_int(node_id, "node id", 1, d.MAX_NODE_ID),
         key_file=str(key_file),
-        weight=_int(weight, "weight", 0, 1000),
-        buckets=_int(buckets, "bucket count", 1, 65535),
+        weight=_int(weight, "weight", 0, d.MAX_WEIGHT),
+        buckets=_int(buckets, "bucket count", 1, d.MAX_BUCKETS),
         interval=_int(interval_ms, "heartbeat interval (ms)", 5, 10_000) / 1000,
         tolerance=_int(tolerance, "tolerance (missed heartbeats)", 2, 100),
         peers=tuple(peer_list),
@@ -108,26 +109,10 @@ def build_settings(
         port=_int(port, "heartbeat port", 1, 65535),
         notify=str(notify) if notify else None,
         drain_timeout=_float(drain_timeout, "drain timeout (s)", 0.0, 86400.0),
+        restart_grace=_float(restart_grace, "restart grace (s)", 0.0, 600.0),
         metrics=str(metrics) if metrics else None,
         realtime=_int(realtime, "realtime priority", 0, 99),
     )
-
-
-SETTING_KEYS = (
-    "node_id",
-    "key_file",
-    "weight",
-    "buckets",
-    "interval_ms",
-    "tolerance",
-    "peers",
-    "group",
-    "port",
-    "notify",
-    "drain_timeout",
-    "metrics",
-    "realtime",
-)
 
 
 def settings_from_toml(path: str, overrides: Mapping[str, Any]) -> AgentSettings:

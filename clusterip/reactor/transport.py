@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from clusterip.config import ConfigError
+from clusterip.core import defaults
 
-DEFAULT_GROUP = "224.0.0.199"
-DEFAULT_PORT = 5405 + 199  # away from corosync's 5404-5405 and VRRP (IP proto 112)
+DEFAULT_GROUP = defaults.GROUP
+DEFAULT_PORT = defaults.PORT
 MAX_DATAGRAM = 2048
 
 

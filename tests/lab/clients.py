@@ -141,8 +141,8 @@ def finish_loop(proc: Any, timeout: float = 60) -> list[tuple[str, float, float,
 FORGE = r"""
 import ipaddress, socket, struct, sys, time
 from clusterip import config
-from clusterip.agent.fingerprint import fingerprint, key_id
-from clusterip.agent.wire import Heartbeat
+from clusterip.core.fingerprint import fingerprint, key_id
+from clusterip.core.wire import Heartbeat
 vip, group, port, keyfile = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 key = open(keyfile, "rb").read().rstrip()
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -172,7 +172,7 @@ for _ in range(5):
     for data in forged.values():
         s.sendto(data, (group, port))
     time.sleep(0.05)
-from clusterip.agent.wire import peek
+from clusterip.core.wire import peek
 print(peek(captured).node_id)
 """
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from clusterip.lab.cli import lab as lab_cli
+from clusterip.cli.lab import lab as lab_cli
 from clusterip.lab.net import Lab, LabError, Pyroute2Ops
 from clusterip.lab.records import pids_in_netns, proc_start_time
 from clusterip.lab.topo import LabTopo

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clusterip.agent.events import OwnershipChanged
-from clusterip.reactor.handover import GUARD_TIME, ORPHAN_RESET_DELAY, Handover
+from clusterip.core.events import OwnershipChanged
+from clusterip.core.handover import GUARD_TIME, ORPHAN_RESET_DELAY, Handover
 
 B = 64
 
@@ -63,10 +63,10 @@ def test_kept_flows_book_and_announcer() -> None:
     import ipaddress
 
     from clusterip import config
-    from clusterip.agent.params import Cluster
-    from clusterip.agent.replay import ReplayGuard
-    from clusterip.agent.wire import MAX_KEPT, Replay, unpack
-    from clusterip.reactor.kept import KEPT_TTL, Announcer, KeptBook
+    from clusterip.core.kept import KEPT_TTL, Announcer, KeptBook
+    from clusterip.core.params import Cluster
+    from clusterip.core.replay import ReplayGuard
+    from clusterip.core.wire import MAX_KEPT, Replay, unpack
 
     cfg = config.build(vip="198.18.0.100", interface="eth0", total_nodes=1)
     cluster = Cluster.create(cfg, b"k" * 16, buckets=B)

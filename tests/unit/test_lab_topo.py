@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from clusterip.cli.lab import lab as lab_cli
 from clusterip.config import ConfigError
-from clusterip.lab.cli import lab as lab_cli
 from clusterip.lab.net import Lab, LabError, MemoryNetOps, NoSuchLab, StateStore
 from clusterip.lab.probe import (
     ProbeRecord,

@@ -9,16 +9,16 @@ import pytest
 
 from clusterip import config
 from clusterip.config import ConfigError
+from clusterip.core.handover import ORPHAN_RESET_DELAY
+from clusterip.core.ownership import Ownership
 from clusterip.flows import FakeFlows
 from clusterip.link import FakeLink
 from clusterip.nft import RecordingFirewall
 from clusterip.reactor.agent import Agent
 from clusterip.reactor.datapath import AgentDatapath
-from clusterip.reactor.handover import ORPHAN_RESET_DELAY
 from clusterip.reactor.keyfile import read_key
 from clusterip.reactor.settings import AgentSettings, build_settings
 from clusterip.reactor.transport import MemoryHub
-from clusterip.render import Ownership
 
 KEY = b"0123456789abcdef0123456789abcdef"
 
@@ -148,7 +148,7 @@ def test_agent_config_file_and_notify(tmp_path: Path) -> None:
     import sys
     import time
 
-    from clusterip.reactor.cli import _agent_configs
+    from clusterip.cli.options import configs_from
     from clusterip.reactor.notify import Notifier
     from clusterip.reactor.settings import settings_from_toml
 
@@ -157,7 +157,7 @@ def test_agent_config_file_and_notify(tmp_path: Path) -> None:
         '[agent]\nnode_id = 3\nkey_file = "/etc/k"\nweight = 2\ninterval_ms = 40\n'
         '[[vip]]\nvip = "198.18.0.100"\ninterface = "eth0"\nprotocol = "tcp"\ndport = 80\n'
     )
-    (cfg_,) = _agent_configs({"config_file": str(path)})
+    (cfg_,) = configs_from({"config_file": str(path)}, known_extra=("agent",), agent=True)
     assert cfg_.dports == (80,) and cfg_.protocol == "tcp"
     s = settings_from_toml(str(path), {"weight": "5"})  # a flag wins over the file
     assert (s.node_id, s.weight, s.interval, s.tolerance) == (3, 5, 0.04, 5)

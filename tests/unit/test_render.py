@@ -1,7 +1,8 @@
 import pytest
 
 from clusterip import config
-from clusterip.render import Ownership, render, render_delete, render_update, table_name
+from clusterip.core.ownership import Ownership
+from clusterip.render import render, render_delete, render_update, table_name
 from tests.conftest import check_golden
 
 CASES = {

@@ -15,8 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from clusterip import config
+from clusterip.core.ownership import Ownership
 from clusterip.nft import NftFirewall
-from clusterip.render import Ownership, render
+from clusterip.render import render
 
 NS = f"cipgolden{os.getpid()}"
 

@@ -1,0 +1,216 @@
+"""Static mode (CLUSTERIP's job): up, down, status, take, release, which, import-iptables.
+
+Thin: parse flags, call Node, print.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from clusterip import config as cfgmod
+from clusterip.cli.options import configs_from, fail, vip_options
+from clusterip.hashing import flow_bucket
+
+
+def _node() -> Any:
+    from clusterip.link import NetlinkLink
+    from clusterip.nft import NftFirewall
+    from clusterip.node import Node
+
+    return Node(NftFirewall(), NetlinkLink())
+
+
+@click.command()
+@vip_options
+def up(**params: Any) -> None:
+    """Answer for a VIP as node K of N (iptables ... -j CLUSTERIP --new ...)."""
+    configs = configs_from(params)
+    node = _node()
+    for cfg in configs:
+        node.link.check_interface(cfg.interface)
+    for cfg in configs:
+        click.echo(node.up(cfg))
+
+
+@click.command()
+@click.option("--vip", metavar="ADDR", help="the VIP to take down (default: all static VIPs)")
+@click.option("-c", "--config", "config_file", metavar="FILE", help="take down the file's VIPs")
+def down(vip: str | None, config_file: str | None) -> None:
+    """Remove what `up` added: rules, VIP address, multicast MAC. Nothing else."""
+    node = _node()
+    if vip and config_file:
+        fail("give either --vip or -c FILE, not both")
+    if vip:
+        vips = [cfgmod.parse_vip(vip)[0]]
+    elif config_file:
+        vips = [c.vip for c in cfgmod.load_toml(config_file)]
+    else:
+        vips = [s.config.vip for s in node.states() if s.mode == "static"]
+        if not vips:
+            click.echo("no VIP is up here: nothing to do")
+    for addr in vips:
+        click.echo(node.down(addr))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(as_json: bool) -> None:
+    """Per VIP: interface, MAC, hashmode, nodes this node answers for, counters."""
+    from clusterip.flows import SocketFlows
+    from clusterip.reactor.control import NoAgent, request
+
+    try:
+        agent_doc: dict[str, Any] | None = request("status")
+    except NoAgent:
+        agent_doc = None
+    states = _node().states()
+    docs = list(agent_doc["vips"]) if agent_doc else []
+    for st in states:
+        if st.mode == "agent":
+            continue  # the agent's own report above is richer
+        doc = st.to_json()
+        flows = SocketFlows(udp=False).per_bucket(st.config, st.ownership.modulus)
+        doc["flows"] = {str(b): n for b, n in sorted(flows.items())}
+        docs.append(doc)
+    if as_json:
+        out: dict[str, Any] = {"vips": docs}
+        if agent_doc:
+            out["agent"] = agent_doc["agent"]
+        click.echo(json.dumps(out, indent=2))
+        return
+    if not docs:
+        click.echo("no VIP is up here")
+    if agent_doc:
+        _print_agent(agent_doc)
+    for d in docs:
+        if d["mode"] == "agent":
+            continue
+        ports = ",".join(str(p) for p in d["dports"]) or "any"
+        click.echo(
+            f"{d['vip']} on {d['interface']}  mac {d['clustermac']}  {d['hashmode']}  "
+            f"{d['protocol']} port {ports}  ({d['mode']})"
+        )
+        owned = ",".join(str(b) for b in d["owned"]) or "none"
+        line = f"  node(s) {owned} of {d['total_nodes']}"
+        if d["draining"]:
+            line += f"; keeping established flows of {','.join(map(str, d['draining']))}"
+        if d.get("guarded"):
+            line += f"; leaving the previous owner's flows of {','.join(map(str, d['guarded']))}"
+        click.echo(line)
+        if d["flows"]:
+            click.echo(
+                "  live TCP flows per node number: "
+                + "  ".join(f"{b}: {n}" for b, n in d["flows"].items())
+            )
+        counters = d["counters"]
+        click.echo(
+            "  packets: " + "  ".join(f"{name} {c['packets']}" for name, c in counters.items())
+        )
+
+
+def _print_agent(doc: dict[str, Any]) -> None:
+    a = doc["agent"]
+    click.echo(
+        f"agent: node {a['node_id']}, weight {a['weight']}, up {a['uptime_s']} s, heartbeat "
+        f"{a['interval_ms']} ms, dead after {a['detection_ms']} ms"
+        + (", DRAINING" if a["draining"] else "")
+    )
+    for v in doc["vips"]:
+        click.echo(
+            f"{v['vip']} on {v['interface']}  mac {v['clustermac']}  {v['hashmode']}  "
+            f"{v['buckets']} buckets  state {v['state']} ({v['reason']})"
+        )
+        click.echo(
+            f"  this node: {v['owned_count']} buckets, {len(v['draining'])} draining, "
+            f"last change applied in {v['last_apply_ms']} ms"
+        )
+        click.echo("  members:  id  address          state     weight  buckets  last heard")
+        for m in v["members"]:
+            click.echo(
+                f"           {m['id']:>3}  {m['address']:<15}  {m['state']:<8}  {m['weight']:>6}"
+                f"  {m['buckets']:>7}  {m['last_heard_ms']} ms ago"
+                + ("" if m["counted"] else "  (not counted)")
+            )
+        for r in v["refused"]:
+            click.echo(
+                f"  REFUSED {r['address']} (node {r['node_id']}): {r['cause']}, {r['detail']} "
+                f"x{r['count']}"
+            )
+
+
+def _bucket_arg(value: str) -> int:
+    try:
+        return int(value.lstrip("+-"))
+    except ValueError:
+        fail(f"bad node number {value!r}: expected a number such as 3 (or +3 / -3)")
+
+
+@click.command()
+@click.argument("bucket", metavar="N")
+@click.option("--vip", required=True, metavar="ADDR")
+def take(bucket: str, vip: str) -> None:
+    """Also answer as node N (CLUSTERIP's `echo +N > /proc/net/ipt_CLUSTERIP/VIP`)."""
+    addr = cfgmod.parse_vip(vip)[0]
+    click.echo(_node().take(addr, _bucket_arg(bucket)))
+
+
+@click.command()
+@click.argument("bucket", metavar="N")
+@click.option("--vip", required=True, metavar="ADDR")
+@click.option(
+    "--now", is_flag=True, help="also drop node N's established flows here (CLUSTERIP's -N)"
+)
+def release(bucket: str, vip: str, now: bool) -> None:
+    """Stop answering as node N (`echo -N`); established TCP flows stay unless --now."""
+    addr = cfgmod.parse_vip(vip)[0]
+    click.echo(_node().release(addr, _bucket_arg(bucket), keep_flows=not now))
+
+
+@click.command()
+@vip_options
+@click.option("--src", required=True, metavar="IP", help="client address")
+@click.option("--sport", metavar="P", help="client port")
+@click.option("--json", "as_json", is_flag=True)
+def which(src: str, sport: str | None, as_json: bool, **params: Any) -> None:
+    """The node number that answers a flow, computed as the kernel computes it."""
+    given = {k: v for k, v in params.items() if v not in (None, ())}
+    dports = given.pop("dport", ())
+    if set(given) - {"vip"}:
+        cfg = configs_from(params, need_local=False)[0]
+    else:
+        if "vip" not in given:
+            fail("missing --vip")
+        addr = cfgmod.parse_vip(given["vip"])[0]
+        cfg = _node().require(addr).config
+    sport_n = cfgmod.parse_port(sport, "source port") if sport else None
+    if len(dports) > 1 or "," in "".join(dports):
+        fail(f"which takes one --dport, got {','.join(dports)!r}")
+    dport_n = cfgmod.parse_port(dports[0], "destination port") if dports else None
+    if cfg.uses_ports and sport_n is None:
+        fail(f"hashmode {cfg.hashmode} needs --sport")
+    if cfg.hashmode == "sourceip-sourceport-destport" and dport_n is None:
+        fail(f"hashmode {cfg.hashmode} needs --dport")
+    n = flow_bucket(
+        cfg.hashmode,
+        cfg.seed,
+        cfg.total_nodes,
+        cfgmod.parse_ip(src, "source address"),
+        sport_n,
+        dport_n,
+    )
+    if as_json:
+        click.echo(json.dumps({"vip": str(cfg.vip), "bucket": n}))
+    else:
+        click.echo(n)
+
+
+@click.command("import-iptables")
+@click.argument("lines", nargs=-1, required=True, metavar="'LINE' ['LINE' ...]")
+def import_iptables(lines: tuple[str, ...]) -> None:
+    """Legacy `iptables ... -j CLUSTERIP ...` lines to a TOML config for `up -c`."""
+    from clusterip.importer import import_lines, render_toml
+
+    click.echo(render_toml(import_lines(list(lines))), nl=False)
