@@ -1,11 +1,13 @@
-"""I/O boundaries of the agent as small interfaces, with in-memory fakes for tests.
+"""The agent's one transport seam, with its in-memory fake; and the clock.
 
 - `Clock`: `now()` in seconds (monotonic in production: `time.monotonic`). `FakeClock` is set
   by hand.
 - `Bus`: sends a datagram to the cluster (`dest=None`: the multicast group or every configured
-  peer; or one address) and hands out received ones (`recv()`, non-blocking). The production
-  bus is a UDP socket; `MemoryNetwork` connects many `MemoryBus` in memory, with loss, delay
-  (hence reordering) and partitions, all driven by a seeded `random.Random` and the fake clock.
+  peer; or one address) and hands out received ones (`recv()`, non-blocking, None when there
+  is none). The production bus is clusterip.reactor.transport.UdpTransport; `MemoryNetwork`
+  connects many `MemoryBus` in memory, with loss, delay (hence reordering), partitions and
+  one-way cuts, all driven by a seeded `random.Random` and the fake clock. The simulator and
+  the reactor's unit tests both use it.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class MemoryNetwork:
         self._flights: list[_Flight] = []
         self._arrived: dict[str, deque[tuple[bytes, str]]] = {}
         self._group: dict[str, int] = {}
+        self._cut: set[tuple[str, str]] = set()  # (from, to) pairs that lose everything
         self._order = 0
         self.set_loss(loss)
         self.set_delay(*delay)
@@ -110,9 +113,29 @@ class MemoryNetwork:
 
     def heal(self) -> None:
         self._group = {}
+        self._cut = set()
+
+    def cut(self, src: str, dst: str, *, on: bool = True) -> None:
+        """Lose everything `src` sends to `dst` (one way), or stop losing it."""
+        if on:
+            self._cut.add((src, dst))
+        else:
+            self._cut.discard((src, dst))
 
     def connected(self, a: str, b: str) -> bool:
-        return self._group.get(a, -1) == self._group.get(b, -1)
+        """Whether `b` hears `a` (and, for a partition, the other way round)."""
+        return self._group.get(a, -1) == self._group.get(b, -1) and (a, b) not in self._cut
+
+    def mutual(self, a: str, b: str) -> bool:
+        return self.connected(a, b) and self.connected(b, a)
+
+    def deliver(self, src: str, dst: str, data: bytes) -> None:
+        """A datagram from a host that is no member of this network (a hostile sender)."""
+        box = self._arrived.get(dst)
+        if box is not None:
+            self._order += 1
+            at = self.clock.now() + self.rng.uniform(*self.delay)
+            heapq.heappush(self._flights, (at, self._order, dst, src, data))
 
     def transmit(self, src: str, data: bytes, dest: str | None) -> None:
         self.stats.sent += 1
@@ -174,3 +197,13 @@ class MemoryBus:
     def recv(self) -> tuple[bytes, str] | None:
         """The next datagram that has arrived by now, with its source; None if none."""
         return self._network.take(self._address)
+
+    # What the reactor's select loop asks of a transport (nothing to do in memory).
+    def open(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass

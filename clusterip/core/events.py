@@ -22,11 +22,22 @@ class PeerUp:
 
 @dataclass(frozen=True)
 class PeerDown:
-    """A peer incarnation is gone: `reason` is "timeout", "leave" or "restarted"."""
+    """A peer incarnation is gone: `reason` is "timeout", "leave", "restarted" (a new
+    incarnation that does not continue it) or "restart timed out" (no successor in time)."""
 
     node_id: int
     incarnation: int
     reason: str
+
+
+@dataclass(frozen=True)
+class PeerContinued:
+    """A peer's process was replaced by a successor that continues it (planned restart): the
+    same node, serving the same buckets, under a new incarnation. Nothing of it is orphaned."""
+
+    node_id: int
+    old: int
+    new: int
 
 
 @dataclass(frozen=True)
@@ -51,12 +62,17 @@ class OwnershipChanged:
       came from a live node, which keeps serving its established flows.
     - lost: bucket -> new owner (None if nobody, e.g. this node went passive or is leaving).
     - owned: everything owned after the change.
+    - drain: whether lost buckets keep this node's established flows (False when it stops
+      serving altogether: isolated, passive, leaving; others take those flows over).
+
+    Buckets are 1-based, as the datapath numbers them.
     """
 
     owned: frozenset[int]
     gained: Mapping[int, int | None] = field(default_factory=dict)
     orphaned: frozenset[int] = frozenset()
     lost: Mapping[int, int | None] = field(default_factory=dict)
+    drain: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,7 +84,7 @@ class Notice:
     text: str
 
 
-Event = PeerUp | PeerDown | StateChanged | OwnershipChanged | Notice
+Event = PeerUp | PeerDown | PeerContinued | StateChanged | OwnershipChanged | Notice
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,7 @@ class MemberInfo:
     last_heard: float
     acks_us: bool  # its heartbeats show it hears our current incarnation
     counted: bool  # in the member set buckets are assigned to
+    via: int | None = None  # heard only through this node (one-way loss between us)
 
 
 @dataclass(frozen=True)
@@ -112,3 +129,5 @@ class View:
     owned: frozenset[int]
     pending: frozenset[int]  # assigned to us, waiting for the live previous owner to release
     rejected: Mapping[str, int]  # rejections per cause
+    base: frozenset[int] = frozenset()  # the last known membership the quorum is counted in
+    carrier: bool = True

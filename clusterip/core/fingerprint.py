@@ -76,3 +76,14 @@ def view_digest(members: Mapping[int, int]) -> bytes:
     for node, weight in sorted(members.items()):
         h.update(node.to_bytes(2, "big") + weight.to_bytes(2, "big"))
     return h.digest()[:ID_BYTES]
+
+
+def differences(theirs: Mapping[str, Any] | None, ours: Mapping[str, Any]) -> str:
+    """Which fingerprinted settings differ, readably ("buckets 1024 (ours 4096)"); "" when the
+    other side's settings are unknown."""
+    if not theirs:
+        return ""
+    keys = sorted(set(theirs) | set(ours))
+    diffs = [f"{k} {theirs.get(k)!r} (ours {ours.get(k)!r})" for k in keys]
+    diffs = [d for k, d in zip(keys, diffs, strict=True) if theirs.get(k) != ours.get(k)]
+    return ", ".join(diffs)

@@ -1,19 +1,21 @@
 """Who may still hold established flows of a bucket: the agent's flow-keeping bookkeeping.
 
-Pure (the clock is passed in). The membership says which buckets this node owns; this decides
-how the datapath treats them:
-- draining: buckets we lost to a live node keep our established flows until none is left (a
-  count of this node's sockets and UDP flows taken after the drain began) or the drain timeout
-  passes;
-- guarded: buckets we gained from a live node, which keeps its flows of them: mid-flow TCP with
-  no socket here is dropped, never reset (the flows it announced are dropped before that, at
-  ingress). Guarded for GUARD_TIME after the gain, and as long as any node announces kept
-  flows;
-- orphaned: buckets taken over from a node that died get mid-flow TCP answered with a RST (so
-  its clients reconnect at once), but only ORPHAN_RESET_DELAY after the takeover (a node
-  declared dead by a stalled machine is back before that). Flows another live node keeps
-  there are safe: it announced them (clusterip.core.kept) and every node drops them at
-  ingress, so they never reach the RST.
+Pure (the clock is passed in); buckets 1-based. The membership says which buckets this node
+holds; this decides how the datapath treats them (clusterip.core.ownership.Ownership):
+- draining: buckets we handed to a live node keep our established flows (the datapath accepts
+  their mid-flow packets only for flows this node owns) until none is left (a count of this
+  node's flows taken after the drain began) or the drain timeout passes;
+- guarded: buckets we gained from a live node, which keeps its flows of them: the datapath
+  accepts their new connections, and their mid-flow packets only for flows this node owns, so
+  the old owner's flows are neither accepted nor reset here. Guarded for GUARD_TIME after the
+  gain, and as long as a live peer says it drains (its heartbeat flag);
+- orphaned: buckets taken over from a node that died: unknown mid-flow TCP is answered with a
+  RST (so its clients reconnect at once), but only ORPHAN_RESET_DELAY after the takeover (a
+  node declared dead by a stalled machine is back before that). After a death, every bucket
+  we hold is treated so: the dead node may have been draining any of them. Flows a live node
+  keeps are safe: it announced them (clusterip.core.kept) and they are dropped at ingress
+  before the RST. If a live peer drains but we have not heard what it keeps, no bucket resets
+  (it stays guarded): a lost announcement delays a RST, it never resets a live node's flow.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from clusterip.core.events import OwnershipChanged
 from clusterip.core.ownership import Ownership
 
 ORPHAN_RESET_DELAY = defaults.ORPHAN_RESET_DELAY
-GUARD_TIME = 10.0  # a gained bucket's socket check lasts at least this long
+GUARD_TIME = 10.0  # a gained bucket stays guarded at least this long
 AFTER_DEATH = defaults.AFTER_DEATH
+EPS = 1e-6  # timers are floats: a deadline met "exactly" must count as met
 
 
 @dataclass
@@ -36,12 +39,18 @@ class Handover:
     buckets: int
     drain_window: float  # drain timeout + detection time
     drain: bool = True  # keep established flows of lost buckets (False: the naive move)
-    draining: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> since
-    orphaned: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> taken at
+    draining: dict[int, float] = field(default_factory=dict)  # bucket -> since
+    orphaned: dict[int, float] = field(default_factory=dict)  # bucket -> taken at
     orphaned_by: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (node, inc)
-    guarded: dict[int, float] = field(default_factory=dict)  # bucket (1-based) -> gained at
+    guarded: dict[int, float] = field(default_factory=dict)  # bucket -> gained at
     orphaned_at: float = -1e18  # when buckets were last added to `orphaned`
     death: tuple[int, int, float] = (0, 0, -1e18)  # the last node that died: (id, inc, when)
+
+    def adopt(self, own: Ownership, now: float) -> None:
+        """Continue a predecessor's datapath state (planned restart)."""
+        self.draining = dict.fromkeys(own.draining, now)
+        self.guarded = dict.fromkeys(own.guarded, now)
+        self.orphaned = dict.fromkeys(own.orphaned, now - ORPHAN_RESET_DELAY)
 
     def peer_up(self, node: int, incarnation: int, now: float) -> None:
         # The same incarnation back (it was only silent for a while): its draining flows are
@@ -51,11 +60,16 @@ class Handover:
                 del self.orphaned_by[b]
                 self.orphaned.pop(b, None)
 
-    def peer_down(self, node: int, incarnation: int, now: float, owned: set[int]) -> None:
+    def continued(self, node: int, old: int, new: int) -> None:
+        for b, who in list(self.orphaned_by.items()):
+            if who == (node, old):
+                self.orphaned_by[b] = (node, new)
+
+    def peer_down(self, node: int, incarnation: int, now: float, owned: frozenset[int]) -> None:
         """A node died: the flows it kept anywhere (it may have been draining a bucket that
         has since moved on, through several owners) have no server now. Every bucket we own
-        (1-based) gets the orphan treatment: a mid-flow packet with no socket here
-        that no live node announced as kept can only be the dead node's."""
+        gets the orphan treatment: a mid-flow packet that is not ours and that no live node
+        announced as kept can only be the dead node's."""
         for b in owned:
             if b not in self.orphaned:
                 self.orphaned[b] = now
@@ -64,24 +78,26 @@ class Handover:
         self.death = (node, incarnation, now)
 
     def changed(self, event: OwnershipChanged, now: float) -> set[int]:
-        """Take in an ownership change; returns the buckets (0-based) orphaned by it.
+        """Take in an ownership change; returns the buckets orphaned by it.
 
         "Nobody owned it" in our own view (we start or join) is no orphan: the bucket was
         someone else's, who keeps and announces its flows; a cold start has none to reset.
         """
         fresh = {b for b in event.orphaned if event.gained.get(b) is not None}
-        for b0, new_owner in event.lost.items():
-            b = b0 + 1
+        for b, new_owner in event.lost.items():
             self.orphaned.pop(b, None)
             self.orphaned_by.pop(b, None)
             self.guarded.pop(b, None)
-            if new_owner is not None and self.drain:
+            if new_owner is not None and self.drain and event.drain:
                 self.draining[b] = now  # moved to a live node: keep our established flows
+            else:
+                self.draining.pop(b, None)
+        if not event.drain:
+            self.draining.clear()  # we stop serving altogether: others take the flows over
         node, incarnation, died = self.death
-        for b0 in event.gained:
-            b = b0 + 1
+        for b in event.gained:
             self.draining.pop(b, None)
-            if b0 in fresh:
+            if b in fresh:
                 self.orphaned.setdefault(b, now)
                 self.orphaned_at = now
             elif now - died <= AFTER_DEATH and b not in self.orphaned:
@@ -94,40 +110,51 @@ class Handover:
                 self.guarded[b] = now
         return fresh
 
-    def waiting(self, now: float) -> bool:
-        """Whether an orphan's RST delay may expire soon (the datapath must be rechecked)."""
-        return now - self.orphaned_at < ORPHAN_RESET_DELAY + 0.1
+    def deadlines(self, now: float, timeout: float) -> list[float]:
+        """When `ownership` may next give another answer with the same inputs."""
+        times = [t + ORPHAN_RESET_DELAY for t in self.orphaned.values()]
+        times += [t + GUARD_TIME for t in self.guarded.values()]
+        times += [t + timeout for t in self.draining.values()]
+        return [t + EPS for t in times if t + EPS > now]
 
     def ownership(
         self,
-        owned0: frozenset[int],
+        owned: frozenset[int],
         now: float,
         flows: tuple[float, Mapping[int, int]] | None,
         timeout: float,
-        kept: bool = False,
+        *,
+        kept: frozenset[tuple[str, int]] = frozenset(),
+        others_draining: bool = False,
+        unannounced: bool = False,
     ) -> Ownership:
-        """What the datapath should hold now, given the membership's owned buckets (0-based),
-        the latest flow measurement (taken at, flows per 1-based bucket) and whether any other
-        node announces kept flows."""
-        owned = {b + 1 for b in owned0}
+        """What the datapath should hold now, given the membership's owned buckets, the latest
+        flow measurement (taken at, flows per bucket), the flows other nodes announce as kept,
+        whether a live peer drains, and whether one drains without having told us what."""
         for b in owned:
             self.draining.pop(b, None)
         if self.draining:
             taken, live = flows or (-1e18, {})
             for b, since in list(self.draining.items()):
-                if (taken > since and live.get(b, 0) == 0) or now - since >= timeout:
+                if (taken > since and live.get(b, 0) == 0) or now - since >= timeout - EPS:
                     del self.draining[b]
-        resetting = {b for b, t in self.orphaned.items() if now - t >= ORPHAN_RESET_DELAY}
+        resetting = set()
+        if not unannounced:
+            resetting = {b for b, t in self.orphaned.items() if now - t >= ORPHAN_RESET_DELAY - EPS}
         for b, t in list(self.guarded.items()):
-            if b not in owned or (now - t >= GUARD_TIME and not kept):
+            if b not in owned or (now - t >= GUARD_TIME - EPS and not others_draining):
                 del self.guarded[b]
+        for b in [b for b in self.orphaned if b not in owned]:
+            del self.orphaned[b]
+            self.orphaned_by.pop(b, None)
         # An orphan waiting for its RST delay is guarded: mid-flow packets are dropped meanwhile.
         waiting = (set(self.orphaned) - resetting) & owned
         guarded = (set(self.guarded) | waiting) - resetting
         return Ownership(
             self.buckets,
-            frozenset(owned),
+            owned,
             frozenset(self.draining),
             frozenset(resetting & owned),
+            kept=kept,
             guarded=frozenset(guarded & owned),
         )

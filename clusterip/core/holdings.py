@@ -1,24 +1,32 @@
 """Which buckets this node holds, and the release-before-acquire rule for taking new ones.
 
-Pure bookkeeping driven by the membership state machine:
-- `reassign(owners, digest, incarnations, now)` after the assignment changed: the buckets
-  assigned to us are the target; each newly targeted bucket remembers who owned it before (and
-  that owner's incarnation), or that nobody did. The last few views are kept by digest.
-- `settle(now, peers)` every full tick: release every held bucket outside the target at once;
-  take a pending bucket as soon as no live peer can still hold it: every active peer announces
-  either our view or one of our recent views in which the bucket is not its own (a peer holds
-  only buckets its own view gives it, and releases before announcing a view). A peer in a view
-  we do not know blocks the bucket until `handoff_time` has passed.
+Pure bookkeeping driven by the membership state machine. Buckets are 1-based, as the datapath
+numbers them (`jhash ... offset 1`); `assign()` returns a tuple indexed from 0, and `claims()`
+is the one place that converts.
 
-A gained bucket is *orphaned* when its previous owner is gone (dead, left, restarted) or there
-was none: its established flows have no server any more. Otherwise it came from a live node,
-which keeps serving its established flows.
+- `reassign(members, digest, incarnations, now)` after the view changed: the buckets the view
+  assigns to us are the target; each newly targeted bucket remembers who owned it before (and
+  that owner's incarnation), or that nobody did.
+- `settle(now, peers, alive)` every full tick: release every held bucket outside the target at
+  once; take a pending bucket as soon as no peer we hear claims it. Every heartbeat carries its
+  sender's member list, so its claims are known exactly: the buckets its view assigns to it (a
+  node holds only buckets its own view gives it, and releases before announcing a view). A
+  bucket whose previous owner we know only through other nodes (we cannot hear it) waits
+  `handoff_time` first.
+- A held bucket claimed by an active peer that does not hear us is given up: that peer cannot
+  know about us and keeps it (with one-way loss in a two-node cluster, the node that is not
+  heard steps back).
+
+A gained bucket is *orphaned* when its previous owner is gone (dead, left) or there was none:
+its established flows have no server any more. Otherwise it came from a live node, which keeps
+serving its established flows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from clusterip.core.assign import assign
 from clusterip.core.events import OwnershipChanged
@@ -26,16 +34,35 @@ from clusterip.core.events import OwnershipChanged
 NOBODY = 0  # node ids are 1..255
 
 
-HISTORY = 8  # recent views remembered by digest
+@lru_cache(maxsize=64)
+def _owners(members: tuple[tuple[int, int], ...], buckets: int) -> tuple[int, ...]:
+    return assign(dict(members), buckets) if members else ()
+
+
+@lru_cache(maxsize=512)
+def _claims(members: tuple[tuple[int, int], ...], buckets: int, node: int) -> frozenset[int]:
+    return frozenset(b for b, o in enumerate(_owners(members, buckets), start=1) if o == node)
+
+
+def claims(members: Mapping[int, int], buckets: int, node: int) -> frozenset[int]:
+    """The buckets (1-based) that the view `members` (node id -> weight) gives `node`."""
+    return _claims(tuple(sorted(members.items())), buckets, node)
+
+
+def owner_of(members: Mapping[int, int], buckets: int, bucket: int) -> int:
+    """Who the view `members` gives `bucket` (1-based) to; NOBODY for an empty view."""
+    owners = _owners(tuple(sorted(members.items())), buckets)
+    return owners[bucket - 1] if owners else NOBODY
 
 
 @dataclass(frozen=True)
 class PeerStatus:
-    """What `settle` needs to know about a live peer."""
+    """What `settle` needs to know about a peer it hears directly."""
 
     incarnation: int
-    active: bool  # only an active peer holds buckets
-    view_digest: bytes  # the view its latest heartbeat announced
+    claims: frozenset[int]  # buckets its announced view gives it (empty unless it is active)
+    hears_us: bool  # its heartbeats ack our incarnation
+    verified: bool  # this incarnation has acked ours at least once (not a recording)
 
 
 @dataclass(frozen=True)
@@ -47,30 +74,27 @@ class _Pending:
 
 @dataclass(frozen=True)
 class Settled:
-    """The outcome of `settle`: the change to apply (if any) and forced takeovers per node."""
+    """The outcome of `settle`: the change to apply (if any), and buckets still waiting for a
+    peer that claims them although `handoff_time` passed (node -> count)."""
 
     change: OwnershipChanged | None
-    timed_out: Mapping[int, int]
+    overdue: Mapping[int, int]
 
 
 class Holdings:
-    """Held and pending buckets of one node. Assignments are computed only when needed (a node
-    that is not a member itself never needs its view's assignment, however often it changes)."""
+    """Held and pending buckets of one node."""
 
     def __init__(self, node_id: int, buckets: int, handoff_time: float) -> None:
         self.node_id = node_id
         self.buckets = buckets
         self.handoff_time = handoff_time
         self._members: Mapping[int, int] = {}
-        self._digest = b""
-        self._history: dict[bytes, Mapping[int, int]] = {}  # recent views: digest -> members
         self._target: frozenset[int] = frozenset()
-        self._held: frozenset[int] = frozenset()  # replaced, never mutated: stable identity
+        self._held: frozenset[int] = frozenset()  # replaced, never mutated
         self._pending: dict[int, _Pending] = {}
 
     @property
     def held(self) -> frozenset[int]:
-        """The same object until the held buckets change (callers may compare by identity)."""
         return self._held
 
     @property
@@ -82,64 +106,81 @@ class Holdings:
         """Whether some assigned bucket is still waiting to be taken."""
         return bool(self._pending)
 
-    def owners(self, members: Mapping[int, int] | None = None) -> tuple[int, ...]:
-        """The assignment of `members` (default: the current view); () when nobody."""
-        members = self._members if members is None else members
-        return assign(members, self.buckets) if members else ()
-
     def deadlines(self) -> list[float]:
         return [w.since + self.handoff_time for w in self._pending.values()]
+
+    def adopt(self, held: frozenset[int]) -> None:
+        """Continue a predecessor (planned restart): hold what it held, as it held it."""
+        self._held = frozenset(held)
+        self._target = self._held
 
     def reassign(
         self,
         members: Mapping[int, int],
-        digest: bytes,
         incarnations: Mapping[int, int],
         now: float,
     ) -> None:
-        """The member set (node id -> weight) changed to `members`, whose digest is `digest`;
-        `incarnations` are those of the previous members, as they were then."""
+        """The view (node id -> weight) changed to `members`; `incarnations` are those of the
+        previous members, as they were then."""
         previous = self._members
-        self._members = members
-        self._digest = digest
-        self._history.pop(digest, None)
-        self._history[digest] = members
-        while len(self._history) > HISTORY:
-            del self._history[next(iter(self._history))]
+        self._members = dict(members)
         me = self.node_id
-        owners = self.owners() if me in members else ()
-        self._target = frozenset(b for b, o in enumerate(owners) if o == me)
+        self._target = claims(members, self.buckets, me) if me in members else frozenset()
         for b in [b for b in self._pending if b not in self._target]:
             del self._pending[b]
-        fresh = self._target - self._held - self._pending.keys()
-        before = self.owners(previous) if fresh else ()
-        for b in fresh:
-            prev = before[b] if before else NOBODY
-            if prev == me:  # we were assigned it but never took it: treat as unowned
+        for b in self._target - self._held - self._pending.keys():
+            prev = owner_of(previous, self.buckets, b) if previous else NOBODY
+            if prev == me:  # assigned to us before but never taken: nobody had it
                 prev = NOBODY
             self._pending[b] = _Pending(prev, incarnations.get(prev, -1), now)
 
-    def settle(self, now: float, peers: Mapping[int, PeerStatus]) -> Settled:
-        """Release what is no longer ours; take what may be taken now (see module doc)."""
-        gone = self._held - self._target
-        owners = self.owners() if gone else ()
-        lost = {b: (owners[b] if owners else None) for b in gone}
+    def continued(self, node: int, old: int, new: int) -> None:
+        """A peer's successor continues it under a new incarnation (planned restart)."""
+        for b, wait in list(self._pending.items()):
+            if wait.previous == node and wait.incarnation == old:
+                self._pending[b] = _Pending(node, new, wait.since)
+
+    def settle(
+        self,
+        now: float,
+        peers: Mapping[int, PeerStatus],
+        alive: Mapping[int, int],
+    ) -> Settled:
+        """Release what is no longer ours; take what may be taken now (see module doc).
+
+        `peers`: the peers heard directly; `alive`: every live node this node knows of,
+        directly or relayed (node id -> incarnation).
+        """
+        lost: dict[int, int | None] = {}
+        for b in self._held - self._target:
+            owner = owner_of(self._members, self.buckets, b) if self._members else NOBODY
+            lost[b] = owner or None
+        for node, peer in peers.items():
+            if peer.verified and not peer.hears_us and peer.claims:
+                for b in (self._held - lost.keys()) & peer.claims:
+                    lost[b] = node  # it cannot hear us, so it keeps it: we step back,
+                    self._pending[b] = _Pending(node, peer.incarnation, now)  # until it lets go
         if lost:
             self._held = self._held - frozenset(lost)
         gained: dict[int, int | None] = {}
         orphaned: set[int] = set()
-        timed_out: dict[int, int] = {}
-        may_hold = self._holders(peers)
+        overdue: dict[int, int] = {}
+        claimed = [(n, p.claims) for n, p in peers.items() if p.claims and p.verified]
         for b, wait in list(self._pending.items()):
-            blockers = may_hold(b)
+            if b in lost:
+                continue
+            blockers = [n for n, c in claimed if b in c]
             if blockers:
-                if now < wait.since + self.handoff_time:
-                    continue
-                for q in blockers:
-                    timed_out[q] = timed_out.get(q, 0) + 1
-            prev = peers.get(wait.previous)
-            gained[b] = None if wait.previous == NOBODY else wait.previous
-            if prev is None or prev.incarnation != wait.incarnation:
+                if now >= wait.since + self.handoff_time:
+                    for n in blockers:
+                        overdue[n] = overdue.get(n, 0) + 1
+                continue
+            prev = wait.previous
+            unheard = prev not in (NOBODY, self.node_id) and prev in alive and prev not in peers
+            if unheard and now < wait.since + self.handoff_time:
+                continue  # a live owner we cannot hear: time to see the new view and release
+            gained[b] = None if prev == NOBODY else prev
+            if alive.get(prev) != wait.incarnation:
                 orphaned.add(b)
             del self._pending[b]
         if gained:
@@ -147,26 +188,4 @@ class Holdings:
         change = None
         if gained or lost:
             change = OwnershipChanged(self._held, gained, frozenset(orphaned), lost)
-        return Settled(change, timed_out)
-
-    def _holders(self, peers: Mapping[int, PeerStatus]) -> Callable[[int], list[int]]:
-        """A function: bucket -> the live peers that may still hold it."""
-        unknown: list[int] = []  # active in a view we do not know: may hold anything
-        known: dict[bytes, set[int]] = {}  # active in one of our recent views
-        for node, peer in peers.items():
-            if not peer.active or peer.view_digest == self._digest:
-                continue
-            if peer.view_digest in self._history:
-                known.setdefault(peer.view_digest, set()).add(node)
-            else:
-                unknown.append(node)
-        views = [(self.owners(self._history[d]), n) for d, n in known.items() if self._history[d]]
-
-        def may_hold(bucket: int) -> list[int]:
-            out = list(unknown)
-            for owners, nodes in views:
-                if owners[bucket] in nodes:
-                    out.append(owners[bucket])
-            return out
-
-        return may_hold
+        return Settled(change, overdue)

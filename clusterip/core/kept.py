@@ -2,38 +2,37 @@
 
 A node that hands a bucket over to a live node keeps the bucket's established flows (it
 drains). It announces them, (client address, client port), before the heartbeat that lets the
-new owner take the bucket, and again every REFRESH seconds while it drains. Every other node
-drops those flows at ingress: the new owner neither accepts them nor answers them with a RST,
-even when it took the bucket from a node that died meanwhile. Entries not refreshed for
-KEPT_TTL seconds, or of a node that is gone, are forgotten.
+new owner take the bucket, and again every KEPT_REFRESH seconds while it drains. Every other
+node drops those flows at ingress. That is not what a move's correctness rests on (each node
+accepts a moving bucket's mid-flow packets only for flows it owns: clusterip.render), but what
+spares a live node's flows when a death elsewhere makes other nodes reset the unknown flows of
+the buckets they own. Entries not refreshed for KEPT_TTL seconds, or of a node that is gone,
+are forgotten. KEPT messages are authenticated and replay-checked by the membership like every
+other message (one sequence per incarnation).
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from clusterip.core import defaults
 from clusterip.core.params import Cluster
-from clusterip.core.replay import ReplayGuard
-from clusterip.core.wire import MAX_KEPT, Kept
-from clusterip.flows import Flow
+from clusterip.core.wire import Address, Kept, max_kept
 
 REFRESH = defaults.KEPT_REFRESH
 KEPT_TTL = defaults.KEPT_TTL
 
 KeptFlow = tuple[str, int]  # client address, client port
+Flow = tuple[str, int, int]  # client address, client port, bucket (1-based)
 
 
 @dataclass
 class KeptBook:
-    guard: ReplayGuard = field(default_factory=ReplayGuard)
     parts: dict[int, dict[int, tuple[frozenset[KeptFlow], float]]] = field(default_factory=dict)
 
     def take(self, msg: Kept, now: float) -> None:
-        """An authenticated KEPT (raises Replay, from the guard, if it is old)."""
-        self.guard.admit(msg.node_id, msg.incarnation, msg.seq, now)
+        """An authenticated, fresh KEPT."""
         book = self.parts.setdefault(msg.node_id, {})
         for stale in [p for p in book if p >= msg.parts]:
             del book[stale]
@@ -42,51 +41,64 @@ class KeptBook:
     def forget(self, node: int) -> None:
         self.parts.pop(node, None)
 
+    def announcers(self) -> frozenset[int]:
+        """The nodes whose kept flows are known."""
+        return frozenset(self.parts)
+
     def current(self, now: float) -> frozenset[KeptFlow]:
         out: set[KeptFlow] = set()
         for node in list(self.parts):
             book = self.parts[node]
             for part in [p for p, (_f, t) in book.items() if now - t > KEPT_TTL]:
                 del book[part]
+            if not book:
+                del self.parts[node]
             for flows, _t in book.values():
                 out |= flows
         return frozenset(out)
 
+    def deadline(self) -> float | None:
+        """When the next entry expires, if any."""
+        times = [t + KEPT_TTL for book in self.parts.values() for _f, t in book.values()]
+        return min(times, default=None)
+
 
 @dataclass
 class Announcer:
-    """This node's side: its KEPT messages, with a sequence of their own."""
+    """This node's side: KEPT messages for the flows it keeps."""
 
-    node_id: int
-    incarnation: int
     cluster: Cluster
-    seq: int = 0
     last: float = -1e18
     announced: bool = False  # whether the last announcement listed any flow
 
     def due(self, now: float, draining: bool) -> bool:
         return (draining and now - self.last >= REFRESH) or (not draining and self.announced)
 
-    def messages(self, flows: Sequence[Flow], draining: set[int], now: float) -> list[bytes]:
-        """KEPT datagrams for our flows in `draining` buckets (1-based); one empty one when
-        nothing is kept any more, so that the others forget at once."""
-        kept = [(ipaddress.IPv4Address(a), p, b - 1) for a, p, b in flows if b in draining]
-        chunks = [kept[i : i + MAX_KEPT] for i in range(0, len(kept), MAX_KEPT)] or [[]]
-        out = []
-        for part, chunk in enumerate(chunks):
-            self.seq += 1
-            msg = Kept(
-                node_id=self.node_id,
-                vip=self.cluster.vip,
-                fingerprint=self.cluster.fingerprint,
-                key_id=self.cluster.key_id,
-                incarnation=self.incarnation,
-                seq=self.seq,
-                part=part,
-                parts=len(chunks),
-                flows=tuple(chunk),
-            )
-            out.append(msg.pack(self.cluster.key))
+    def next_due(self, draining: bool) -> float | None:
+        if draining:
+            return self.last + REFRESH
+        return None
+
+    def messages(
+        self,
+        flows: Iterable[Flow],
+        draining: frozenset[int],
+        now: float,
+        header: Callable[[], dict[str, object]],
+    ) -> list[Kept]:
+        """KEPT messages for our flows in `draining` buckets; one empty one when nothing is
+        kept any more, so that the others forget at once. `header` gives each message its
+        common fields (node id, incarnation, next sequence number, ...)."""
+        family = type(self.cluster.vip)
+        kept: list[tuple[Address, int, int]] = [
+            (family(a), p, b) for a, p, b in flows if b in draining
+        ]
+        size = max_kept(self.cluster.vip)
+        chunks = [kept[i : i + size] for i in range(0, len(kept), size)] or [[]]
+        out = [
+            Kept(**header(), part=part, parts=len(chunks), flows=tuple(chunk))  # type: ignore[arg-type]
+            for part, chunk in enumerate(chunks)
+        ]
         self.last = now
         self.announced = bool(kept)
         return out

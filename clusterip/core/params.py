@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from clusterip.config import VipConfig
 from clusterip.core import defaults as d
 from clusterip.core.fingerprint import fingerprint as config_fingerprint
-from clusterip.core.fingerprint import key_id
+from clusterip.core.fingerprint import fingerprint_fields, key_id
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class Params:
     listen: float | None = d.LISTEN  # startup listen period; None: one detection time
     handoff_timeout: float | None = None  # wait for a live owner's release; None: detection
     hold_down: float | None = None  # gather view changes this long; None: interval / 5
+    isolation_limit: float = d.ISOLATION_LIMIT  # see clusterip.core.quorum
     forget_after: float = d.REPLAY_FORGET_AFTER  # replay state of a silent sender
     log_every: float = d.LOG_EVERY  # at most one log line per cause per this period
 
@@ -64,12 +67,14 @@ class Params:
 class Cluster:
     """What identifies the cluster a VIP's agents form: VIP, key, fingerprint."""
 
-    vip: ipaddress.IPv4Address
+    vip: ipaddress.IPv4Address | ipaddress.IPv6Address
     key: bytes = field(repr=False)
     fingerprint: bytes
     key_id: bytes
+    fields: Mapping[str, Any] = field(default_factory=dict, compare=False)  # what it covers
 
     @classmethod
     def create(cls, cfg: VipConfig, key: bytes, *, buckets: int = d.BUCKETS) -> Cluster:
         kid = key_id(key)
-        return cls(cfg.vip, key, config_fingerprint(cfg, buckets=buckets, key_id=kid), kid)
+        fields = fingerprint_fields(cfg, buckets=buckets, key_id=kid)
+        return cls(cfg.vip, key, config_fingerprint(cfg, buckets=buckets, key_id=kid), kid, fields)

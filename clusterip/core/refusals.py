@@ -1,10 +1,17 @@
 """Refused messages: per-cause counters, rate-limited log lines, the refused-senders report,
 and whether what was refused must make this node passive. Pure: `now` is passed in.
 
-Passive causes: a message for our VIP that we cannot authenticate (bad MAC) or that carries
-another fingerprint counts for `max(detection time, its sender's interval x tolerance)`; the
-membership goes passive while such a sender counts and no valid peer acks us. A node with our
-node id and a newer incarnation makes us passive for as long, whatever the other peers say.
+Passive causes. Nothing that cannot be authenticated, nor a valid message of another cluster
+configuration, ever changes what a node serves once it has served: such messages are counted
+and reported, never obeyed. Only a *new* node (one that has not served yet in this
+incarnation) that hears them, and no valid member, holds back, and for a bounded time: until
+`wait_until` (its listen period plus defaults.FOREIGN_WAIT), after which it serves, unless it
+has reason to believe it is the odd one: a sender that claims to be active and started before
+it (an older incarnation) is already serving this VIP with another configuration or key, so
+the newcomer is the misconfigured one and stays passive (saying so) for as long as it hears
+that sender. A sender counts for `max(detection time, its interval x tolerance)` after its
+last message. A node with our node id and a newer, authenticated incarnation makes us passive
+for as long, whatever else holds (two processes must not serve as one node).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from dataclasses import dataclass
 
 from clusterip.core.events import Level, Notice, RefusedInfo
 from clusterip.core.stats import RateLimiter, RejectStats, with_suppressed
-from clusterip.core.wire import BadMac, ForeignFingerprint, Rejected
+from clusterip.core.wire import BadMac, ForeignFingerprint, NodeState, Rejected
 
 MAX_REFUSED = 256  # senders remembered in the report (the oldest is dropped first)
 LEVELS: dict[str, Level] = {
@@ -33,6 +40,9 @@ class _Refusal:
     count: int
     last_seen: float
     until: float  # counts towards passivity until then (0: never)
+    incarnation: int = 0  # as its (possibly unauthenticated) header says
+    active: bool = False  # its header claims it serves
+    differs: str = ""  # which settings differ, where its configuration was readable
 
 
 class Refusals:
@@ -72,10 +82,18 @@ class Refusals:
         passive = isinstance(exc, BadMac | ForeignFingerprint)
         if passive:
             rec.until = now + self._hold(interval_ms)
+            if header is not None:
+                rec.incarnation = header.incarnation
+                rec.active = header.state == NodeState.ACTIVE
         who = src if node_id is None else f"{src} (node {node_id})"
-        return passive, self.notice(
-            cause, now, f"refused a message from {who}: {cause}: {exc.detail}"
-        )
+        detail = exc.detail + (f"; differs in {rec.differs}" if rec.differs else "")
+        return passive, self.notice(cause, now, f"refused a message from {who}: {cause}: {detail}")
+
+    def differs(self, src: str, node_id: int, what: str) -> None:
+        """Which settings a refused sender has otherwise (from its CONFIG message)."""
+        rec = self._refused.get((src, node_id))
+        if rec is not None:
+            rec.differs = what
 
     def duplicate(self, why: str, interval_ms: int, now: float) -> None:
         """Another node uses our id with a newer incarnation: passive for a while."""
@@ -91,20 +109,37 @@ class Refusals:
             return None
         return Notice(LEVELS.get(cause, "warning"), cause, with_suppressed(text, suppressed))
 
-    def passive_reason(self, now: float, has_valid_peer: bool) -> str | None:
-        """Why this node must stay passive now, or None."""
+    def passive_reason(
+        self,
+        now: float,
+        *,
+        has_valid_peer: bool,
+        served: bool,
+        wait_until: float,
+        incarnation: int,
+    ) -> str | None:
+        """Why this node must stay passive now, or None (see the module doc)."""
         if self._duplicate is not None and now < self._duplicate[0]:
             return self._duplicate[1]
-        if has_valid_peer:
+        if has_valid_peer or served:
             return None
+        waiting = None
         for (addr, _), r in self._refused.items():
-            if now < r.until:
+            if now >= r.until:
+                continue
+            differs = "; " + r.differs if r.differs else ""
+            what = f"{r.cause.replace('_', ' ')} ({r.detail}{differs})"
+            if r.active and 0 < r.incarnation < incarnation:
                 return (
-                    f"hears {addr} (node {r.node_id}) for this VIP with {r.cause.replace('_', ' ')}"
-                    f" ({r.detail}) and no valid member: passive, so as not to answer alongside"
-                    " the real members"
+                    f"hears {addr} (node {r.node_id}), which serves this VIP since before this "
+                    f"node started, with {what}: this node must be the misconfigured one"
                 )
-        return None
+            if now < wait_until and waiting is None:
+                waiting = (
+                    f"hears {addr} (node {r.node_id}) for this VIP with {what} and no valid "
+                    f"member: waiting {wait_until - now:.1f} s more before serving alone"
+                )
+        return waiting
 
     def deadlines(self, now: float) -> list[float]:
         """When a passive cause stops counting."""

@@ -4,8 +4,9 @@ Pure: the caller passes `now` (a monotonic clock, seconds).
 
 Rules for an authenticated message (sender, incarnation, seq):
 - unknown sender: accepted;
-- same incarnation: accepted only if seq is higher than any accepted before (a late or
-  duplicated datagram is dropped too: the newer one already said more);
+- same incarnation: accepted if seq is higher than any accepted before, or within the last
+  WINDOW sequence numbers and not accepted before (every message type shares one sequence, so
+  a KEPT sent right before a heartbeat may arrive after it: a sliding window, as IPsec's);
 - newer incarnation: accepted (the sender restarted), its sequence starts over;
 - older incarnation: refused ("old incarnation"), unless the sender has been silent for
   `forget_after` seconds (the incarnation freshness window): then its state is forgotten, so a
@@ -30,13 +31,18 @@ class Freshness(Enum):
     NEW_SENDER = "new sender"
     NEW_INCARNATION = "new incarnation"
     NEXT = "next in sequence"
+    LATE = "late, within the window"
+
+
+WINDOW = 64
 
 
 @dataclass
 class _Sender:
     incarnation: int
-    seq: int
+    seq: int  # the highest accepted
     last_seen: float
+    seen: int = 1  # bit i: seq - i was accepted
 
 
 class ReplayGuard:
@@ -56,7 +62,10 @@ class ReplayGuard:
         if incarnation == known.incarnation:
             if seq > known.seq:
                 return Freshness.NEXT
-            raise Replay(f"node {sender}: seq {seq} not above {known.seq} (late or replayed)")
+            behind = known.seq - seq
+            if behind < WINDOW and not known.seen >> behind & 1:
+                return Freshness.LATE
+            raise Replay(f"node {sender}: seq {seq} already seen or too old (highest {known.seq})")
         if incarnation > known.incarnation:
             return Freshness.NEW_INCARNATION
         if now - known.last_seen >= self._forget_after:
@@ -70,10 +79,15 @@ class ReplayGuard:
         """Check and record; raises Replay (and records nothing) if refused."""
         fresh = self.check(sender, incarnation, seq, now)
         known = self._senders.get(sender)
-        if known is None:
+        if known is None or fresh is Freshness.NEW_INCARNATION:
             self._senders[sender] = _Sender(incarnation, seq, now)
+        elif fresh is Freshness.LATE:
+            known.seen |= 1 << (known.seq - seq)
+            known.last_seen = now
         else:
-            known.incarnation, known.seq, known.last_seen = incarnation, seq, now
+            shift = seq - known.seq
+            known.seen = ((known.seen << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
+            known.seq, known.last_seen = seq, now
         return fresh
 
     def current(self, sender: int) -> tuple[int, int] | None:

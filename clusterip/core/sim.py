@@ -1,29 +1,41 @@
-"""A discrete-event simulation of many agents on a MemoryNetwork with a FakeClock.
+"""A discrete-event simulation of many agents: the same `VipNode` the agent runs, on the one
+in-memory transport (clusterip.core.bus.MemoryNetwork), with a FakeClock.
 
-Each simulated node is what the real agent will be, minus sockets and nftables: a Membership,
-a bus, and a model of its datapath (the set of buckets it accepts) updated from the
-OwnershipChanged events exactly as the datapath will be, *before* the next heartbeat is sent.
-A crash drops the node and its datapath at once (the nftables table is owned by the agent's
-netlink socket, so it dies with the process).
+Each simulated node is what the real node is minus sockets and nftables: a VipNode, and a model
+of its datapath (the `Ownership` of its last step, judged packet by packet by
+clusterip.core.verdict, exactly as the nft chains judge it) with the flows its service holds.
+A crash drops the datapath at once (the agent's liveness table dies with its process); a
+planned stop keeps it, frozen, until the lease runs out or a successor continues it.
 
-The simulation records, per bucket, every interval during which two or more nodes accepted it
-(`overlaps`), and `problems()` lists what is wrong with the current state: after the network
-heals and settles, it must be empty.
+Clients: TCP flows (a SYN, then long-lived) and UDP flows, each hashed into a bucket. After
+every event the simulation checks what clients would see (`violations`):
+- no bucket accepted for new connections by two nodes that hear each other;
+- no live node's flow accepted or reset by another node while its own node serves it;
+- no UDP datagram answered by two nodes;
+- a dead node's flows reset only after the orphan delay.
+`problems()` lists what is not converged: after the network heals and settles, it is empty.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from clusterip.core.assign import assign
+from clusterip.config import VipConfig
 from clusterip.core.bus import FakeClock, MemoryBus, MemoryNetwork
-from clusterip.core.events import Event, OwnershipChanged
-from clusterip.core.membership import Membership
-from clusterip.core.params import Cluster, Params
-from clusterip.core.wire import Message, NodeState, Rejected, unpack
+from clusterip.core.events import Event
+from clusterip.core.handover import ORPHAN_RESET_DELAY
+from clusterip.core.holdings import claims
+from clusterip.core.ownership import Ownership
+from clusterip.core.params import Params
+from clusterip.core.verdict import Verdict, tcp, udp
+from clusterip.core.vipnode import Adoption, VipNode
+from clusterip.core.wire import NodeState
+
+Client = tuple[str, int]  # address, port
 
 
 @dataclass
@@ -31,156 +43,225 @@ class SimNode:
     node_id: int
     weight: int
     address: str
-    cluster: Cluster
-    membership: Membership | None = None
+    cfg: VipConfig
+    key: bytes
+    vip: VipNode | None = None
     bus: MemoryBus | None = None
+    datapath: Ownership | None = None  # what its kernel does; None: drops everything VIP
+    lease_until: float | None = None  # stopped for a restart: the datapath serves until then
+    link: bool = True
+    tcp: dict[Client, int] = field(default_factory=dict)  # its service's flows -> bucket
+    udp: set[Client] = field(default_factory=set)  # UDP flows it answered
     wake: float = math.inf
-    accepting: set[int] = field(default_factory=set)  # the datapath model
-    events: list[tuple[float, Event]] = field(default_factory=list)  # (when, what) it reported
+    events: list[tuple[float, Event]] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
-        return self.membership is not None
-
-
-@dataclass(frozen=True)
-class Overlap:
-    bucket: int
-    nodes: frozenset[int]
-    start: float
-    end: float
+        return self.vip is not None
 
     @property
-    def duration(self) -> float:
-        return self.end - self.start
-
-
-@dataclass(frozen=True)
-class Gap:
-    """A bucket nobody accepted, from its release (or its owner's crash) until taken again."""
-
-    bucket: int
-    before: int  # the node that had it
-    after: int  # the node that took it
-    start: float
-    end: float
-
-    @property
-    def duration(self) -> float:
-        return self.end - self.start
-
-
-class _Decoder:
-    """Memoized `wire.unpack`: every receiver of one datagram gets the same answer."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[bytes, bytes, bytes], Message | Rejected] = {}
-
-    def __call__(self, data: bytes, key: bytes, fingerprint: bytes) -> Message:
-        if len(self._cache) > 4096:
-            self._cache.clear()
-        k = (data, key, fingerprint)
-        hit = self._cache.get(k)
-        if hit is None:
-            try:
-                hit = unpack(data, key, fingerprint=fingerprint)
-            except Rejected as exc:
-                hit = exc
-            self._cache[k] = hit
-        if isinstance(hit, Rejected):
-            raise hit
-        return hit
+    def serving(self) -> bool:
+        """Whether its datapath answers at all (process running, or within its lease)."""
+        return self.datapath is not None
 
 
 class Simulation:
-    """N agents (node id -> weight) of one cluster on one in-memory network."""
+    """N agents (node id -> weight) of one VIP on one in-memory network."""
 
     def __init__(
         self,
         nodes: Mapping[int, int],
         *,
-        cluster: Cluster,
+        cfg: VipConfig,
+        key: bytes,
         params: Params,
         clock: FakeClock,
         network: MemoryNetwork,
+        check: bool = True,
     ) -> None:
-        self.cluster = cluster
+        self.cfg = cfg
+        self.key = key
         self.params = params
         self.clock = clock
         self.network = network
-        self.nodes = {n: SimNode(n, w, f"10.0.0.{n}", cluster) for n, w in sorted(nodes.items())}
-        self.overlaps: list[Overlap] = []
-        self._holders: list[set[int]] = [set() for _ in range(params.buckets)]
-        self._overlap_since: dict[int, float] = {}
-        self.gaps: list[Gap] = []
-        self._unowned_since: dict[int, tuple[float, int]] = {}
+        self.check = check
+        self.nodes = {n: SimNode(n, w, f"10.0.0.{n}", cfg, key) for n, w in sorted(nodes.items())}
+        self.violations: list[str] = []
+        self.resets = 0  # flows a node answered with a RST (allowed: their node is gone)
+        self.unanswered = 0  # SYNs or datagrams no node accepted
         self._incarnation = 1_000_000
-        self._decode = _Decoder()
         self._wakes: list[tuple[float, int, int]] = []  # (when, node id, version)
-        self._version: dict[int, int] = {}  # only the latest wake entry of a node counts
+        self._version: dict[int, int] = {}
         self._by_address: dict[str, int] = {}
+        self._deaths: dict[int, float] = {}  # node -> when its datapath died
+        self._clients_tcp: dict[Client, int] = {}  # client -> bucket
+        self._clients_udp: dict[Client, int] = {}
+        self._timers: list[tuple[float, int, str, int]] = []  # planned actions
+        self._order = 0
+        self._incarnation_of: dict[int, int] = {}
 
     # ----- node life ------------------------------------------------------------------------
 
-    def add_node(self, node_id: int, weight: int, cluster: Cluster | None = None) -> SimNode:
+    def add_node(
+        self, node_id: int, weight: int, cfg: VipConfig | None = None, key: bytes | None = None
+    ) -> SimNode:
         """A node not in the initial set (e.g. one with another key or config)."""
         if node_id in self.nodes:
             raise ValueError(f"node {node_id} already exists")
-        node = SimNode(node_id, weight, f"10.0.1.{node_id}", cluster or self.cluster)
+        node = SimNode(node_id, weight, f"10.0.1.{node_id}", cfg or self.cfg, key or self.key)
         self.nodes[node_id] = node
         return node
 
-    def start(self, node_id: int, *, address: str | None = None) -> None:
+    def start(self, node_id: int) -> None:
+        """Start an agent; it continues its node's stopped predecessor if one still serves."""
         node = self.nodes[node_id]
         if node.running:
             return
         now = self.clock.now()
         self._incarnation += 1
-        node.address = address or node.address
-        node.membership = Membership(
+        adopted = None
+        if node.lease_until is not None and now < node.lease_until and node.datapath is not None:
+            adopted = Adoption(node.datapath, self._incarnation_of.get(node_id, 0))
+        else:
+            node.datapath = None
+        node.lease_until = None
+        node.vip = VipNode(
+            node.cfg,
             node_id=node_id,
             weight=node.weight,
-            incarnation=self._incarnation,
-            cluster=node.cluster,
-            now=now,
+            key=node.key,
             params=self.params,
-            decode=self._decode,
+            incarnation=self._incarnation,
+            now=now,
+            adopted=adopted,
         )
-        node.bus = self.network.attach(node.address)
-        self._by_address[node.address] = node_id
+        self._incarnation_of[node_id] = self._incarnation
+        if node.datapath is None:
+            node.datapath = Ownership(self.params.buckets)
+        if node.bus is None and node.link:
+            node.bus = self.network.attach(node.address)
+            self._by_address[node.address] = node_id
+        self._deaths.pop(node_id, None)
         self._service(node, now)
 
     def crash(self, node_id: int) -> None:
+        """kill -9: the process and its liveness table are gone; the node answers nothing."""
         node = self.nodes[node_id]
-        if not node.running:
+        if not node.running and node.lease_until is None:
             return
-        now = self.clock.now()
-        for bucket in list(node.accepting):
-            self._release(node, bucket, now)
-        self.network.detach(node.address)
-        self._by_address.pop(node.address, None)
-        self._version.pop(node_id, None)
-        node.membership, node.bus, node.wake = None, None, math.inf
+        self._stop_process(node)
+        node.datapath, node.lease_until = None, None
+        self._deaths[node_id] = self.clock.now()
+        self._check_now()
 
     def leave(self, node_id: int) -> None:
-        """Graceful: release everything, then send LEAVE (twice), then stop."""
+        """Graceful: release everything, send LEAVE, stop."""
         node = self.nodes[node_id]
-        if node.membership is None or node.bus is None:
+        if node.vip is None:
+            return
+        step = node.vip.leave(self.clock.now())
+        node.datapath = step.ownership
+        self._send(node, step.datagrams)
+        self._stop_process(node)
+        node.datapath = None
+        self._deaths[node_id] = self.clock.now()
+        self._check_now()
+
+    def suspend(self, node_id: int, grace: float) -> None:
+        """A planned stop (SIGTERM): the datapath serves on, frozen, for `grace` seconds."""
+        node = self.nodes[node_id]
+        if node.vip is None:
             return
         now = self.clock.now()
-        events, msg = node.membership.leave(now)
-        self._apply(node, events, now)
-        node.bus.send(msg.pack(node.cluster.key))
-        _, again = node.membership.leave(now)
-        node.bus.send(again.pack(node.cluster.key))
-        self.crash(node_id)
+        self._send(node, node.vip.suspend(now, grace))
+        self._stop_process(node)
+        node.lease_until = now + grace
+        self._after(grace, "lease", node_id)
+
+    def planned_restart(self, node_id: int, gap: float, grace: float = 5.0) -> None:
+        """SIGTERM, then a new agent `gap` seconds later."""
+        self.suspend(node_id, grace)
+        self._after(gap, "start", node_id)
 
     def restart(self, node_id: int) -> None:
+        """kill -9, then start again at once."""
         self.crash(node_id)
         self.start(node_id)
 
+    def set_link(self, node_id: int, up: bool) -> None:
+        """The node's link (switch port) goes down or up: carrier, and all traffic."""
+        node = self.nodes[node_id]
+        if node.link == up:
+            return
+        node.link = up
+        if up and node.running and node.bus is None:
+            node.bus = self.network.attach(node.address)
+            self._by_address[node.address] = node_id
+        if not up and node.bus is not None:
+            self.network.detach(node.address)
+            self._by_address.pop(node.address, None)
+            node.bus = None
+        if node.vip is not None:
+            node.vip.set_carrier(up, self.clock.now())
+            self._service(node, self.clock.now())
+
+    def _stop_process(self, node: SimNode) -> None:
+        if node.bus is not None:
+            self.network.detach(node.address)
+            self._by_address.pop(node.address, None)
+        self._version.pop(node.node_id, None)
+        node.vip, node.bus, node.wake = None, None, math.inf
+
+    def _after(self, delay: float, what: str, node_id: int) -> None:
+        self._order += 1
+        heapq.heappush(self._timers, (self.clock.now() + delay, self._order, what, node_id))
+
     def running(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.running]
+
+    # ----- hostile senders ------------------------------------------------------------------
+
+    def inject(self, data: bytes, src: str = "10.0.9.9") -> None:
+        """A datagram from a host that is no agent of this cluster, to every node."""
+        for node in self.nodes.values():
+            if node.bus is not None:
+                self.network.deliver(src, node.address, data)
+
+    # ----- clients --------------------------------------------------------------------------
+
+    def open_flows(self, rng: random.Random, tcp_count: int = 0, udp_count: int = 0) -> None:
+        """New clients: TCP connections (SYN) and UDP flows, each in a random bucket."""
+        for kind, count in (("tcp", tcp_count), ("udp", udp_count)):
+            for _ in range(count):
+                addr = f"198.18.{rng.randint(1, 250)}.{rng.randint(1, 250)}"
+                client = (addr, rng.randint(1024, 65535))
+                bucket = rng.randint(1, self.params.buckets)
+                if kind == "tcp":
+                    self._syn(client, bucket)
+                else:
+                    self._clients_udp[client] = bucket
+        self._check_now()
+
+    def _reachable_nodes(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if n.serving and n.link]
+
+    def _syn(self, client: Client, bucket: int) -> None:
+        took = [
+            n
+            for n in self._reachable_nodes()
+            if n.datapath is not None
+            and tcp(n.datapath, bucket, client, syn=True, mine=client in n.tcp) == Verdict.ACCEPT
+        ]
+        if len(took) > 1:
+            self._violation(f"SYN of {client} (bucket {bucket}) accepted by {_ids(took)}")
+        if not took:
+            self.unanswered += 1
+            return
+        took[0].tcp[client] = bucket
+        self._clients_tcp[client] = bucket
+
+    def flows_of(self, node_id: int) -> int:
+        return len(self.nodes[node_id].tcp)
 
     # ----- time -----------------------------------------------------------------------------
 
@@ -188,11 +269,18 @@ class Simulation:
         wakes = self._wakes
         while True:
             arrival = self.network.next_arrival()
-            t = min(wakes[0][0] if wakes else math.inf, math.inf if arrival is None else arrival)
+            t = min(
+                wakes[0][0] if wakes else math.inf,
+                self._timers[0][0] if self._timers else math.inf,
+                math.inf if arrival is None else arrival,
+            )
             if t > end:
                 break
             self.clock.set(max(t, self.clock.now()))
             now = self.clock.now()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, what, node_id = heapq.heappop(self._timers)
+                self._timer(what, node_id, now)
             todo = {self._by_address[a] for a in self.network.arrive() if a in self._by_address}
             while wakes and wakes[0][0] <= now:
                 _, node_id, version = heapq.heappop(wakes)
@@ -200,96 +288,159 @@ class Simulation:
                     todo.add(node_id)
             for node_id in sorted(todo):
                 node = self.nodes[node_id]
-                if node.membership is None or node.bus is None:
+                if node.vip is None or node.bus is None:
                     continue
                 while (got := node.bus.recv()) is not None:
-                    node.membership.receive(got[0], got[1], now)
+                    node.vip.receive(got[0], got[1], now)
                 self._service(node, now)
+            self._check_now()
         self.clock.set(max(end, self.clock.now()))
 
     def run_for(self, seconds: float) -> None:
         self.run_until(self.clock.now() + seconds)
 
+    def _timer(self, what: str, node_id: int, now: float) -> None:
+        node = self.nodes[node_id]
+        if what == "start":
+            self.start(node_id)
+        elif what == "lease" and node.lease_until is not None and now >= node.lease_until:
+            node.datapath, node.lease_until = None, None  # nobody continued it in time
+            self._deaths[node_id] = now
+
+    def _report(self, node: SimNode, now: float) -> tuple[float, list[tuple[str, int, int]]]:
+        flows = [(a, p, b) for (a, p), b in node.tcp.items()]
+        flows += [(a, p, self._clients_udp[(a, p)]) for a, p in node.udp]
+        return now, flows
+
     def _service(self, node: SimNode, now: float) -> None:
-        m, bus = node.membership, node.bus
-        assert m is not None and bus is not None
-        self._apply(node, m.tick(now), now)
-        if m.due(now):
-            bus.send(m.heartbeat(now).pack(node.cluster.key))
-        wake = m.next_deadline(now)
+        v = node.vip
+        if v is None:
+            return
+        flows = self._report(node, now) if v.wants_flows or v.wants_flows_now else None
+        step = v.step(now, flows)
+        node.events.extend((now, e) for e in step.events)
+        if v.wants_flows_now:  # what the reactor does: count, then step again
+            node.datapath = step.ownership
+            self._send(node, step.datagrams)
+            step = v.step(now, self._report(node, now))
+        node.datapath = step.ownership
+        self._send(node, step.datagrams)
+        wake = v.next_deadline(now)
+        if wake <= now:
+            wake = now + 1e-4
         if wake != node.wake or self._version.get(node.node_id) is None:
             node.wake = wake
             version = self._version[node.node_id] = self._version.get(node.node_id, 0) + 1
             if wake < math.inf:
                 heapq.heappush(self._wakes, (wake, node.node_id, version))
 
-    # ----- datapath model -------------------------------------------------------------------
+    def _send(self, node: SimNode, datagrams: Iterable[bytes]) -> None:
+        if node.bus is None:
+            return
+        for data in datagrams:
+            node.bus.send(data)
 
-    def _apply(self, node: SimNode, events: Iterable[Event], now: float) -> None:
-        for ev in events:
-            node.events.append((now, ev))
-            if isinstance(ev, OwnershipChanged):
-                for bucket in ev.lost:
-                    self._release(node, bucket, now)
-                for bucket in ev.gained:
-                    self._take(node, bucket, now)
+    # ----- what clients see -----------------------------------------------------------------
 
-    def _take(self, node: SimNode, bucket: int, now: float) -> None:
-        node.accepting.add(bucket)
-        holders = self._holders[bucket]
-        if not holders and bucket in self._unowned_since:
-            start, before = self._unowned_since.pop(bucket)
-            self.gaps.append(Gap(bucket, before, node.node_id, start, now))
-        holders.add(node.node_id)
-        if len(holders) == 2:
-            self._overlap_since[bucket] = now
+    def _violation(self, text: str) -> None:
+        self.violations.append(f"t={self.clock.now():.4f}: {text}")
 
-    def _release(self, node: SimNode, bucket: int, now: float) -> None:
-        node.accepting.discard(bucket)
-        holders = self._holders[bucket]
-        if len(holders) == 2 and node.node_id in holders:
-            start = self._overlap_since.pop(bucket)
-            self.overlaps.append(Overlap(bucket, frozenset(holders), start, now))
-        holders.discard(node.node_id)
-        if not holders:
-            self._unowned_since[bucket] = (now, node.node_id)
-
-    def close_overlaps(self) -> list[Overlap]:
-        """Overlaps recorded so far, including those still open (ending now)."""
+    def _check_now(self) -> None:
+        if not self.check:
+            return
         now = self.clock.now()
-        still = [
-            Overlap(b, frozenset(self._holders[b]), start, now)
-            for b, start in self._overlap_since.items()
-        ]
-        return self.overlaps + still
+        live = self._reachable_nodes()
+        self._check_buckets(live)
+        for client, bucket in list(self._clients_tcp.items()):
+            self._check_tcp(client, bucket, live, now)
+        for client, bucket in self._clients_udp.items():
+            takers = [
+                n
+                for n in live
+                if n.datapath is not None
+                and udp(n.datapath, bucket, client, seen=client in n.udp) == Verdict.ACCEPT
+            ]
+            if len(takers) > 1:
+                self._violation(f"UDP {client} (bucket {bucket}) answered by {_ids(takers)}")
+            for n in takers:
+                n.udp.add(client)
 
-    # ----- checks ---------------------------------------------------------------------------
+    def _check_buckets(self, live: list[SimNode]) -> None:
+        holders = [(n, n.datapath.owned) for n in live if n.datapath and n.datapath.owned]
+        for i, (a, owned_a) in enumerate(holders):
+            for b, owned_b in holders[i + 1 :]:
+                both = owned_a & owned_b
+                if both and a.running and b.running and self.network.mutual(a.address, b.address):
+                    self._violation(
+                        f"nodes {a.node_id} and {b.node_id} hear each other and both own "
+                        f"{len(both)} bucket(s), e.g. {min(both)}"
+                    )
+
+    def _check_tcp(self, client: Client, bucket: int, live: list[SimNode], now: float) -> None:
+        owner = next((n for n in self.nodes.values() if client in n.tcp), None)
+        if owner is None:
+            return
+        owner_ok = (
+            owner.serving
+            and owner.link
+            and owner.datapath is not None
+            and tcp(owner.datapath, bucket, client, syn=False, mine=True) == Verdict.ACCEPT
+        )
+        for n in live:
+            if n is owner or n.datapath is None:
+                continue
+            v = tcp(n.datapath, bucket, client, syn=False, mine=False)
+            if v == Verdict.DROP:
+                continue
+            if owner_ok:
+                self._violation(f"flow {client} of node {owner.node_id} {v.value} at {n.node_id}")
+            died = self._deaths.get(owner.node_id)
+            earliest = (
+                died - self.params.interval + self.params.dead_after + ORPHAN_RESET_DELAY
+                if died is not None
+                else None
+            )
+            if died is not None and earliest is not None and now < earliest - 1e-9:
+                self._violation(
+                    f"flow {client} of dead node {owner.node_id} reset by {n.node_id} "
+                    f"{now - died:.3f} s after the death (orphan delay not honoured)"
+                )
+            del owner.tcp[client]  # the client got its RST: that flow is over
+            del self._clients_tcp[client]
+            self.resets += 1
+            return
+        if owner.running and owner.link and not owner_ok:
+            state = owner.vip.membership.state if owner.vip is not None else None
+            if state in (NodeState.ACTIVE, NodeState.DRAINING, NodeState.RESTARTING):
+                self._violation(f"flow {client} dropped by its own node {owner.node_id} ({state})")
+
+    # ----- convergence ----------------------------------------------------------------------
 
     def problems(self) -> list[str]:
-        """What is not converged: every running node active and agreeing on the member set,
-        every bucket accepted by exactly the one node `assign` gives it to."""
+        """What is not converged: every running node of the cluster active and agreeing on the
+        member set, every bucket held by exactly the node the assignment gives it to."""
         out: list[str] = []
-        running = [n for n in self.running() if n.cluster == self.cluster]
+        running = [n for n in self.running() if n.cfg == self.cfg and n.key == self.key]
         if not running:
             return out
         expected = {n.node_id: n.weight for n in running if n.weight > 0}
+        buckets = self.params.buckets
         for n in running:
-            m = n.membership
-            assert m is not None
+            assert n.vip is not None
+            m = n.vip.membership
             if n.weight > 0 and m.state != NodeState.ACTIVE:
                 out.append(f"node {n.node_id} is {m.state.name}: {m.reason}")
-            view = m.view()
+            view = m.view(self.clock.now())
             if dict(view.assigned_to) != expected:
                 out.append(f"node {n.node_id} assigns to {dict(view.assigned_to)}")
             if view.pending:
                 out.append(f"node {n.node_id} has {len(view.pending)} pending buckets")
-            if n.accepting != set(m.owned_buckets()):
-                out.append(f"node {n.node_id}: datapath differs from owned_buckets()")
-        if expected:
-            owners = assign(expected, self.params.buckets)
-            for bucket, holders in enumerate(self._holders):
-                if holders != {owners[bucket]}:
-                    out.append(f"bucket {bucket} held by {sorted(holders)}, not {owners[bucket]}")
-                    if len(out) > 20:
-                        break
-        return out
+            want = claims(expected, buckets, n.node_id) if n.node_id in expected else frozenset()
+            got = n.datapath.owned if n.datapath is not None else frozenset()
+            if got != want:
+                out.append(f"node {n.node_id} holds {len(got)} buckets, its share is {len(want)}")
+        return out[:20]
+
+
+def _ids(nodes: Iterable[SimNode]) -> list[int]:
+    return sorted(n.node_id for n in nodes)

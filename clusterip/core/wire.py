@@ -1,33 +1,50 @@
-"""Agent wire format: HELLO, HEARTBEAT and LEAVE messages, authenticated with HMAC-SHA256.
+"""Agent wire format (version 2): HELLO, HEARTBEAT, LEAVE, RESTART and KEPT messages,
+authenticated with HMAC-SHA256.
 
-Every message is a fixed 52-byte header, a type-specific body and a 32-byte HMAC-SHA256 trailer
+Every message is a fixed 64-byte header, a type-specific body and a 32-byte HMAC-SHA256 trailer
 computed with the shared key over header and body. All integers are big-endian.
 
     offset size  field
      0      4    magic b"CIPA"
-     4      1    version (1)
-     5      1    type: 1 HELLO, 2 HEARTBEAT, 3 LEAVE
-     6      1    state of the sender: 0 starting, 1 active, 2 draining, 3 leaving, 4 passive
-     7      1    flags, 0 (reserved)
+     4      1    version (2)
+     5      1    type: 1 HELLO, 2 HEARTBEAT, 3 LEAVE, 4 KEPT, 5 RESTART
+     6      1    state of the sender (NodeState)
+     7      1    flags: bit 0 = the sender keeps flows of buckets it handed over (drains)
      8      2    node id of the sender (1..255)
     10      2    weight (0 = owns nothing)
     12      2    heartbeat interval of the sender, milliseconds (1..65535)
     14      2    body length
-    16      4    VIP (IPv4)
-    20      8    cluster fingerprint (see fingerprint.py)
-    28      8    key id (public hash of the key)
-    36      8    incarnation: grows at every restart of the sender (its start time in us)
-    44      8    sequence number, from 1, +1 per message within an incarnation
-    52      n    body
-    52+n   32    HMAC-SHA256(key, header + body)
+    16     16    VIP (IPv6; an IPv4 VIP as ::ffff:a.b.c.d)
+    32      8    cluster fingerprint (see fingerprint.py)
+    40      8    key id (public hash of the key)
+    48      8    incarnation: grows at every restart of the sender (its start time in us)
+    56      8    sequence number, from 1, +1 per message within an incarnation (all types)
+    64      n    body
+    64+n   32    HMAC-SHA256(key, header + body)
 
-HEARTBEAT and HELLO body: view digest (8 bytes: the member set the sender assigns buckets to),
-ack count (2 bytes), then per ack the node id (2 bytes) and incarnation (8 bytes) of a peer the
-sender currently hears. A receiver counts the sender as a member only once its heartbeats ack
-the receiver's own incarnation: that proves they were made after the receiver started, so
-recorded old traffic can never pass for a live node. HELLO is the first heartbeat of an
-incarnation and asks peers to answer at once. LEAVE has an empty body: the sender has released
-its buckets and is going away.
+HEARTBEAT and HELLO body:
+    8   view digest (of the member list below)
+    8   previous incarnation: the one this incarnation continues after a planned restart, or 0
+    2   member count, then per member: node id (2), weight (2): the member set the sender
+        assigns buckets to (its view), so a receiver knows exactly which buckets it claims
+    2   ack count, then per ack: node id (2), incarnation (8), weight (2), state (1), flags (1;
+        bit 0: a member of the sender's view by direct contact), age (2, ms since the sender
+        last heard it, rounded down to two of its intervals): a peer the sender hears now.
+A receiver counts the sender as a member only once its heartbeats ack the receiver's own
+incarnation: that proves they were made after the receiver started, so recorded old traffic can
+never pass for a live node. Acks flagged as members also tell the receiver about nodes it
+cannot hear itself (one-way loss), so every node that hears any member builds the same view.
+HELLO is the first heartbeat of an incarnation and asks peers to answer at once.
+
+LEAVE: empty body. The sender has released its buckets and is going away.
+RESTART: grace (4 bytes, ms). The sender's process stops; its node keeps serving exactly as now
+for `grace`, and a successor with the same node id (its HELLO names this incarnation as the
+previous one) continues it: peers keep its buckets where they are meanwhile.
+KEPT: part (2), parts (2), count (2), then per flow: client address (4 or 16 bytes, the VIP's
+family), client port (2), bucket (2, 1-based): flows the sender keeps in buckets it handed to
+live nodes; every other node drops them.
+CONFIG: the sender's cluster configuration as canonical JSON (what the fingerprint covers),
+sent now and then, so a node that refuses another fingerprint can say which setting differs.
 
 `unpack` checks, in order: structure (`Malformed`), MAC (`BadMac`), then, if given, the
 fingerprint (`ForeignFingerprint`). Replay is checked by `replay.ReplayGuard`.
@@ -38,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -46,16 +64,23 @@ from typing import Any, ClassVar, NamedTuple
 from clusterip.core.fingerprint import ID_BYTES, key_id
 
 MAGIC = b"CIPA"
-VERSION = 1
-HEADER = struct.Struct(">4sBBBBHHHH4s8s8sQQ")
+VERSION = 2
+HEADER = struct.Struct(">4sBBBBHHHH16s8s8sQQ")
 MAC_BYTES = 32
-_ACK = struct.Struct(">HQ")
-_HB_HEAD = struct.Struct(">8sH")
-_KEPT = struct.Struct(">4sHH")  # client address, client port, bucket (0-based)
-MAX_KEPT = 160  # flows per KEPT datagram: 52 + 2 + 160 * 8 + 32 bytes, under 1400
+FLAG_DRAINING = 0x01
+_ACK = struct.Struct(">HQHBBH")
+_MEMBER = struct.Struct(">HH")
+_HB_HEAD = struct.Struct(">8sQ")
+_COUNT = struct.Struct(">H")
+_KEPT_HEAD = struct.Struct(">HHH")
+_RESTART = struct.Struct(">I")
+KEPT_BUDGET = 1300  # bytes of flows per KEPT datagram (the whole stays under 1400)
 MAX_NODE_ID = 255
 U16 = 0xFFFF
+U32 = 0xFFFFFFFF
 U64 = (1 << 64) - 1
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class MsgType(IntEnum):
@@ -63,6 +88,8 @@ class MsgType(IntEnum):
     HEARTBEAT = 2
     LEAVE = 3
     KEPT = 4
+    RESTART = 5
+    CONFIG = 6
 
 
 class NodeState(IntEnum):
@@ -70,7 +97,9 @@ class NodeState(IntEnum):
     ACTIVE = 1
     DRAINING = 2  # alive, takes no buckets
     LEAVING = 3
-    PASSIVE = 4  # refuses to serve (foreign cluster heard, duplicate id): owns nothing
+    PASSIVE = 4  # refuses to serve (another cluster heard, duplicate id): owns nothing
+    ISOLATED = 5  # lost the majority of its last known members at once: owns nothing
+    RESTARTING = 6  # its process stops; the node serves as it was until a successor continues
 
 
 class Rejected(Exception):
@@ -109,17 +138,29 @@ REJECT_CAUSES = tuple(
 )
 
 
+def vip_bytes(vip: Address) -> bytes:
+    if isinstance(vip, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + vip.packed).packed
+    return vip.packed
+
+
+def vip_of(raw: bytes) -> Address:
+    v6 = ipaddress.IPv6Address(raw)
+    return v6.ipv4_mapped or v6
+
+
 @dataclass(frozen=True)
 class Header:
     """The fixed header as read from the wire: not authenticated until the MAC is checked."""
 
     type: MsgType
     state: NodeState
+    flags: int
     node_id: int
     weight: int
     interval_ms: int
     body_len: int
-    vip: ipaddress.IPv4Address
+    vip: Address
     fingerprint: bytes
     key_id: bytes
     incarnation: int
@@ -127,10 +168,14 @@ class Header:
 
 
 class Ack(NamedTuple):
-    """A peer the sender currently hears, identified by node id and incarnation."""
+    """A peer the sender hears now: its incarnation, and what it reported of itself."""
 
     node_id: int
     incarnation: int
+    weight: int = 0
+    state: NodeState = NodeState.ACTIVE
+    member: bool = False  # in the sender's view by direct contact (relayed to others)
+    age_ms: int = 0  # since the sender last heard it (rounded down)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,7 +184,7 @@ class Message:
 
     TYPE: ClassVar[MsgType]
     node_id: int
-    vip: ipaddress.IPv4Address
+    vip: Address
     fingerprint: bytes
     key_id: bytes
     incarnation: int
@@ -147,6 +192,7 @@ class Message:
     weight: int = 1
     state: NodeState = NodeState.ACTIVE
     interval_ms: int = 50
+    flags: int = 0
 
     def __post_init__(self) -> None:
         _require(1 <= self.node_id <= MAX_NODE_ID, f"node id {self.node_id} not in 1..255")
@@ -156,6 +202,7 @@ class Message:
         _require(len(self.key_id) == ID_BYTES, "key id must be 8 bytes")
         _require(0 <= self.incarnation <= U64, "incarnation must fit in 64 bits")
         _require(1 <= self.seq <= U64, "seq must be 1..2**64-1")
+        _require(self.flags & ~FLAG_DRAINING == 0, f"unknown flags {self.flags:#x}")
 
     def body(self) -> bytes:
         return b""
@@ -168,19 +215,19 @@ class Message:
             VERSION,
             self.TYPE,
             self.state,
-            0,
+            self.flags,
             self.node_id,
             self.weight,
             self.interval_ms,
             len(body),
-            self.vip.packed,
+            vip_bytes(self.vip),
             self.fingerprint,
             self.key_id,
             self.incarnation,
             self.seq,
         )
         signed = head + body
-        return signed + hmac.new(key, signed, hashlib.sha256).digest()
+        return signed + hmac.digest(key, signed, hashlib.sha256)
 
     @classmethod
     def unpack(cls, data: bytes, key: bytes, *, fingerprint: bytes | None = None) -> Message:
@@ -197,16 +244,24 @@ class Heartbeat(Message):
 
     TYPE = MsgType.HEARTBEAT
     view_digest: bytes = bytes(ID_BYTES)
+    previous: int = 0  # the incarnation this one continues after a planned restart
+    members: tuple[tuple[int, int], ...] = ()  # (node id, weight), sorted
     acks: tuple[Ack, ...] = ()
     _acked: dict[int, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(len(self.view_digest) == ID_BYTES, "view digest must be 8 bytes")
-        _require(len(self.acks) <= U16, "too many acks")
+        _require(0 <= self.previous <= U64, "previous incarnation must fit in 64 bits")
+        _require(len(self.acks) <= MAX_NODE_ID and len(self.members) <= MAX_NODE_ID, "too long")
+        for node, weight in self.members:
+            _require(1 <= node <= MAX_NODE_ID, f"member id {node} not in 1..255")
+            _require(0 <= weight <= U16, f"member weight {weight} not in 0..65535")
         for ack in self.acks:
             _require(1 <= ack.node_id <= MAX_NODE_ID, f"ack node id {ack.node_id} not in 1..255")
             _require(0 <= ack.incarnation <= U64, "ack incarnation must fit in 64 bits")
+            _require(0 <= ack.weight <= U16, "ack weight must fit in 16 bits")
+            _require(0 <= ack.age_ms <= U16, "ack age must fit in 16 bits")
         object.__setattr__(self, "_acked", {a.node_id: a.incarnation for a in self.acks})
 
     def acked(self, node_id: int) -> int | None:
@@ -214,8 +269,17 @@ class Heartbeat(Message):
         return self._acked.get(node_id)
 
     def body(self) -> bytes:
-        head = _HB_HEAD.pack(self.view_digest, len(self.acks))
-        return head + b"".join(_ACK.pack(a.node_id, a.incarnation) for a in self.acks)
+        parts = [
+            _HB_HEAD.pack(self.view_digest, self.previous),
+            _COUNT.pack(len(self.members)),
+            *(_MEMBER.pack(n, w) for n, w in self.members),
+            _COUNT.pack(len(self.acks)),
+            *(
+                _ACK.pack(a.node_id, a.incarnation, a.weight, a.state, int(a.member), a.age_ms)
+                for a in self.acks
+            ),
+        ]
+        return b"".join(parts)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,24 +298,79 @@ class Leave(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Restart(Message):
+    """My process stops; my node keeps serving as it is for `grace_ms`, and a successor with
+    my node id continues me: keep my buckets where they are until then."""
+
+    TYPE = MsgType.RESTART
+    state: NodeState = NodeState.RESTARTING
+    grace_ms: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0 <= self.grace_ms <= U32, "grace must fit in 32 bits (ms)")
+
+    def body(self) -> bytes:
+        return _RESTART.pack(self.grace_ms)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(Message):
+    """What my fingerprint covers, readable: lets a mismatched peer say what differs."""
+
+    TYPE = MsgType.CONFIG
+    fields: bytes = b"{}"  # canonical JSON
+
+    def body(self) -> bytes:
+        return self.fields
+
+
+def config_fields(data: bytes) -> dict[str, object] | None:
+    """The configuration in a CONFIG datagram, without checking its MAC (for diagnostics
+    only: a sender with another key is exactly who we want to read it from)."""
+    try:
+        header = peek(data)
+    except Malformed:
+        return None
+    if header.type != MsgType.CONFIG:
+        return None
+    raw = data[HEADER.size : HEADER.size + header.body_len]
+    try:
+        fields = json.loads(raw)
+    except ValueError:
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
+KeptFlow = tuple[Address, int, int]  # client address, client port, bucket (1-based)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Kept(Message):
     """Flows I keep in buckets I handed over to live nodes (draining): a new owner must not
-    answer them, neither accept them nor reset them. One datagram carries at most MAX_KEPT;
-    `part`/`parts` number the datagrams of one announcement."""
+    answer them, neither accept them nor reset them. `part`/`parts` number the datagrams of
+    one announcement."""
 
     TYPE = MsgType.KEPT
     part: int = 0
     parts: int = 1
-    flows: tuple[tuple[ipaddress.IPv4Address, int, int], ...] = ()
+    flows: tuple[KeptFlow, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(len(self.flows) <= MAX_KEPT, f"more than {MAX_KEPT} flows in one KEPT")
+        _require(len(self.flows) <= max_kept(self.vip), "too many flows in one KEPT")
         _require(0 <= self.part < self.parts <= U16, "bad KEPT part numbering")
+        for addr, _port, _bucket in self.flows:
+            _require(addr.version == self.vip.version, "a kept flow of another address family")
 
     def body(self) -> bytes:
-        head = struct.pack(">HHH", self.part, self.parts, len(self.flows))
-        return head + b"".join(_KEPT.pack(a.packed, p, b) for a, p, b in self.flows)
+        head = _KEPT_HEAD.pack(self.part, self.parts, len(self.flows))
+        return head + b"".join(a.packed + struct.pack(">HH", p, b) for a, p, b in self.flows)
+
+
+def max_kept(vip: Address) -> int:
+    """Flows per KEPT datagram for a VIP of this family."""
+    return KEPT_BUDGET // (len(vip.packed) + 4)
 
 
 def _common(header: Header) -> dict[str, Any]:
@@ -266,23 +385,29 @@ def _common(header: Header) -> dict[str, Any]:
         "weight": header.weight,
         "state": header.state,
         "interval_ms": header.interval_ms,
+        "flags": header.flags,
     }
 
 
 def _kept(header: Header, body: bytes) -> Kept:
-    if len(body) < 6:
+    if len(body) < _KEPT_HEAD.size:
         raise Malformed(f"KEPT body too short: {len(body)} bytes", header)
-    part, parts, count = struct.unpack_from(">HHH", body)
-    rest = body[6:]
-    if len(rest) != count * _KEPT.size:
+    part, parts, count = _KEPT_HEAD.unpack_from(body)
+    size = len(header.vip.packed)
+    rec = struct.Struct(f">{size}sHH")
+    rest = body[_KEPT_HEAD.size :]
+    if len(rest) != count * rec.size:
         raise Malformed(f"{count} kept flows announced, {len(rest)} bytes follow", header)
-    flows = tuple((ipaddress.IPv4Address(a), p, b) for a, p, b in _KEPT.iter_unpack(rest))
-    return Kept(
-        **_common(header),
-        part=part,
-        parts=parts,
-        flows=flows,
-    )
+    cls = type(header.vip)
+    flows = tuple((cls(a), p, b) for a, p, b in rec.iter_unpack(rest))
+    return Kept(**_common(header), part=part, parts=parts, flows=flows)
+
+
+def _restart(header: Header, body: bytes) -> Restart:
+    if len(body) != _RESTART.size:
+        raise Malformed(f"RESTART body of {len(body)} bytes, expected {_RESTART.size}", header)
+    (grace,) = _RESTART.unpack(body)
+    return Restart(**_common(header), grace_ms=grace)
 
 
 def _require(ok: bool, what: str) -> None:
@@ -313,16 +438,17 @@ def peek(data: bytes) -> Header:
     if magic != MAGIC:
         raise Malformed(f"bad magic {magic!r}")
     if version != VERSION:
-        raise Malformed(f"unsupported version {version}")
+        raise Malformed(f"unsupported version {version} (this agent speaks {VERSION})")
     try:
         header = Header(
             type=MsgType(mtype),
             state=NodeState(state),
+            flags=flags,
             node_id=node,
             weight=weight,
             interval_ms=interval,
             body_len=body_len,
-            vip=ipaddress.IPv4Address(vip),
+            vip=vip_of(vip),
             fingerprint=fp,
             key_id=kid,
             incarnation=inc,
@@ -330,13 +456,45 @@ def peek(data: bytes) -> Header:
         )
     except ValueError as exc:
         raise Malformed(f"bad header field: {exc}") from None
-    if flags != 0:
+    if flags & ~FLAG_DRAINING:
         raise Malformed(f"unknown flags {flags:#x}", header)
     if len(data) != HEADER.size + body_len + MAC_BYTES:
         raise Malformed(f"length {len(data)} does not match body length {body_len}", header)
     if not 1 <= node <= MAX_NODE_ID or interval == 0 or seq == 0:
         raise Malformed(f"field out of range (node {node}, interval {interval}, seq {seq})", header)
     return header
+
+
+def authenticate(data: bytes, key: bytes, header: Header) -> None:
+    """Check the MAC of a datagram whose header was peeked; raises BadMac."""
+    end = HEADER.size + header.body_len
+    mac = hmac.digest(key, data[:end], hashlib.sha256)
+    if not hmac.compare_digest(mac, data[end:]):
+        ours = key_id(key)
+        if header.key_id != ours:
+            why = f"signed with another key (key id {header.key_id.hex()}, ours {ours.hex()})"
+        else:
+            why = "MAC does not match with the same key id: corrupted or forged"
+        raise BadMac(why, header)
+
+
+def decode(header: Header, data: bytes) -> Message:
+    """The message of an authenticated datagram; raises Malformed."""
+    body = data[HEADER.size : HEADER.size + header.body_len]
+    try:
+        if header.type == MsgType.LEAVE:
+            if body:
+                raise Malformed(f"LEAVE with a {len(body)}-byte body", header)
+            return Leave(**_common(header))
+        if header.type == MsgType.KEPT:
+            return _kept(header, body)
+        if header.type == MsgType.RESTART:
+            return _restart(header, body)
+        if header.type == MsgType.CONFIG:
+            return Config(**_common(header), fields=body)
+        return _heartbeat(header, body)
+    except ValueError as exc:
+        raise Malformed(f"bad field: {exc}", header) from None
 
 
 def unpack(data: bytes, key: bytes, *, fingerprint: bytes | None = None) -> Message:
@@ -347,45 +505,32 @@ def unpack(data: bytes, key: bytes, *, fingerprint: bytes | None = None) -> Mess
     be read.
     """
     header = peek(data)
-    end = HEADER.size + header.body_len
-    mac = hmac.new(key, data[:end], hashlib.sha256).digest()
-    if not hmac.compare_digest(mac, data[end:]):
-        ours = key_id(key)
-        if header.key_id != ours:
-            why = f"signed with another key (key id {header.key_id.hex()}, ours {ours.hex()})"
-        else:
-            why = "MAC does not match with the same key id: corrupted or forged"
-        raise BadMac(why, header)
+    authenticate(data, key, header)
     if fingerprint is not None and header.fingerprint != fingerprint:
         raise ForeignFingerprint(
             f"cluster fingerprint {header.fingerprint.hex()}, ours {fingerprint.hex()}", header
         )
-    body = data[HEADER.size : end]
-    try:
-        if header.type == MsgType.LEAVE:
-            if body:
-                raise Malformed(f"LEAVE with a {len(body)}-byte body", header)
-            return Leave(
-                **_common(header),
-            )
-        if header.type == MsgType.KEPT:
-            return _kept(header, body)
-        return _heartbeat(header, body)
-    except ValueError as exc:
-        raise Malformed(f"bad field: {exc}", header) from None
+    return decode(header, data)
 
 
 def _heartbeat(header: Header, body: bytes) -> Heartbeat:
-    if len(body) < _HB_HEAD.size:
+    if len(body) < _HB_HEAD.size + 2 * _COUNT.size:
         raise Malformed(f"heartbeat body too short: {len(body)} bytes", header)
-    digest, count = _HB_HEAD.unpack_from(body)
-    rest = body[_HB_HEAD.size :]
-    if len(rest) != count * _ACK.size:
-        raise Malformed(f"{count} acks announced, {len(rest)} bytes follow", header)
-    acks = tuple(Ack(n, i) for n, i in _ACK.iter_unpack(rest))
-    cls = Hello if header.type == MsgType.HELLO else Heartbeat
-    return cls(
-        **_common(header),
-        view_digest=digest,
-        acks=acks,
+    digest, previous = _HB_HEAD.unpack_from(body)
+    off = _HB_HEAD.size
+    (nmembers,) = _COUNT.unpack_from(body, off)
+    off += _COUNT.size
+    end = off + nmembers * _MEMBER.size
+    if end + _COUNT.size > len(body):
+        raise Malformed(f"{nmembers} members announced, the body is shorter", header)
+    members = tuple(_MEMBER.iter_unpack(body[off:end]))
+    (nacks,) = _COUNT.unpack_from(body, end)
+    rest = body[end + _COUNT.size :]
+    if len(rest) != nacks * _ACK.size:
+        raise Malformed(f"{nacks} acks announced, {len(rest)} bytes follow", header)
+    acks = tuple(
+        Ack(n, i, w, NodeState(s), bool(f & 1), age)
+        for n, i, w, s, f, age in _ACK.iter_unpack(rest)
     )
+    cls = Hello if header.type == MsgType.HELLO else Heartbeat
+    return cls(**_common(header), view_digest=digest, previous=previous, members=members, acks=acks)

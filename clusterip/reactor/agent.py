@@ -1,12 +1,19 @@
-"""The agent's reactor: sockets, timers, signals around the pure membership state machine.
+"""The agent's reactor: sockets, timers and signals around the pure `VipNode`s.
 
-One process per node, one Membership per VIP. The loop: receive datagrams, serve the control
-socket, send heartbeats when due, tick the state machines, and turn their ownership into the
-kernel's ruleset (one nft transaction per change). Buckets lost to a live node keep their
-established flows (draining) until none is left (sockets, UDP flows) or the drain timeout
-passes; buckets gained from a live node are `guarded` (mid-flow TCP with no socket here is
-dropped, not reset); buckets taken from a dead node are `orphaned`, so their stale flows get a
-RST at once.
+One process per node, one VipNode per VIP (clusterip.core.vipnode decides everything). The
+loop: receive datagrams and hand each to its VIP's node, serve the control socket, watch the
+interface's carrier, and at every step apply the node's target `Ownership` to the kernel (one
+nft transaction per change) *before* sending what the step says to send.
+
+Ways out:
+- SIGTERM / SIGINT: a planned stop. Nothing is released: the datapath is armed to serve on by
+  itself for `restart_grace` seconds (a kernel timeout, no process needed), the peers hear
+  RESTART and keep this node's buckets where they are, and a new agent started within the
+  grace continues exactly where this one stopped: no connection breaks (`systemctl restart`).
+  With `restart_grace = 0` it is a graceful leave instead.
+- `clusterip stop --leave` (control socket): graceful leave; peers take the buckets at once.
+- kill -9 or a crash: the agent's liveness table dies with the process, and the node answers
+  nothing for the VIP from that instant; the survivors take over after detection.
 """
 
 from __future__ import annotations
@@ -18,24 +25,29 @@ import selectors
 import signal
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from clusterip.config import VipConfig
 from clusterip.core import defaults
-from clusterip.core.assign import assign
-from clusterip.core.events import Notice, OwnershipChanged, PeerDown, PeerUp, StateChanged
-from clusterip.core.handover import Handover
-from clusterip.core.kept import Announcer, KeptBook
-from clusterip.core.membership import Membership
-from clusterip.core.ownership import Ownership
-from clusterip.core.params import Cluster, Params
-from clusterip.core.wire import Kept, Malformed, MsgType, Rejected, peek, unpack
+from clusterip.core.events import (
+    Event,
+    Notice,
+    OwnershipChanged,
+    PeerContinued,
+    PeerDown,
+    PeerUp,
+    StateChanged,
+)
+from clusterip.core.params import Params
+from clusterip.core.vipnode import Adoption, Step, VipNode
+from clusterip.core.wire import Malformed, peek
 from clusterip.flows import FlowSource
 from clusterip.link import Link
 from clusterip.nft import Firewall
+from clusterip.reactor.carrier import CarrierWatch
+from clusterip.reactor.commands import Commands
 from clusterip.reactor.control import ControlServer
 from clusterip.reactor.datapath import AgentDatapath
 from clusterip.reactor.flowwatch import FlowWatcher
@@ -44,29 +56,21 @@ from clusterip.reactor.notify import Notifier
 from clusterip.reactor.settings import AgentSettings
 from clusterip.reactor.transport import Transport, UdpTransport
 
-log = logging.getLogger("clusterip.core")
-LEAVE_REPEAT = defaults.LEAVE_REPEAT
-FLOW_CHECK_EVERY = defaults.FLOW_CHECK_EVERY
+log = logging.getLogger("clusterip.agent")
+RECV_BATCH = 256  # datagrams read per step at most: a flood must not delay our heartbeats
 
 
 @dataclass
 class Unit:
-    """One VIP: its membership, its datapath, its flow-keeping bookkeeping."""
+    """One VIP: its pure node and its datapath."""
 
-    cfg: VipConfig
-    membership: Membership
+    node: VipNode
     datapath: AgentDatapath
-    handover: Handover
-    announcer: Announcer
-    kept: KeptBook = field(default_factory=KeptBook)
-    kept_applied: frozenset[tuple[str, int]] = frozenset()
     metrics_due: float = 0.0
-    last_raw: frozenset[int] | None = None  # the membership's owned set last applied
-    failovers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def vip(self) -> str:
-        return str(self.cfg.vip)
+        return self.node.vip
 
 
 class Agent:
@@ -80,71 +84,85 @@ class Agent:
         link: Link,
         flows: FlowSource,
         transport: Transport | None = None,
+        carrier: CarrierWatch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.configs = list(configs)
+        self.key = key
         self.clock = clock
+        self.firewall = firewall
+        self.link = link
         self.transport: Transport = transport or UdpTransport(
             configs[0].interface, group=settings.group, port=settings.port, peers=settings.peers
         )
+        self.carrier = carrier
         self.control = ControlServer()
         self.notify = Notifier(settings.notify)
         self.metrics = Metrics()
-        self.stopping = False
-        self.draining_all = False
-        self.drain_timeout: float | None = None
-        self.weight = settings.weight
-        self.started = clock()
-        params = Params(
+        self.commands = Commands(self)
+        self.stopping: str | None = None  # "restart" (planned stop) or "leave"
+        self.params = Params(
             buckets=settings.buckets, interval=settings.interval, tolerance=settings.tolerance
         )
+        self.units: list[Unit] = []
+        self.started = clock()
+        self.watcher = FlowWatcher(
+            flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock
+        )
+
+    def _start_units(self) -> None:
+        """The datapaths first (adopting what a predecessor left), then the pure nodes."""
         # Incarnations must grow across restarts (an older one is refused as a replay): the
         # wall clock in microseconds does, unless the clock is stepped back.
         incarnation = time.time_ns() // 1000
-        now = clock()
-        clusters = [Cluster.create(cfg, key, buckets=settings.buckets) for cfg in configs]
-        self.units = [
-            Unit(
-                cfg=cfg,
-                membership=Membership(
-                    node_id=settings.node_id,
-                    weight=settings.weight,
-                    incarnation=incarnation,
-                    cluster=cluster,
-                    now=now,
-                    params=params,
-                ),
-                announcer=Announcer(settings.node_id, incarnation, cluster),
-                datapath=AgentDatapath(cfg, settings.buckets, firewall, link),
-                handover=Handover(
-                    settings.node_id,
-                    settings.buckets,
-                    settings.drain_timeout + settings.detection_time,
-                    drain=settings.drain_timeout > 0,
-                ),
+        now = self.clock()
+        s = self.settings
+        for cfg in self.configs:
+            datapath = AgentDatapath(cfg, s.buckets, self.firewall, self.link)
+            left = datapath.start(node_id=s.node_id, incarnation=incarnation)
+            adopted = None
+            if left is not None:
+                adopted = Adoption(left.ownership, left.incarnation)
+                log.info(
+                    "%s: continuing incarnation %d: %d buckets, %d draining, no flow lost",
+                    cfg.vip,
+                    left.incarnation,
+                    len(left.ownership.owned),
+                    len(left.ownership.draining),
+                )
+            node = VipNode(
+                cfg,
+                node_id=s.node_id,
+                weight=s.weight,
+                key=self.key,
+                params=self.params,
+                incarnation=incarnation,
+                now=now,
+                drain_timeout=s.drain_timeout,
+                adopted=adopted,
             )
-            for cfg, cluster in zip(configs, clusters, strict=True)
-        ]
-        self.watcher = FlowWatcher(flows, configs, settings.buckets, FLOW_CHECK_EVERY, clock)
+            self.units.append(Unit(node, datapath))
 
     # ----- life cycle ---------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT, then leave gracefully. Returns the exit status."""
+        """Serve until a signal or a stop request; returns the exit status."""
+        self.control.open()  # first: a second agent in this namespace stops here, unchanged
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        self.control.open()
         if self.settings.realtime:
             _realtime(self.settings.realtime)
+        handed_over = False
         try:
-            for unit in self.units:
-                unit.datapath.start()
-            self.watcher.measure()  # imports and first counts before the loop starts
-            self.watcher.start()
+            self._start_units()
             self.transport.open()
+            if self.carrier is not None:
+                self.carrier.open()
+            self.watcher.start()
             if self.settings.metrics:
                 self.metrics.serve(self.settings.metrics)
             log.info(
@@ -155,16 +173,19 @@ class Agent:
                 round(self.settings.detection_time * 1000),
             )
             self._loop(wake_r)
-            self._leave()
+            handed_over = self._stop()
             return 0
         finally:
             self.watcher.stop()
-            for unit in self.units:
-                try:
-                    unit.datapath.stop()
-                except Exception as exc:  # best effort on the way out
-                    log.error("cleanup of %s failed: %s", unit.vip, exc)
+            if not handed_over:
+                for unit in self.units:
+                    try:
+                        unit.datapath.stop()
+                    except Exception as exc:  # best effort on the way out
+                        log.error("cleanup of %s failed: %s", unit.vip, exc)
             self.transport.close()
+            if self.carrier is not None:
+                self.carrier.close()
             self.control.close()
             signal.set_wakeup_fd(old_wakeup)
             for s, h in handlers.items():
@@ -173,23 +194,47 @@ class Agent:
             wake_w.close()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        self.stopping = True
+        self.stopping = "restart" if self.settings.restart_grace > 0 else "leave"
+
+    def _stop(self) -> bool:
+        """Leave or hand over; True when the datapath stays for a successor."""
+        now = self.clock()
+        if self.stopping == "restart":
+            grace = self.settings.restart_grace
+            for unit in self.units:
+                # Armed first: from here the node serves on by itself until the grace ends.
+                unit.datapath.suspend(grace)
+                for data in unit.node.suspend(now, grace):
+                    self.transport.send(data)
+            log.info("stopped: serving on for %g s for a successor (restart)", grace)
+            return True
+        for unit in self.units:
+            step = unit.node.leave(now)
+            self._apply(unit, step)
+            for data in step.datagrams:
+                self.transport.send(data)
+        log.info("left the cluster gracefully")
+        return False
 
     def _loop(self, wake: socket.socket) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self.transport.fileno(), selectors.EVENT_READ, "net")
         sel.register(self.control.fileno(), selectors.EVENT_READ, "control")
         sel.register(wake.fileno(), selectors.EVENT_READ, "wake")
+        if self.carrier is not None:
+            sel.register(self.carrier.fileno(), selectors.EVENT_READ, "carrier")
         try:
-            while not self.stopping:
+            while self.stopping is None:
                 now = self.clock()
-                deadline = min(u.membership.next_deadline(now) for u in self.units)
+                deadline = min(u.node.next_deadline(now) for u in self.units)
                 for key, _ in sel.select(timeout=max(0.0, deadline - now)):
                     if key.data == "control":
-                        self.control.serve_one(self.handle_request)
+                        self.control.serve_one(self.commands.handle)
                     elif key.data == "wake":  # a signal arrived; "net" is read in step()
                         with contextlib.suppress(BlockingIOError):
                             wake.recv(64)
+                    elif key.data == "carrier" and self.carrier is not None:
+                        self._carrier(self.carrier.poll())
                 began = self.clock()
                 self.step(began)
                 took = self.clock() - began
@@ -199,267 +244,124 @@ class Agent:
         finally:
             sel.close()
 
+    def _carrier(self, up: bool | None) -> None:
+        if up is None:
+            return
+        now = self.clock()
+        log.warning("%s: carrier %s", self.configs[0].interface, "up" if up else "lost")
+        for unit in self.units:
+            unit.node.set_carrier(up, now)
+
+    # ----- one step -------------------------------------------------------------------------
+
     def step(self, now: float) -> None:
-        """Tick every VIP, apply ownership, send due heartbeats (release before announce)."""
-        self.watcher.active = any(unit.handover.draining for unit in self.units)
-        self.watcher.poll(now)
+        """Receive, then for every VIP: step, apply, send (release before announce)."""
         # Whatever arrived while this process was busy counts before any peer is judged: a
         # stall of our own must not look like the silence of everyone else.
-        for data, src in self.transport.recv():
-            for unit in self.units:
-                if _is_kept(data):
-                    self._on_kept(unit, data, now)
-                else:
-                    unit.membership.receive(data, src, now)
+        by_vip = {u.vip: u for u in self.units}
+        for _ in range(RECV_BATCH):
+            got = self.transport.recv()
+            if got is None:
+                break
+            data, src = got
+            try:
+                vip = str(peek(data).vip)
+            except Malformed:
+                vip = ""
+            unit = by_vip.get(vip)
+            for target in [unit] if unit is not None else self.units:
+                target.node.receive(data, src, now)  # counted as malformed or foreign there
+        self.watcher.active = any(u.node.wants_flows for u in self.units)
+        self.watcher.poll(now)
         for unit in self.units:
-            m = unit.membership
-            events = m.tick(now)
-            for event in events:
-                self._on_event(unit, event, now)
-            # Lost buckets leave the kernel, and the flows we keep of them are announced,
-            # before the heartbeat that lets the new owners take them.
-            self._sync(unit, now)
-            self._announce(unit, now)
-            if m.due(now):
-                self.transport.send(m.heartbeat(now).pack(m.cluster.key))
-
-    def _announce(self, unit: Unit, now: float, *, fresh: bool = False) -> None:
-        draining = set(unit.handover.draining)
-        if fresh or unit.announcer.due(now, bool(draining)):
-            if fresh:
-                self.watcher.measure()  # the flows as they are now, not a second ago
-            for data in unit.announcer.messages(self.watcher.flows(unit.vip), draining, now):
+            node = unit.node
+            flows = self.watcher.latest_flows(unit.vip) if node.wants_flows else None
+            step = node.step(now, flows)
+            if node.wants_flows_now:
+                self._apply(unit, step)  # release first, then count what we keep
+                for data in step.datagrams:
+                    self.transport.send(data)
+                self._log(unit, step.events, now)
+                step = node.step(now, self.watcher.measure_now(unit.node.cfg))
+            self._apply(unit, step)
+            for data in step.datagrams:
                 self.transport.send(data)
+            self._log(unit, step.events, now)
+            if now >= unit.metrics_due:
+                unit.metrics_due = now + 1.0
+                self._export(unit, now)
 
-    def _on_kept(self, unit: Unit, data: bytes, now: float) -> None:
-        m = unit.membership
-        try:
-            if peek(data).vip != m.cluster.vip:
-                return
-            msg = unpack(data, m.cluster.key, fingerprint=m.cluster.fingerprint)
-            if isinstance(msg, Kept) and msg.node_id != m.node_id:
-                unit.kept.take(msg, now)
-        except Rejected as exc:
-            m.stats.record(exc.cause)
-
-    def _leave(self) -> None:
-        now = self.clock()
-        for unit in self.units:
-            events, msg = unit.membership.leave(now)
-            for event in events:
-                self._on_event(unit, event, now)
-            unit.datapath.apply(Ownership(self.settings.buckets))
-            self.transport.send(msg.pack(unit.membership.cluster.key))
-            for _ in range(LEAVE_REPEAT - 1):  # a lost LEAVE only costs a timeout; each resend
-                _events, msg = unit.membership.leave(now)  # has its own sequence number
-                self.transport.send(msg.pack(unit.membership.cluster.key))
-        log.info("left the cluster gracefully")
-
-    # ----- ownership into the kernel -------------------------------------------------------
-
-    def _on_event(self, unit: Unit, event: object, now: float) -> None:
-        if isinstance(event, OwnershipChanged):
-            fresh = unit.handover.changed(event, now)
-            if len(fresh) != len(event.orphaned):
-                log.info(
-                    "%s: %d of %d buckets from dead or unknown owners may hold live nodes' "
-                    "flows: no RST there",
-                    unit.vip,
-                    len(event.orphaned) - len(fresh),
-                    len(event.orphaned),
-                )
-            if fresh:
-                unit.failovers = [*unit.failovers[-19:], {"at": now, "buckets": len(fresh)}]
-            if any(owner is not None for owner in event.lost.values()):
-                # Release in the kernel, then tell who keeps what, then the heartbeat.
-                self._sync(unit, now)
-                self._announce(unit, now, fresh=True)
-            log.info(
-                "%s: %d buckets now (+%d, %d from dead nodes, -%d)",
-                unit.vip,
-                len(event.owned),
-                len(event.gained),
-                len(fresh),
-                len(event.lost),
-            )
-            self.notify(
-                "owned" if event.owned else "none",
-                unit.vip,
-                sorted(event.owned),
-                self.settings.buckets,
-            )
-        elif isinstance(event, Notice):
-            level = {"info": logging.INFO, "warning": logging.WARNING}.get(
-                event.level, logging.ERROR
-            )
-            log.log(level, "%s: %s", unit.vip, event.text)
-        elif isinstance(event, StateChanged):
-            log.warning("%s: %s -> %s (%s)", unit.vip, event.old.name, event.new.name, event.reason)
-        elif isinstance(event, PeerUp):
-            log.info("%s: node %d up at %s", unit.vip, event.node_id, event.address)
-            unit.handover.peer_up(event.node_id, event.incarnation, now)
-        elif isinstance(event, PeerDown):
-            log.warning("%s: node %d down (%s)", unit.vip, event.node_id, event.reason)
-            owned = {b + 1 for b in unit.membership.owned_buckets()}
-            unit.handover.peer_down(event.node_id, event.incarnation, now, owned)
-            unit.kept.forget(event.node_id)  # a dead node keeps nothing: its flows are orphans
-
-    def _sync(self, unit: Unit, now: float) -> None:
-        raw = unit.membership.owned_buckets()
-        h = unit.handover
-        kept = unit.kept.current(now)
-        if (
-            raw is unit.last_raw  # the membership hands out a new set only when it changes
-            and kept == unit.kept_applied
-            and not h.draining
-            and not h.waiting(now)
-            and now < unit.metrics_due
-        ):
-            return  # nothing can have changed: the common case, every 50 ms
-        unit.last_raw = raw
-        unit.kept_applied = kept
-        timeout = self.settings.drain_timeout
-        if self.draining_all and self.drain_timeout is not None:
-            timeout = self.drain_timeout
-        own = replace(
-            h.ownership(raw, now, self.watcher.latest(unit.vip), timeout, kept=bool(kept)),
-            kept=kept,
-        )
-        changed = unit.datapath.apply(own)
-        if changed:
+    def _apply(self, unit: Unit, step: Step) -> None:
+        if unit.datapath.apply(step.ownership):
             self.metrics.changes.labels(unit.vip).inc()
-        elif now < unit.metrics_due:
-            return
-        unit.metrics_due = now + 1.0
-        view = unit.membership.view()
+
+    def _log(self, unit: Unit, events: Sequence[Event], now: float) -> None:
+        vip = unit.vip
+        for event in events:
+            if isinstance(event, OwnershipChanged):
+                log.info(
+                    "%s: %d buckets now (+%d, %d from dead nodes, -%d)",
+                    vip,
+                    len(event.owned),
+                    len(event.gained),
+                    len(event.orphaned),
+                    len(event.lost),
+                )
+                self.notify("owned" if event.owned else "none", vip, sorted(event.owned),
+                            self.settings.buckets)  # fmt: skip
+            elif isinstance(event, Notice):
+                level = {"info": logging.INFO, "warning": logging.WARNING}.get(
+                    event.level, logging.ERROR
+                )
+                log.log(level, "%s: %s", vip, event.text)
+            elif isinstance(event, StateChanged):
+                log.warning("%s: %s -> %s (%s)", vip, event.old.name, event.new.name, event.reason)
+            elif isinstance(event, PeerUp):
+                log.info("%s: node %d up at %s", vip, event.node_id, event.address)
+            elif isinstance(event, PeerContinued):
+                log.info("%s: node %d restarted, continued by its successor", vip, event.node_id)
+            elif isinstance(event, PeerDown):
+                log.warning("%s: node %d down (%s)", vip, event.node_id, event.reason)
+
+    def _export(self, unit: Unit, now: float) -> None:
+        st = unit.node.status(now)
         self.metrics.update(
             unit.vip,
-            owned=len(own.owned),
-            draining=len(unit.handover.draining),
-            members=len(view.assigned_to),
-            passive=view.state.name == "PASSIVE",
-            rejected=view.rejected,
+            owned=st["owned_count"],
+            draining=len(st["draining"]),
+            members=len(st["share"]),
+            passive=st["state"] == "passive",
+            rejected=st["rejected"],
             apply_seconds=unit.datapath.stats.last_seconds,
         )
 
-    # ----- control socket -----------------------------------------------------------------
-
-    def _flows_now(self, unit: Unit) -> dict[str, int]:
-        """Live flows per bucket: the watcher's latest, or a fresh count when it is idle."""
-        if not self.watcher.active:
-            self.watcher.measure()
-        latest = self.watcher.latest(unit.vip) or (0.0, {})
-        return {str(b): n for b, n in sorted(latest[1].items())}
-
-    def handle_request(self, request: str) -> dict[str, Any]:
-        words = request.split()
-        command = words[0] if words else "status"
-        if command == "status":
-            return self.status()
-        if command == "drain":
-            timeout = None
-            if len(words) > 1:
-                try:
-                    timeout = float(words[1])
-                except ValueError:
-                    return {"error": f"bad drain timeout {words[1]!r}: expected seconds"}
-                if not 0 <= timeout <= 86400:
-                    return {"error": f"bad drain timeout {words[1]!r}: expected 0 to 86400 s"}
-            for unit in self.units:
-                unit.membership.drain(True)
-            self.draining_all = True
-            self.drain_timeout = timeout
-            log.warning("draining: no new connections; established ones stay until they end")
-            return {"ok": True, "draining": True}
-        if command == "resume":
-            for unit in self.units:
-                unit.membership.drain(False)
-            self.draining_all = False
-            self.drain_timeout = None
-            log.warning("resumed: taking new connections again")
-            return {"ok": True, "draining": False}
-        if command == "weight":
-            return self._set_weight(words[1:])
-        return {"error": f"unknown request {command!r}: allowed are status, drain, resume"}
-
-    def _set_weight(self, args: list[str]) -> dict[str, Any]:
-        try:
-            weight = int(args[0])
-        except (IndexError, ValueError):
-            return {"error": f"bad weight {' '.join(args)!r}: expected a number from 0 to 1000"}
-        if not 0 <= weight <= 1000:
-            return {"error": f"bad weight {weight}: expected a number from 0 to 1000"}
-        for unit in self.units:
-            unit.membership.set_weight(weight)
-        self.weight = weight
-        log.warning("weight is now %d", weight)
-        return {"ok": True, "weight": weight}
+    # ----- report -------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
-        out = []
+        vips = []
         for unit in self.units:
-            v = unit.membership.view()
-            cfg = unit.cfg
-            members = dict(v.assigned_to)
-            counts = Counter(assign(members, self.settings.buckets)) if members else Counter()
-            out.append(
-                {
-                    "vip": unit.vip,
-                    "interface": cfg.interface,
-                    "clustermac": cfg.clustermac,
-                    "hashmode": cfg.hashmode,
-                    "protocol": cfg.protocol,
-                    "dports": list(cfg.dports),
-                    "seed": f"0x{cfg.seed:08x}",
-                    "mode": "agent",
-                    "buckets": self.settings.buckets,
-                    "total_nodes": self.settings.buckets,
-                    "node_id": self.settings.node_id,
-                    "state": v.state.name.lower(),
-                    "reason": v.reason,
-                    "owned_count": len(v.owned),
-                    "owned": sorted(b + 1 for b in v.owned),
-                    "draining": sorted(unit.handover.draining),
-                    "flows": self._flows_now(unit),
-                    "orphaned": len(unit.handover.orphaned),
-                    "members": [
-                        {
-                            "id": m.node_id,
-                            "address": m.address,
-                            "state": m.state.name.lower(),
-                            "weight": m.weight,
-                            "buckets": counts.get(m.node_id, 0),
-                            "last_heard_ms": round((now - m.last_heard) * 1000),
-                            "counted": m.counted,
-                        }
-                        for m in v.members
-                    ],
-                    "refused": [
-                        {
-                            "address": r.address,
-                            "node_id": r.node_id,
-                            "cause": r.cause,
-                            "detail": r.detail,
-                            "count": r.count,
-                        }
-                        for r in v.refused
-                    ],
-                    "rejected": dict(v.rejected),
-                    "last_apply_ms": round(unit.datapath.stats.last_seconds * 1000, 3),
-                    "changes": unit.datapath.stats.changes,
-                }
-            )
+            doc = unit.node.status(now)
+            if not self.watcher.active:
+                self.watcher.measure()
+            latest = self.watcher.latest(unit.vip) or (0.0, {})
+            doc["flows"] = {str(b): n for b, n in sorted(latest[1].items())}
+            doc["last_apply_ms"] = round(unit.datapath.stats.last_seconds * 1000, 3)
+            doc["changes"] = unit.datapath.stats.changes
+            doc["counters"] = unit.datapath.counters()
+            vips.append(doc)
         return {
             "agent": {
                 "node_id": self.settings.node_id,
-                "weight": self.weight,
+                "weight": self.units[0].node.membership.weight if self.units else 0,
                 "uptime_s": round(now - self.started, 1),
                 "interval_ms": round(self.settings.interval * 1000),
                 "detection_ms": round(self.settings.detection_time * 1000),
-                "draining": self.draining_all,
+                "restart_grace_s": self.settings.restart_grace,
+                "draining": self.commands.draining,
+                "pid": os.getpid(),
             },
-            "vips": out,
+            "vips": vips,
         }
 
 
@@ -474,10 +376,3 @@ def _realtime(priority: int) -> None:
         os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
     except OSError as exc:
         log.warning("cannot run with realtime priority %d (%s): heartbeats may lag", priority, exc)
-
-
-def _is_kept(data: bytes) -> bool:
-    try:
-        return peek(data).type == MsgType.KEPT
-    except Malformed:
-        return False  # the membership counts it

@@ -37,7 +37,9 @@ class FlowWatcher:
         self.clock = clock
         self._latest: dict[str, Measurement] = {}
         self._flows: dict[str, list[Flow]] = {}
-        self._lock = threading.Lock()
+        self._reports: dict[str, tuple[float, list[Flow]]] = {}
+        self._lock = threading.Lock()  # guards the results
+        self._measuring = threading.Lock()  # one measurement at a time: the source is shared
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next = 0.0
@@ -48,16 +50,24 @@ class FlowWatcher:
     def measure(self) -> None:
         """Take one measurement of every VIP now (in the calling thread)."""
         for cfg in self.configs:
+            self.measure_now(cfg)
+
+    def measure_now(self, cfg: VipConfig) -> tuple[float, list[Flow]] | None:
+        """Measure one VIP now, in the calling thread (the worker may be measuring too: the
+        source is used by one thread at a time). None if the flows cannot be read."""
+        with self._measuring:
             taken = self.clock()
             try:
                 flows = self.source.flows(cfg, self.modulus)
             except Exception as exc:  # cannot read them: keep draining until the timeout
                 log.warning("cannot count flows of %s: %s", cfg.vip, exc)
-                continue
-            counts = dict(Counter(b for _a, _p, b in flows))
-            with self._lock:
-                self._latest[str(cfg.vip)] = (taken, counts)
-                self._flows[str(cfg.vip)] = flows
+                return None
+        counts = dict(Counter(b for _a, _p, b in flows))
+        with self._lock:
+            self._latest[str(cfg.vip)] = (taken, counts)
+            self._flows[str(cfg.vip)] = flows
+            self._reports[str(cfg.vip)] = (taken, flows)
+        return taken, flows
 
     def poll(self, now: float) -> None:
         """Without a thread (tests, simulations): measure inline when due."""
@@ -82,6 +92,12 @@ class FlowWatcher:
     def latest(self, vip: str) -> Measurement | None:
         with self._lock:
             return self._latest.get(vip)
+
+    def latest_flows(self, vip: str) -> tuple[float, list[Flow]] | None:
+        """The latest measurement of `vip` as (taken at, flows): the same object until the
+        next measurement (the core notices new ones by identity)."""
+        with self._lock:
+            return self._reports.get(vip)
 
     def flows(self, vip: str) -> list[Flow]:
         """The flows of the latest measurement (address, port, bucket)."""

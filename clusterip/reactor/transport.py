@@ -15,6 +15,7 @@ from typing import Protocol
 
 from clusterip.config import ConfigError
 from clusterip.core import defaults
+from clusterip.core.bus import Bus
 
 DEFAULT_GROUP = defaults.GROUP
 DEFAULT_PORT = defaults.PORT
@@ -31,11 +32,12 @@ def parse_group(text: str) -> str:
     return str(addr)
 
 
-class Transport(Protocol):
+class Transport(Bus, Protocol):
+    """The agent's transport: the core's Bus, plus what a select loop needs. The in-memory
+    fake is clusterip.core.bus.MemoryBus."""
+
     def open(self) -> None: ...
     def fileno(self) -> int: ...
-    def send(self, data: bytes) -> None: ...
-    def recv(self) -> list[tuple[bytes, str]]: ...
     def close(self) -> None: ...
 
 
@@ -79,64 +81,27 @@ class UdpTransport:
         assert self._sock is not None
         return self._sock.fileno()
 
-    def send(self, data: bytes) -> None:
+    @property
+    def address(self) -> str:
+        return self.interface
+
+    def send(self, data: bytes, dest: str | None = None) -> None:
         assert self._sock is not None
-        for target in self.peers or [self.group]:
+        for target in [dest] if dest else self.peers or [self.group]:
             # A full queue or an unreachable peer: the next heartbeat tries again.
             with contextlib.suppress(OSError):
                 self._sock.sendto(data, (target, self.port))
 
-    def recv(self) -> list[tuple[bytes, str]]:
-        """Everything waiting now (non-blocking)."""
+    def recv(self) -> tuple[bytes, str] | None:
+        """The next datagram waiting (non-blocking), or None."""
         assert self._sock is not None
-        out: list[tuple[bytes, str]] = []
-        while True:
-            try:
-                data, (addr, _port) = self._sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return out
-            out.append((data, addr))
+        try:
+            data, (addr, _port) = self._sock.recvfrom(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return None
+        return data, addr
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-
-
-class MemoryHub:
-    """In-memory segment for unit tests: what one transport sends, every other one receives."""
-
-    def __init__(self) -> None:
-        self.inboxes: dict[str, list[tuple[bytes, str]]] = {}
-        self.cut: set[str] = set()  # addresses whose traffic is lost (a partition)
-
-    def transport(self, address: str) -> MemoryTransport:
-        self.inboxes[address] = []
-        return MemoryTransport(self, address)
-
-
-class MemoryTransport:
-    def __init__(self, hub: MemoryHub, address: str) -> None:
-        self.hub = hub
-        self.address = address
-
-    def open(self) -> None:
-        pass
-
-    def fileno(self) -> int:
-        return -1
-
-    def send(self, data: bytes) -> None:
-        if self.address in self.hub.cut:
-            return
-        for addr, inbox in self.hub.inboxes.items():
-            if addr != self.address and addr not in self.hub.cut:
-                inbox.append((data, self.address))
-
-    def recv(self) -> list[tuple[bytes, str]]:
-        out = self.hub.inboxes[self.address]
-        self.hub.inboxes[self.address] = []
-        return out
-
-    def close(self) -> None:
-        pass

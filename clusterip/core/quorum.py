@@ -1,0 +1,111 @@
+"""Whether this node may go on serving when it loses contact with peers: the isolation rule.
+
+A node cut off from the others (its link down, its switch port down, a partition) must not take
+the others' buckets, or both sides answer the same clients when the link comes back. It must
+instead give up its own share before the majority takes it over, so that a heal never finds a
+bucket owned twice. Pure: the caller passes `now` and what it sees.
+
+- The *base* is the last known membership: the voters (this node and the members of its view)
+  once they have been unchanged for `settle` seconds while this node had quorum. Graceful
+  leaves shrink it at once (they said so); silence does not.
+- Quorum: more than half of the base is reachable (in the view, directly or relayed by a peer).
+  Exactly half: in a two-node base, the node whose interface has carrier keeps quorum (a
+  two-node cluster cannot tell a dead peer from a cut one without a third party; the node that
+  lost its own carrier knows it is the cut one); otherwise the half holding the lowest node id
+  of the base keeps it (both halves decide the same without talking).
+- No carrier on the cluster interface: never quorum.
+- A node cut off for `isolation_limit` seconds while its interface has carrier concludes that
+  the members it cannot reach are gone (a rack that lost power, not a partition) and starts
+  over from what it reaches: availability after a bounded time, at the price that a partition
+  of the heartbeat network lasting longer, with clients on both sides, is served twice.
+- Suspects: a peer not heard for more than two intervals (but not yet dead) may be about to
+  time out as well. When one peer has just died, the view change waits while the suspects'
+  loss would cost quorum: an isolated node sees all its peers time out within one interval of
+  each other (their heartbeats are spread over that interval), and must not take the first
+  one's buckets just before it learns it is alone. A healthy survivor's other peers are not
+  suspects, so its failover is not delayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+def has_quorum(reachable: frozenset[int], base: frozenset[int], *, carrier: bool) -> bool:
+    """Whether `reachable` (this node included) may serve, given the last known `base`."""
+    if not carrier:
+        return False
+    if not base:
+        return True
+    alive = len(reachable & base)
+    if alive * 2 > len(base):
+        return True
+    if alive * 2 == len(base):
+        return len(base) == 2 or min(base) in reachable
+    return False
+
+
+@dataclass
+class Quorum:
+    """The base and its bookkeeping for one node."""
+
+    node_id: int
+    settle: float
+    base: frozenset[int] = frozenset()
+    carrier: bool = True
+    _candidate: frozenset[int] = frozenset()
+    _since: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.base = self.base or frozenset({self.node_id})
+
+    def left(self, node: int) -> None:
+        """A node said goodbye (LEAVE): it no longer counts in the base."""
+        if node != self.node_id and node in self.base:
+            self.base = self.base - {node}
+
+    def judge(self, reachable: frozenset[int], now: float) -> bool:
+        """Quorum for `reachable` now; moves the base on when the membership has settled."""
+        ok = has_quorum(reachable, self.base, carrier=self.carrier)
+        if reachable != self._candidate:
+            self._candidate, self._since = reachable, now
+        elif ok and now - self._since >= self.settle and reachable != self.base:
+            self.base = reachable
+        return ok
+
+    def judge_only(self, reachable: frozenset[int]) -> bool:
+        """Quorum for `reachable`, without moving the base."""
+        return has_quorum(reachable, self.base, carrier=self.carrier)
+
+    def deadline(self) -> float | None:
+        """When the base may next move (for the caller's timer), if it may."""
+        if self._candidate != self.base:
+            return self._since + self.settle
+        return None
+
+    def must_wait(self, reachable: frozenset[int], suspects: Iterable[int]) -> bool:
+        """Whether losing the suspects too would cost quorum (so a view change should wait)."""
+        pessimistic = reachable - frozenset(suspects)
+        return pessimistic != reachable and not has_quorum(
+            pessimistic, self.base, carrier=self.carrier
+        )
+
+    isolated_since: float | None = None
+
+    def give_up_waiting(self, reachable: frozenset[int], now: float, limit: float) -> bool:
+        """Track how long quorum has been missing; after `limit` with carrier, reset the base
+        to what is reachable (True when that happened now)."""
+        if self.isolated_since is None:
+            self.isolated_since = now
+            return False
+        if self.carrier and now - self.isolated_since >= limit:
+            self.force(reachable)
+            return True
+        return False
+
+    def force(self, reachable: frozenset[int]) -> None:
+        """An operator's word that the missing members are gone for good."""
+        self.base = reachable
+        self._candidate = reachable
+        self.isolated_since = None
