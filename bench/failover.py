@@ -29,7 +29,7 @@ from typing import Any
 from bench.labrun import bench_lab
 from clusterip.core.defaults import INTERVAL_MS as DEFAULT_INTERVAL_MS
 from clusterip.core.defaults import TOLERANCE as DEFAULT_TOLERANCE
-from clusterip.lab.agents import KEY, Agents
+from clusterip.lab.agents import Agents, write_key
 from clusterip.lab.net import Lab
 
 CLIENTS = 30
@@ -151,7 +151,7 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
     results = []
     with tempfile.TemporaryDirectory(prefix="clusterip-failover-") as tmp:
         keyfile = Path(tmp) / "cluster.key"
-        keyfile.write_text(KEY)
+        write_key(keyfile)
         with bench_lab(3, CLIENTS, log) as lab:
             lab.start_servers()
             agents = Agents(lab, keyfile, "--hashmode", "sourceip")

@@ -26,7 +26,7 @@ from bench.failover import down_times
 from bench.labrun import bench_lab
 from clusterip.core.defaults import INTERVAL_MS as DEFAULT_INTERVAL_MS
 from clusterip.core.defaults import TOLERANCE as DEFAULT_TOLERANCE
-from clusterip.lab.agents import KEY, Agents
+from clusterip.lab.agents import Agents, write_key
 from clusterip.lab.net import Lab
 from clusterip.reactor.transport import DEFAULT_GROUP, DEFAULT_PORT
 
@@ -98,7 +98,7 @@ def phase(lab: Lab, agents: Agents, seconds: float, loaded: bool) -> dict[str, A
 def run(seconds: float, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="clusterip-falsealarm-") as tmp:
         keyfile = Path(tmp) / "cluster.key"
-        keyfile.write_text(KEY)
+        write_key(keyfile)
         with bench_lab(3, 10, log) as lab:
             lab.start_servers()
             agents = Agents(lab, keyfile)

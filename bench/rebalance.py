@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.labrun import bench_lab
-from clusterip.lab.agents import KEY, Agents
+from clusterip.lab.agents import Agents, write_key
 from clusterip.lab.conns import finish_conns, start_conns
 from clusterip.lab.net import Lab
 
@@ -59,7 +59,7 @@ def static_move(conns: int, keep: bool, log: Callable[[str], None]) -> dict[str,
 def agent_join(conns: int, drain: bool, log: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="clusterip-rebalance-") as tmp:
         keyfile = Path(tmp) / "cluster.key"
-        keyfile.write_text(KEY)
+        write_key(keyfile)
         with bench_lab(4, 60, log) as lab:
             lab.start_servers()
             extra = () if drain else ("--drain-timeout", "0")

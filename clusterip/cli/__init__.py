@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,6 +38,7 @@ for _command in (
     agent_cli.drain,
     agent_cli.resume,
     agent_cli.weight,
+    agent_cli.stop,
 ):
     cli.add_command(_command)
 
@@ -50,12 +52,44 @@ def _register_lab() -> None:
     cli.add_command(lab)
 
 
+# Commands that read or change the kernel's netfilter state, or talk to the agent's
+# root-only control socket: without CAP_NET_ADMIN they fail one way, with one line.
+NEEDS_ADMIN = {"up", "down", "status", "take", "release", "agent", "drain", "resume", "weight",
+               "stop", "doctor"}  # fmt: skip
+CAP_NET_ADMIN = 12
+
+
+def _has_net_admin() -> bool:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+def _subcommand(args: Sequence[str]) -> str | None:
+    words = [a for a in args if not a.startswith("-")]
+    return words[0] if words else None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from clusterip.nft import FirewallError
 
     _register_lab()
+    args = list(argv) if argv is not None else sys.argv[1:]
+    command = _subcommand(args)
+    wants_help = any(a in ("-h", "--help") for a in args)
+    if command in NEEDS_ADMIN and not wants_help and not _has_net_admin():
+        fail(
+            f"`clusterip {command}` needs root (CAP_NET_ADMIN: it reads and changes the "
+            "kernel's nftables state): run it with sudo",
+            EXIT_KERNEL,
+        )
     try:
-        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        cli.main(args=args, standalone_mode=False)
     except ConfigError as exc:
         fail(str(exc))
     except click.exceptions.UsageError as exc:

@@ -116,21 +116,27 @@ def _print_agent(doc: dict[str, Any]) -> None:
     click.echo(
         f"agent: node {a['node_id']}, weight {a['weight']}, up {a['uptime_s']} s, heartbeat "
         f"{a['interval_ms']} ms, dead after {a['detection_ms']} ms"
-        + (", DRAINING" if a["draining"] else "")
+        + (", DRAINING (clusterip drain)" if a["draining"] else "")
     )
     for v in doc["vips"]:
         click.echo(
             f"{v['vip']} on {v['interface']}  mac {v['clustermac']}  {v['hashmode']}  "
             f"{v['buckets']} buckets  state {v['state']} ({v['reason']})"
         )
-        click.echo(
-            f"  this node: {v['owned_count']} buckets, {len(v['draining'])} draining, "
-            f"last change applied in {v['last_apply_ms']} ms"
-        )
+        line = f"  this node: {v['owned_count']} buckets, {len(v['draining'])} draining"
+        if v.get("guarded"):
+            line += f", {len(v['guarded'])} guarded for {v['guard_until']} s more"
+        click.echo(line + f"; last change applied in {v['last_apply_ms']} ms")
+        counters = v.get("counters") or {}
+        if counters:
+            click.echo(
+                "  packets: " + "  ".join(f"{n} {c['packets']}" for n, c in counters.items())
+            )
         click.echo("  members:  id  address          state     weight  buckets  last heard")
         for m in v["members"]:
+            where = m["address"] or f"via node {m['via']}"
             click.echo(
-                f"           {m['id']:>3}  {m['address']:<15}  {m['state']:<8}  {m['weight']:>6}"
+                f"           {m['id']:>3}  {where:<15}  {m['state']:<8}  {m['weight']:>6}"
                 f"  {m['buckets']:>7}  {m['last_heard_ms']} ms ago"
                 + ("" if m["counted"] else "  (not counted)")
             )
@@ -178,13 +184,27 @@ def which(src: str, sport: str | None, as_json: bool, **params: Any) -> None:
     """The node number that answers a flow, computed as the kernel computes it."""
     given = {k: v for k, v in params.items() if v not in (None, ())}
     dports = given.pop("dport", ())
+    agent: dict[str, Any] | None = None
     if set(given) - {"vip"}:
         cfg = configs_from(params, need_local=False)[0]
     else:
         if "vip" not in given:
             fail("missing --vip")
         addr = cfgmod.parse_vip(given["vip"])[0]
-        cfg = _node().require(addr).config
+        agent = _agent_vip(str(addr))
+        if agent is not None:
+            cfg = cfgmod.build(
+                vip=str(addr),
+                interface=agent["interface"],
+                total_nodes=1,
+                protocol=agent["protocol"],
+                dports=agent["dports"],
+                hashmode=agent["hashmode"],
+                clustermac=agent["clustermac"],
+                seed=agent["seed"],
+            )
+        else:
+            cfg = _node().require(addr).config
     sport_n = cfgmod.parse_port(sport, "source port") if sport else None
     if len(dports) > 1 or "," in "".join(dports):
         fail(f"which takes one --dport, got {','.join(dports)!r}")
@@ -196,15 +216,34 @@ def which(src: str, sport: str | None, as_json: bool, **params: Any) -> None:
     n = flow_bucket(
         cfg.hashmode,
         cfg.seed,
-        cfg.total_nodes,
+        agent["buckets"] if agent is not None else cfg.total_nodes,
         cfgmod.parse_ip(src, "source address"),
         sport_n,
         dport_n,
     )
+    if agent is None:  # static mode: the bucket is the node number (CLUSTERIP's)
+        click.echo(json.dumps({"vip": str(cfg.vip), "bucket": n, "node": n}) if as_json else n)
+        return
+    from clusterip.core.holdings import owner_of
+
+    view = {int(k): w for k, w in agent["view"].items()}
+    node = owner_of(view, agent["buckets"], n) or None
     if as_json:
-        click.echo(json.dumps({"vip": str(cfg.vip), "bucket": n}))
+        click.echo(json.dumps({"vip": str(cfg.vip), "bucket": n, "node": node}))
     else:
-        click.echo(n)
+        click.echo(f"node {node} (bucket {n} of {agent['buckets']})" if node else f"nobody now "
+                   f"(bucket {n} of {agent['buckets']})")  # fmt: skip
+
+
+def _agent_vip(vip: str) -> dict[str, Any] | None:
+    """This namespace's agent's report of `vip`, if an agent runs it."""
+    from clusterip.reactor.control import NoAgent, request
+
+    try:
+        doc = request("status")
+    except NoAgent:
+        return None
+    return next((v for v in doc.get("vips", []) if v["vip"] == vip), None)
 
 
 @click.command("import-iptables")

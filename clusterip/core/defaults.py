@@ -59,6 +59,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("node_id", None, 1, MAX_NODE_ID, "this node's id, unique in the cluster"),
     Setting("key_file", None, None, None, "shared secret (at least 16 bytes), mode 0600"),
+    Setting("allow_readable_key", False, None, None, "accept a key file others can read"),
     Setting("weight", WEIGHT, 0, MAX_WEIGHT, "share relative to the others (0: none)"),
     Setting("buckets", BUCKETS, 1, MAX_BUCKETS, "buckets per VIP"),
     Setting("interval_ms", INTERVAL_MS, 5, 10_000, "heartbeat interval (ms)"),

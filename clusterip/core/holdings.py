@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from clusterip.core.assign import assign
+from clusterip.core.defaults import KEPT_TTL
 from clusterip.core.events import OwnershipChanged
 
 NOBODY = 0  # node ids are 1..255
@@ -63,6 +64,7 @@ class PeerStatus:
     claims: frozenset[int]  # buckets its announced view gives it (empty unless it is active)
     hears_us: bool  # its heartbeats ack our incarnation
     verified: bool  # this incarnation has acked ours at least once (not a recording)
+    view: tuple[tuple[int, int], ...] = ()  # the member list it announced (empty unless active)
 
 
 @dataclass(frozen=True)
@@ -145,11 +147,15 @@ class Holdings:
         now: float,
         peers: Mapping[int, PeerStatus],
         alive: Mapping[int, int],
+        unsure: frozenset[int] = frozenset(),
     ) -> Settled:
         """Release what is no longer ours; take what may be taken now (see module doc).
 
         `peers`: the peers heard directly; `alive`: every live node this node knows of,
-        directly or relayed (node id -> incarnation).
+        directly or relayed (node id -> incarnation); `unsure`: peers that drain and whose
+        latest announcement of the flows they keep we do not have whole yet: their buckets
+        wait for it (for `handoff_time` + KEPT_TTL at most), so that nothing they keep is
+        answered here first.
         """
         lost: dict[int, int | None] = {}
         for b in self._held - self._target:
@@ -166,6 +172,11 @@ class Holdings:
         orphaned: set[int] = set()
         overdue: dict[int, int] = {}
         claimed = [(n, p.claims) for n, p in peers.items() if p.claims and p.verified]
+        # Views that differ from ours: while one gives a bucket to another live node, that node
+        # may be taking it right now under that view (two gainers, neither has announced yet).
+        mine = tuple(sorted(self._members.items()))
+        others = {p.view for p in peers.values() if p.verified and p.view and p.view != mine}
+        elsewhere = [_owners(v, self.buckets) for v in others]
         for b, wait in list(self._pending.items()):
             if b in lost:
                 continue
@@ -175,7 +186,14 @@ class Holdings:
                     for n in blockers:
                         overdue[n] = overdue.get(n, 0) + 1
                 continue
+            if now < wait.since + self.handoff_time and any(
+                owners[b - 1] not in (NOBODY, self.node_id) and owners[b - 1] in alive
+                for owners in elsewhere
+            ):
+                continue  # views still differ: wait for them to agree (at most handoff_time)
             prev = wait.previous
+            if prev in unsure and now < wait.since + self.handoff_time + KEPT_TTL:
+                continue
             unheard = prev not in (NOBODY, self.node_id) and prev in alive and prev not in peers
             if unheard and now < wait.since + self.handoff_time:
                 continue  # a live owner we cannot hear: time to see the new view and release

@@ -30,16 +30,33 @@ Flow = tuple[str, int, int]  # client address, client port, bucket (1-based)
 @dataclass
 class KeptBook:
     parts: dict[int, dict[int, tuple[frozenset[KeptFlow], float]]] = field(default_factory=dict)
+    # node -> (announcement, parts received of it): an announcement is known once whole
+    _incoming: dict[int, tuple[int, set[int], int]] = field(default_factory=dict)
+    complete: dict[int, int] = field(default_factory=dict)  # node -> latest whole announcement
 
-    def take(self, msg: Kept, now: float) -> None:
-        """An authenticated, fresh KEPT."""
+    def take(self, msg: Kept, now: float) -> int | None:
+        """An authenticated, fresh KEPT; returns the announcement it completes, if it does."""
         book = self.parts.setdefault(msg.node_id, {})
         for stale in [p for p in book if p >= msg.parts]:
             del book[stale]
         book[msg.part] = (frozenset((str(a), port) for a, port, _b in msg.flows), now)
+        announcement = msg.seq - msg.part
+        current = self._incoming.get(msg.node_id)
+        if current is None or current[0] != announcement:
+            if current is not None and current[0] > announcement:
+                return None  # a part of an older announcement, late
+            current = (announcement, set(), msg.parts)
+            self._incoming[msg.node_id] = current
+        current[1].add(msg.part)
+        if len(current[1]) == current[2] and self.complete.get(msg.node_id, 0) < announcement:
+            self.complete[msg.node_id] = announcement
+            return announcement
+        return None
 
     def forget(self, node: int) -> None:
         self.parts.pop(node, None)
+        self._incoming.pop(node, None)
+        self.complete.pop(node, None)
 
     def announcers(self) -> frozenset[int]:
         """The nodes whose kept flows are known."""
@@ -69,6 +86,7 @@ class Announcer:
 
     cluster: Cluster
     last: float = -1e18
+    announcement: int = 0  # seq of the first KEPT of the latest announcement
     announced: bool = False  # whether the last announcement listed any flow
 
     def due(self, now: float, draining: bool) -> bool:
@@ -99,6 +117,7 @@ class Announcer:
             Kept(**header(), part=part, parts=len(chunks), flows=tuple(chunk))  # type: ignore[arg-type]
             for part, chunk in enumerate(chunks)
         ]
+        self.announcement = out[0].seq
         self.last = now
         self.announced = bool(kept)
         return out

@@ -85,6 +85,7 @@ class _Peer:
     last_heard: float
     verified: bool = False  # this incarnation acked ours at least once
     acks_us: bool = False  # its latest heartbeat acks ours
+    our_age: float = 0.0  # how long ago it last heard us, as its latest heartbeat says
     draining: bool = False  # it keeps flows of buckets it handed over
     members: tuple[tuple[int, int], ...] = ()
     relays: tuple[Ack, ...] = ()  # whom it counts by direct contact
@@ -93,6 +94,8 @@ class _Peer:
     restart_until: float | None = None  # announced a planned restart: kept until then
     continuing: bool = False  # a successor that has not acked us yet
     kept_place: bool = False  # counted when it announced its restart
+    kept_said: int = 0  # the latest KEPT announcement its heartbeat names
+    kept_known: int = 0  # the latest we have whole
 
     def fresh(self, now: float) -> bool:
         if self.restart_until is not None:
@@ -131,7 +134,10 @@ class Membership:
         self._continues = adopted is not None  # a successor: no listen period
         self._guard = ReplayGuard(forget_after=p.forget_after)
         self._refusals = Refusals(
-            dead_after=p.dead_after, tolerance=p.tolerance, log_every=p.log_every
+            dead_after=p.dead_after,
+            tolerance=p.tolerance,
+            log_every=p.log_every,
+            key_id=cluster.key_id,
         )
         self.stats = self._refusals.stats
         self._quorum = Quorum(node_id, settle=p.dead_after)
@@ -251,6 +257,7 @@ class Membership:
                 self._drop(peer, "restarted")
                 peer = None
         acks_us = msg.acked(self.node_id) == self.incarnation
+        our_age = next((a.age_ms for a in msg.acks if a.node_id == self.node_id), 0) / 1000
         dead_after = msg.interval_ms / 1000 * self.params.tolerance
         relays = tuple(a for a in msg.acks if a.member)
         if peer is None:
@@ -270,9 +277,11 @@ class Membership:
         peer.state, peer.weight, peer.address, peer.last_heard = msg.state, msg.weight, src, now
         peer.interval, peer.dead_after = msg.interval_ms / 1000, dead_after
         peer.acks_us, peer.verified = acks_us, peer.verified or acks_us
+        peer.our_age = our_age
         if acks_us:
             peer.continuing = False
         peer.draining = bool(msg.flags & FLAG_DRAINING)
+        peer.kept_said = msg.kept
         peer.members, peer.relays, peer.relayed_at, peer.raw = msg.members, relays, now, raw
         self._dirty = True
         if isinstance(msg, Hello):
@@ -285,10 +294,17 @@ class Membership:
         self._events.append(PeerDown(peer.node_id, peer.incarnation, reason))
         self._dirty = True
 
+    def kept_known(self, node: int, announcement: int) -> None:
+        """A peer's KEPT announcement has arrived whole (from the caller's KeptBook)."""
+        peer = self._peers.get(node)
+        if peer is not None and announcement > peer.kept_known:
+            peer.kept_known = announcement
+            self._dirty = True
+
     def set_carrier(self, up: bool, now: float) -> None:
         """The cluster interface gained or lost carrier (from the reactor's link watch)."""
         if up != self._quorum.carrier:
-            self._quorum.carrier = up
+            self._quorum.set_carrier(up)
             self._dirty = True
 
     def set_weight(self, weight: int) -> None:
@@ -359,7 +375,7 @@ class Membership:
         gap = EARLY_GAP if self._send_soon else 1.0
         return self._last_sent + self.params.interval * gap
 
-    def heartbeat(self, now: float, *, draining: bool = False) -> Heartbeat:
+    def heartbeat(self, now: float, *, draining: bool = False, kept: int = 0) -> Heartbeat:
         """The next heartbeat (a HELLO the first time). Call `tick(now)` and apply its events
         first: the heartbeat announces the view whose releases must already be done.
         `draining`: this node keeps flows of buckets it handed over."""
@@ -383,6 +399,7 @@ class Membership:
             flags=FLAG_DRAINING if draining else 0,
             view_digest=self._digest,
             previous=self._previous,
+            kept=kept,
             members=tuple(sorted(self._assigned.items())),
             acks=acks,
         )
@@ -514,7 +531,17 @@ class Membership:
         self._relayed = relayed
 
     def _reachable(self) -> frozenset[int]:
-        return frozenset({self.node_id, *(n for n in self._others)})
+        # Quorum is about who we reach, not who serves: cut-off peers that hear us again count,
+        # or nodes isolated together (every group of a partition a minority) never recover.
+        return frozenset({self.node_id, *self._others, *self._cut_off()})
+
+    def _cut_off(self) -> frozenset[int]:
+        """Isolated peers that hear us: reachable, but not serving (yet)."""
+        return frozenset(
+            n
+            for n, p in self._peers.items()
+            if p.state == NodeState.ISOLATED and p.verified and p.acks_us and p.weight > 0
+        )
 
     def _update_state(self, now: float) -> None:
         self._others = {n: p.weight for n, p in self._peers.items() if self._counted(p, now)}
@@ -612,6 +639,11 @@ class Membership:
             lost = set(self._assigned) - set(assigned)
             if lost and self._quorum.must_wait(self._reachable(), suspects):
                 return  # others may be about to go too: if so, we are the one cut off
+            back = self.node_id not in self._assigned and self._cut_off()
+            if back and now < self._hold_until + self.params.dead_after:
+                # Back from isolation with peers that were cut off too: they turn active in a
+                # moment; wait for them, so that all of us take buckets in one view.
+                return
         self._hold_until = None
         previous_incs = self._incs
         self._assigned = assigned
@@ -627,24 +659,43 @@ class Membership:
         relayed = self._relayed.get(node)
         return relayed[0] if relayed is not None else -1
 
+    def _losing_us(self, p: _Peer) -> bool:
+        return (
+            p.acks_us
+            and p.our_age >= 2 * self.params.interval
+            and {n for n, _w in p.members} == {p.node_id, self.node_id}
+        )
+
     def _update_holdings(self, now: float) -> None:
         buckets = self.params.buckets
-        peers = {
-            n: PeerStatus(
+        # A peer that has not acked us yet (it just heard us again) is no recording when a
+        # counted peer relays it with the same incarnation: what it claims is held now.
+        vouched = {n: r[0] for n, r in self._relayed.items()}  # node -> relayed incarnation
+        peers = {}
+        for n, p in self._peers.items():
+            if not p.fresh(now):
+                continue
+            members = dict(p.members) if p.state == NodeState.ACTIVE else {}
+            hears_us = p.acks_us
+            if members and self._losing_us(p):
+                # A two-node view whose other node has not heard us for two intervals: it is
+                # about to take our buckets (nobody can tell it we live): step back first.
+                members.pop(self.node_id)
+                hears_us = False
+            peers[n] = PeerStatus(
                 p.incarnation,
-                claims(dict(p.members), buckets, n)
-                if p.state == NodeState.ACTIVE and p.members
-                else frozenset(),
-                p.acks_us,
-                p.verified,
+                claims(members, buckets, n) if members else frozenset(),
+                hears_us,
+                p.verified or vouched.get(n) == p.incarnation,
+                tuple(sorted(members.items())),
             )
-            for n, p in self._peers.items()
-            if p.fresh(now)
-        }
         alive = {n: p.incarnation for n, p in self._peers.items() if p.fresh(now)}
         for n, (inc, _w, _via, _h) in self._relayed.items():
             alive.setdefault(n, inc)
-        settled = self._holdings.settle(now, peers, alive)
+        unsure = frozenset(
+            n for n, p in self._peers.items() if p.draining and p.kept_known < p.kept_said
+        )
+        settled = self._holdings.settle(now, peers, alive, unsure)
         if settled.change is not None:
             drain = self._state in (NodeState.ACTIVE, NodeState.DRAINING)
             self._events.append(replace(settled.change, drain=drain))
@@ -681,7 +732,7 @@ class Membership:
             if now < t:
                 times.append(t)
         if self._hold_until is not None:
-            times.append(self._hold_until)
+            times += [self._hold_until, self._hold_until + self.params.dead_after]
         return min((t for t in times if t > now), default=math.inf)
 
     # ----- refusals -----------------------------------------------------------------------

@@ -9,9 +9,12 @@ incarnation) that hears them, and no valid member, holds back, and for a bounded
 has reason to believe it is the odd one: a sender that claims to be active and started before
 it (an older incarnation) is already serving this VIP with another configuration or key, so
 the newcomer is the misconfigured one and stays passive (saying so) for as long as it hears
-that sender. A sender counts for `max(detection time, its interval x tolerance)` after its
-last message. A node with our node id and a newer, authenticated incarnation makes us passive
-for as long, whatever else holds (two processes must not serve as one node).
+that sender (a forged header, a bad MAC under our own key id, is no such reason). An older
+sender not serving yet gets one hold time past `wait_until` to start, so that two newcomers
+started together do not both serve. A sender counts for `max(detection time, its interval x
+tolerance)` after its last message. A node with our node id and a newer, authenticated
+incarnation makes us passive for as long, whatever else holds (two processes must not serve
+as one node).
 """
 
 from __future__ import annotations
@@ -48,8 +51,11 @@ class _Refusal:
 class Refusals:
     """What was refused, from whom, and the notices to log."""
 
-    def __init__(self, *, dead_after: float, tolerance: int, log_every: float) -> None:
+    def __init__(
+        self, *, dead_after: float, tolerance: int, log_every: float, key_id: bytes = b""
+    ) -> None:
         self.stats = RejectStats()
+        self._key_id = key_id  # ours: a bad MAC under it is corrupted or forged
         self._dead_after = dead_after
         self._tolerance = tolerance
         self._limiter = RateLimiter(log_every)
@@ -82,7 +88,12 @@ class Refusals:
         passive = isinstance(exc, BadMac | ForeignFingerprint)
         if passive:
             rec.until = now + self._hold(interval_ms)
-            if header is not None:
+            # A bad MAC under our own key id is corrupted or forged: its header is a claim
+            # nobody signed, never a reason to think this node is the odd one.
+            forged = (
+                isinstance(exc, BadMac) and header is not None and header.key_id == self._key_id
+            )
+            if header is not None and not forged:
                 rec.incarnation = header.incarnation
                 rec.active = header.state == NodeState.ACTIVE
         who = src if node_id is None else f"{src} (node {node_id})"
@@ -134,10 +145,14 @@ class Refusals:
                     f"hears {addr} (node {r.node_id}), which serves this VIP since before this "
                     f"node started, with {what}: this node must be the misconfigured one"
                 )
-            if now < wait_until and waiting is None:
+            # An older sender not serving yet will serve at its own wait_until, no later than
+            # ours: wait one of its hold times more, to see it serve (and stay out) rather than
+            # start serving at the same instant.
+            until = wait_until + (r.until - r.last_seen if 0 < r.incarnation < incarnation else 0)
+            if now < until and waiting is None:
                 waiting = (
                     f"hears {addr} (node {r.node_id}) for this VIP with {what} and no valid "
-                    f"member: waiting {wait_until - now:.1f} s more before serving alone"
+                    f"member: waiting {until - now:.1f} s more before serving alone"
                 )
         return waiting
 

@@ -93,12 +93,13 @@ class Simulation:
         self._wakes: list[tuple[float, int, int]] = []  # (when, node id, version)
         self._version: dict[int, int] = {}
         self._by_address: dict[str, int] = {}
-        self._deaths: dict[int, float] = {}  # node -> when its datapath died
+        self._deaths: dict[int, float] = {}  # node -> earliest time its flows may be reset
         self._clients_tcp: dict[Client, int] = {}  # client -> bucket
         self._clients_udp: dict[Client, int] = {}
         self._timers: list[tuple[float, int, str, int]] = []  # planned actions
         self._order = 0
         self._incarnation_of: dict[int, int] = {}
+        self._stale = True  # some datapath or client changed since the last check
 
     # ----- node life ------------------------------------------------------------------------
 
@@ -151,8 +152,11 @@ class Simulation:
             return
         self._stop_process(node)
         node.datapath, node.lease_until = None, None
-        self._deaths[node_id] = self.clock.now()
-        self._check_now()
+        p = self.params
+        # detected at the earliest one interval less than a detection time after its last
+        # heartbeat; its flows get their RST an orphan delay after the takeover
+        self._deaths[node_id] = self.clock.now() - p.interval + p.dead_after + ORPHAN_RESET_DELAY
+        self._check_now(force=True)
 
     def leave(self, node_id: int) -> None:
         """Graceful: release everything, send LEAVE, stop."""
@@ -164,8 +168,8 @@ class Simulation:
         self._send(node, step.datagrams)
         self._stop_process(node)
         node.datapath = None
-        self._deaths[node_id] = self.clock.now()
-        self._check_now()
+        self._deaths[node_id] = self.clock.now() + ORPHAN_RESET_DELAY  # LEAVE: known at once
+        self._check_now(force=True)
 
     def suspend(self, node_id: int, grace: float) -> None:
         """A planned stop (SIGTERM): the datapath serves on, frozen, for `grace` seconds."""
@@ -201,6 +205,7 @@ class Simulation:
             self.network.detach(node.address)
             self._by_address.pop(node.address, None)
             node.bus = None
+        self._stale = True
         if node.vip is not None:
             node.vip.set_carrier(up, self.clock.now())
             self._service(node, self.clock.now())
@@ -240,7 +245,29 @@ class Simulation:
                     self._syn(client, bucket)
                 else:
                     self._clients_udp[client] = bucket
-        self._check_now()
+        self._check_now(force=True)
+
+    def end_flows_of(self, node_id: int) -> None:
+        """The clients of one node end their flows."""
+        node = self.nodes[node_id]
+        for client in list(node.tcp):
+            del node.tcp[client]
+            self._clients_tcp.pop(client, None)
+        for client in list(node.udp):
+            self._clients_udp.pop(client, None)
+            for other in self.nodes.values():
+                other.udp.discard(client)
+
+    def close_flows(self, rng: random.Random, share: float) -> None:
+        """Clients end about `share` of their flows (TCP FIN, UDP silence)."""
+        for client in [c for c in self._clients_tcp if rng.random() < share]:
+            del self._clients_tcp[client]
+            for node in self.nodes.values():
+                node.tcp.pop(client, None)
+        for client in [c for c in self._clients_udp if rng.random() < share]:
+            del self._clients_udp[client]
+            for node in self.nodes.values():
+                node.udp.discard(client)
 
     def _reachable_nodes(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.serving and n.link]
@@ -288,9 +315,9 @@ class Simulation:
                     todo.add(node_id)
             for node_id in sorted(todo):
                 node = self.nodes[node_id]
-                if node.vip is None or node.bus is None:
+                if node.vip is None:
                     continue
-                while (got := node.bus.recv()) is not None:
+                while node.bus is not None and (got := node.bus.recv()) is not None:
                     node.vip.receive(got[0], got[1], now)
                 self._service(node, now)
             self._check_now()
@@ -305,7 +332,8 @@ class Simulation:
             self.start(node_id)
         elif what == "lease" and node.lease_until is not None and now >= node.lease_until:
             node.datapath, node.lease_until = None, None  # nobody continued it in time
-            self._deaths[node_id] = now
+            self._deaths[node_id] = now + ORPHAN_RESET_DELAY  # peers waited a detection more
+            self._stale = True
 
     def _report(self, node: SimNode, now: float) -> tuple[float, list[tuple[str, int, int]]]:
         flows = [(a, p, b) for (a, p), b in node.tcp.items()]
@@ -321,9 +349,12 @@ class Simulation:
         node.events.extend((now, e) for e in step.events)
         if v.wants_flows_now:  # what the reactor does: count, then step again
             node.datapath = step.ownership
+            self._stale = True
             self._send(node, step.datagrams)
             step = v.step(now, self._report(node, now))
-        node.datapath = step.ownership
+        if step.ownership is not node.datapath:
+            node.datapath = step.ownership
+            self._stale = True
         self._send(node, step.datagrams)
         wake = v.next_deadline(now)
         if wake <= now:
@@ -345,9 +376,12 @@ class Simulation:
     def _violation(self, text: str) -> None:
         self.violations.append(f"t={self.clock.now():.4f}: {text}")
 
-    def _check_now(self) -> None:
-        if not self.check:
+    def _check_now(self, force: bool = False) -> None:
+        """Judge every client's packets at every node: only when a datapath or a client
+        changed (verdicts depend on nothing else)."""
+        if not self.check or not (self._stale or force):
             return
+        self._stale = False
         now = self.clock.now()
         live = self._reachable_nodes()
         self._check_buckets(live)
@@ -394,16 +428,11 @@ class Simulation:
                 continue
             if owner_ok:
                 self._violation(f"flow {client} of node {owner.node_id} {v.value} at {n.node_id}")
-            died = self._deaths.get(owner.node_id)
-            earliest = (
-                died - self.params.interval + self.params.dead_after + ORPHAN_RESET_DELAY
-                if died is not None
-                else None
-            )
-            if died is not None and earliest is not None and now < earliest - 1e-9:
+            earliest = self._deaths.get(owner.node_id)
+            if earliest is not None and now < earliest - 1e-9:
                 self._violation(
                     f"flow {client} of dead node {owner.node_id} reset by {n.node_id} "
-                    f"{now - died:.3f} s after the death (orphan delay not honoured)"
+                    f"{earliest - now:.3f} s too early (orphan delay not honoured)"
                 )
             del owner.tcp[client]  # the client got its RST: that flow is over
             del self._clients_tcp[client]

@@ -108,6 +108,7 @@ class VipNode:
         self.failovers: list[dict[str, Any]] = []  # recent takeovers from dead nodes
         self.wants_flows_now = False  # a fresh count is needed (a drain just began)
         self._flows_wanted_at = now
+        self._announce_now = False
 
     @property
     def vip(self) -> str:
@@ -127,7 +128,9 @@ class VipNode:
     def receive(self, data: bytes, source: str, now: float) -> None:
         msg = self.membership.receive(data, source, now)
         if isinstance(msg, Kept):
-            self.kept.take(msg, now)
+            whole = self.kept.take(msg, now)
+            if whole is not None:
+                self.membership.kept_known(msg.node_id, whole)
             self._dirty = True
 
     def set_carrier(self, up: bool, now: float) -> None:
@@ -186,7 +189,8 @@ class VipNode:
             # again at once (if it cannot within an interval, the heartbeat goes anyway).
             return Step(self._own, out, events, changed)
         draining = frozenset(self.handover.draining)
-        if self.announcer.due(now, bool(draining)):
+        if self._announce_now or self.announcer.due(now, bool(draining)):
+            self._announce_now = False
             mine = self._flows[1] if self._flows is not None else ()
             msgs = self.announcer.messages(mine, draining, now, m.header_fields)
             out += [msg.pack(key) for msg in msgs]
@@ -195,7 +199,8 @@ class VipNode:
             fields = canonical(self.cluster.fields)
             out.append(Config(**m.header_fields(), fields=fields).pack(key))
         if m.due(now):
-            out.append(m.heartbeat(now, draining=bool(draining)).pack(key))
+            hb = m.heartbeat(now, draining=bool(draining), kept=self.announcer.announcement)
+            out.append(hb.pack(key))
         return Step(self._own, out, events, changed)
 
     def _counts(self) -> tuple[float, dict[int, int]] | None:
@@ -232,6 +237,7 @@ class VipNode:
             if any(owner is not None for owner in event.lost.values()) and event.drain:
                 self.wants_flows_now = True  # announce what we keep with a fresh count
                 self._flows_wanted_at = now
+                self._announce_now = True
         elif isinstance(event, PeerUp):
             self.handover.peer_up(event.node_id, event.incarnation, now)
         elif isinstance(event, PeerContinued):
@@ -310,6 +316,7 @@ class VipNode:
                 for mi in v.members
             ],
             "share": {str(n): c for n, c in sorted(share.items())},
+            "view": {str(n): w for n, w in sorted(members.items())},
             "refused": [
                 {
                     "address": r.address,

@@ -25,6 +25,10 @@ computed with the shared key over header and body. All integers are big-endian.
 HEARTBEAT and HELLO body:
     8   view digest (of the member list below)
     8   previous incarnation: the one this incarnation continues after a planned restart, or 0
+    8   kept: the sequence number of the first KEPT of the sender's latest announcement, or 0.
+        A node takes a bucket from a peer that drains only once it has that announcement whole:
+        what the peer keeps is dropped before the new owner answers anything of it, even if a
+        KEPT and a heartbeat cross, or a KEPT is lost and must wait for its refresh.
     2   member count, then per member: node id (2), weight (2): the member set the sender
         assigns buckets to (its view), so a receiver knows exactly which buckets it claims
     2   ack count, then per ack: node id (2), incarnation (8), weight (2), state (1), flags (1;
@@ -70,11 +74,12 @@ MAC_BYTES = 32
 FLAG_DRAINING = 0x01
 _ACK = struct.Struct(">HQHBBH")
 _MEMBER = struct.Struct(">HH")
-_HB_HEAD = struct.Struct(">8sQ")
+_HB_HEAD = struct.Struct(">8sQQ")
 _COUNT = struct.Struct(">H")
 _KEPT_HEAD = struct.Struct(">HHH")
 _RESTART = struct.Struct(">I")
-KEPT_BUDGET = 1300  # bytes of flows per KEPT datagram (the whole stays under 1400)
+DATAGRAM_LIMIT = 1400  # a KEPT datagram, header and MAC included, stays under this
+KEPT_BUDGET = DATAGRAM_LIMIT - HEADER.size - _KEPT_HEAD.size - MAC_BYTES  # bytes of flows
 MAX_NODE_ID = 255
 U16 = 0xFFFF
 U32 = 0xFFFFFFFF
@@ -245,6 +250,7 @@ class Heartbeat(Message):
     TYPE = MsgType.HEARTBEAT
     view_digest: bytes = bytes(ID_BYTES)
     previous: int = 0  # the incarnation this one continues after a planned restart
+    kept: int = 0  # seq of the first KEPT of the latest announcement (0: none)
     members: tuple[tuple[int, int], ...] = ()  # (node id, weight), sorted
     acks: tuple[Ack, ...] = ()
     _acked: dict[int, int] = field(init=False, repr=False, compare=False, hash=False)
@@ -253,6 +259,7 @@ class Heartbeat(Message):
         super().__post_init__()
         _require(len(self.view_digest) == ID_BYTES, "view digest must be 8 bytes")
         _require(0 <= self.previous <= U64, "previous incarnation must fit in 64 bits")
+        _require(0 <= self.kept <= U64, "kept announcement must fit in 64 bits")
         _require(len(self.acks) <= MAX_NODE_ID and len(self.members) <= MAX_NODE_ID, "too long")
         for node, weight in self.members:
             _require(1 <= node <= MAX_NODE_ID, f"member id {node} not in 1..255")
@@ -270,7 +277,7 @@ class Heartbeat(Message):
 
     def body(self) -> bytes:
         parts = [
-            _HB_HEAD.pack(self.view_digest, self.previous),
+            _HB_HEAD.pack(self.view_digest, self.previous, self.kept),
             _COUNT.pack(len(self.members)),
             *(_MEMBER.pack(n, w) for n, w in self.members),
             _COUNT.pack(len(self.acks)),
@@ -516,7 +523,7 @@ def unpack(data: bytes, key: bytes, *, fingerprint: bytes | None = None) -> Mess
 def _heartbeat(header: Header, body: bytes) -> Heartbeat:
     if len(body) < _HB_HEAD.size + 2 * _COUNT.size:
         raise Malformed(f"heartbeat body too short: {len(body)} bytes", header)
-    digest, previous = _HB_HEAD.unpack_from(body)
+    digest, previous, kept = _HB_HEAD.unpack_from(body)
     off = _HB_HEAD.size
     (nmembers,) = _COUNT.unpack_from(body, off)
     off += _COUNT.size
@@ -533,4 +540,11 @@ def _heartbeat(header: Header, body: bytes) -> Heartbeat:
         for n, i, w, s, f, age in _ACK.iter_unpack(rest)
     )
     cls = Hello if header.type == MsgType.HELLO else Heartbeat
-    return cls(**_common(header), view_digest=digest, previous=previous, members=members, acks=acks)
+    return cls(
+        **_common(header),
+        view_digest=digest,
+        previous=previous,
+        kept=kept,
+        members=members,
+        acks=acks,
+    )

@@ -14,6 +14,13 @@ from clusterip.lab.net import Lab
 KEY = "lab-shared-secret-0123456789abcdef\n"
 
 
+def write_key(path: Path, key: str = KEY) -> Path:
+    """The lab's shared secret, readable by its owner only (the agent refuses others)."""
+    path.write_text(key)
+    path.chmod(0o600)
+    return path
+
+
 class Agents:
     """One `clusterip agent` per node (started, killed, restarted), logs kept for failures."""
 

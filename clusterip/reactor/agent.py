@@ -5,6 +5,11 @@ loop: receive datagrams and hand each to its VIP's node, serve the control socke
 interface's carrier, and at every step apply the node's target `Ownership` to the kernel (one
 nft transaction per change) *before* sending what the step says to send.
 
+systemd: READY=1 once every VIP has left STARTING (joined, or decided it is alone), STATUS=
+lines on every state change, watchdog pings from the loop itself (a hung loop stops them), and
+SIGHUP re-reads the config file: VIPs added or removed, weight, drain timeout, restart grace,
+peers and the notify command change without a restart and without touching unchanged VIPs.
+
 Ways out:
 - SIGTERM / SIGINT: a planned stop. Nothing is released: the datapath is armed to serve on by
   itself for `restart_grace` seconds (a kernel timeout, no process needed), the peers hear
@@ -26,7 +31,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from clusterip.config import VipConfig
@@ -55,9 +60,12 @@ from clusterip.reactor.metrics import Metrics
 from clusterip.reactor.notify import Notifier
 from clusterip.reactor.settings import AgentSettings
 from clusterip.reactor.transport import Transport, UdpTransport
+from clusterip.sdnotify import Notifier as SystemdNotifier
+from clusterip.sdnotify import Watchdog, watchdog_period
 
 log = logging.getLogger("clusterip.agent")
 RECV_BATCH = 256  # datagrams read per step at most: a flood must not delay our heartbeats
+Reloader = Callable[[], tuple[list[VipConfig], AgentSettings]]
 
 
 @dataclass
@@ -86,6 +94,8 @@ class Agent:
         transport: Transport | None = None,
         carrier: CarrierWatch | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reload: Reloader | None = None,
+        systemd: SystemdNotifier | None = None,
     ) -> None:
         self.settings = settings
         self.configs = list(configs)
@@ -107,18 +117,24 @@ class Agent:
         )
         self.units: list[Unit] = []
         self.started = clock()
+        self.reloader = reload
+        self.reload_wanted = False
+        self.systemd = systemd or SystemdNotifier.from_env(unset=True)
+        self.watchdog = Watchdog(self.systemd, watchdog_period())
+        self.ready_sent = False
+        self._states: dict[str, str] = {}
         self.watcher = FlowWatcher(
             flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock
         )
 
-    def _start_units(self) -> None:
+    def _start_units(self, configs: Sequence[VipConfig]) -> None:
         """The datapaths first (adopting what a predecessor left), then the pure nodes."""
         # Incarnations must grow across restarts (an older one is refused as a replay): the
         # wall clock in microseconds does, unless the clock is stepped back.
         incarnation = time.time_ns() // 1000
         now = self.clock()
         s = self.settings
-        for cfg in self.configs:
+        for cfg in configs:
             datapath = AgentDatapath(cfg, s.buckets, self.firewall, self.link)
             left = datapath.start(node_id=s.node_id, incarnation=incarnation)
             adopted = None
@@ -143,6 +159,7 @@ class Agent:
                 adopted=adopted,
             )
             self.units.append(Unit(node, datapath))
+        self.watcher.configs = [u.node.cfg for u in self.units]
 
     # ----- life cycle ---------------------------------------------------------------------
 
@@ -153,12 +170,13 @@ class Agent:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        handlers = {s: signal.signal(s, self._on_signal) for s in handled}
         if self.settings.realtime:
             _realtime(self.settings.realtime)
         handed_over = False
         try:
-            self._start_units()
+            self._start_units(self.configs)
             self.transport.open()
             if self.carrier is not None:
                 self.carrier.open()
@@ -194,11 +212,15 @@ class Agent:
             wake_w.close()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_wanted = True
+            return
         self.stopping = "restart" if self.settings.restart_grace > 0 else "leave"
 
     def _stop(self) -> bool:
         """Leave or hand over; True when the datapath stays for a successor."""
         now = self.clock()
+        self.systemd.stopping(f"stopping ({self.stopping})")
         if self.stopping == "restart":
             grace = self.settings.restart_grace
             for unit in self.units:
@@ -235,14 +257,84 @@ class Agent:
                             wake.recv(64)
                     elif key.data == "carrier" and self.carrier is not None:
                         self._carrier(self.carrier.poll())
+                if self.reload_wanted:
+                    self.reload_wanted = False
+                    self._reload(sel)
                 began = self.clock()
                 self.step(began)
+                self.watchdog.tick(began)
+                self._tell_systemd()
                 took = self.clock() - began
                 if took > self.settings.interval:
                     log.warning("a loop step took %.0f ms (heartbeat every %.0f ms)",
                                 took * 1000, self.settings.interval * 1000)  # fmt: skip
         finally:
             sel.close()
+
+    def _tell_systemd(self) -> None:
+        states = {u.vip: u.node.membership.state.name.lower() for u in self.units}
+        if states == self._states:
+            return
+        self._states = states
+        text = "; ".join(f"{vip} {state}" for vip, state in states.items())
+        if not self.ready_sent and "starting" not in states.values():
+            self.ready_sent = True
+            self.systemd.ready(text)
+        else:
+            self.systemd.status(text)
+
+    def _reload(self, sel: selectors.BaseSelector) -> None:
+        """SIGHUP: re-read the config; change what changed, touch nothing else."""
+        if self.reloader is None:
+            log.warning("SIGHUP: no config file to re-read (started with flags)")
+            return
+        self.systemd.reloading("re-reading the config")
+        try:
+            configs, settings = self.reloader()
+        except Exception as exc:  # a bad file changes nothing
+            log.error("reload failed, nothing changed: %s", exc)
+            self.systemd.ready("reload failed; running as before")
+            return
+        old = self.settings
+        fixed = ("node_id", "buckets", "interval", "tolerance", "key_file", "group", "port")
+        changed_fixed = [f for f in fixed if getattr(old, f) != getattr(settings, f)]
+        if changed_fixed:
+            log.error("reload: %s need a restart; kept as they were", ", ".join(changed_fixed))
+            for f in changed_fixed:
+                settings = replace(settings, **{f: getattr(old, f)})
+        now = self.clock()
+        wanted = {str(c.vip): c for c in configs}
+        for unit in list(self.units):
+            cfg = wanted.get(unit.vip)
+            if cfg is not None and cfg == unit.node.cfg:
+                continue
+            step = unit.node.leave(now)  # removed or changed: leave, then (re)start below
+            self._apply(unit, step)
+            for data in step.datagrams:
+                self.transport.send(data)
+            unit.datapath.stop()
+            self.units.remove(unit)
+            log.info("reload: %s removed", unit.vip)
+        have = {u.vip for u in self.units}
+        self.settings = settings
+        self._start_units([c for v, c in wanted.items() if v not in have])
+        for unit in self.units:
+            if unit.node.membership.weight != settings.weight:
+                unit.node.set_weight(settings.weight)
+            unit.node.drain_timeout = settings.drain_timeout
+        if settings.notify != old.notify:
+            self.notify = Notifier(settings.notify)
+        if settings.peers != old.peers:
+            sel.unregister(self.transport.fileno())
+            self.transport.close()
+            self.transport = UdpTransport(
+                self.configs[0].interface, group=old.group, port=old.port, peers=settings.peers
+            )
+            self.transport.open()
+            sel.register(self.transport.fileno(), selectors.EVENT_READ, "net")
+        log.info("reload: %d VIP(s): %s", len(self.units), ", ".join(u.vip for u in self.units))
+        self._states = {}
+        self.systemd.ready("reloaded")
 
     def _carrier(self, up: bool | None) -> None:
         if up is None:
@@ -359,6 +451,7 @@ class Agent:
                 "detection_ms": round(self.settings.detection_time * 1000),
                 "restart_grace_s": self.settings.restart_grace,
                 "draining": self.commands.draining,
+                "weight_zero": bool(self.units) and self.units[0].node.membership.weight == 0,
                 "pid": os.getpid(),
             },
             "vips": vips,

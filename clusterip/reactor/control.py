@@ -12,6 +12,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from clusterip.config import ConfigError
+
 SOCKET_NAME = "\0clusterip-agent"
 MAX_REQUEST = 4096
 
@@ -20,6 +22,10 @@ Handler = Callable[[str], dict[str, Any]]
 
 class NoAgent(RuntimeError):
     """No agent listens in this network namespace."""
+
+
+class AgentRunning(ConfigError):
+    """Another agent already serves this network namespace (nothing was changed)."""
 
 
 class ControlServer:
@@ -33,8 +39,9 @@ class ControlServer:
             sock.bind(self.name)
         except OSError as exc:
             sock.close()
-            raise RuntimeError(
-                f"another agent already runs in this network namespace ({exc.strerror})"
+            raise AgentRunning(
+                "another agent already runs in this network namespace (its control socket "
+                f"is taken: {exc.strerror}); nothing was changed"
             ) from None
         sock.listen(8)
         sock.setblocking(False)

@@ -19,6 +19,7 @@ __all__ = ["SETTING_KEYS", "AgentSettings", "build_settings", "settings_from_tom
 class AgentSettings:
     node_id: int
     key_file: str
+    allow_readable_key: bool = False
     weight: int = d.WEIGHT
     buckets: int = d.BUCKETS
     interval: float = d.INTERVAL_MS / 1000
@@ -50,6 +51,17 @@ def _int(value: Any, what: str, low: int, high: int) -> int:
     return n
 
 
+def _bool(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"bad {what} {str(value)!r}: expected true or false")
+
+
 def _float(value: Any, what: str, low: float, high: float) -> float:
     try:
         x = float(str(value).strip())
@@ -64,6 +76,7 @@ def build_settings(
     *,
     node_id: Any,
     key_file: Any,
+    allow_readable_key: Any = False,
     weight: Any = d.WEIGHT,
     buckets: Any = d.BUCKETS,
     interval_ms: Any = d.INTERVAL_MS,
@@ -100,6 +113,7 @@ def build_settings(
     return AgentSettings(
         node_id=_int(node_id, "node id", 1, d.MAX_NODE_ID),
         key_file=str(key_file),
+        allow_readable_key=_bool(allow_readable_key, "allow_readable_key"),
         weight=_int(weight, "weight", 0, d.MAX_WEIGHT),
         buckets=_int(buckets, "bucket count", 1, d.MAX_BUCKETS),
         interval=_int(interval_ms, "heartbeat interval (ms)", 5, 10_000) / 1000,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from clusterip.lab.agents import KEY, Agents
+from clusterip.lab.agents import Agents, write_key
 from clusterip.lab.net import Lab
 from clusterip.lab.topo import LabTopo
 
@@ -90,7 +90,7 @@ def start_agents(
 ) -> Agents:
     """Agents with a shared key on `nodes` (more can be started later), converged."""
     keyfile = tmp_path / "cluster.key"
-    keyfile.write_text(KEY)
+    write_key(keyfile)
     a = Agents(lab, keyfile, *extra)
     made.append(a)
     for k in nodes:

@@ -6,7 +6,7 @@ import statistics
 import time
 from pathlib import Path
 
-from clusterip.lab.agents import KEY, Agents
+from clusterip.lab.agents import Agents, write_key
 from clusterip.lab.net import Lab
 from tests.lab.clients import finish_loop, start_loop
 from tests.lab.conftest import MakeLab, start_agents
@@ -155,7 +155,7 @@ def test_unicast_peers_instead_of_multicast(
 ) -> None:
     lab = make_lab(nodes=2, clients=20)
     keyfile = tmp_path / "cluster.key"
-    keyfile.write_text(KEY)
+    write_key(keyfile)
     a = Agents(lab, keyfile)
     agents.append(a)
     for k in (1, 2):

@@ -8,6 +8,7 @@ from typing import TypeVar
 from clusterip import config
 from clusterip.core.bus import FakeClock, MemoryNetwork
 from clusterip.core.events import PeerDown
+from clusterip.core.membership import Membership
 from clusterip.core.params import Cluster, Params
 from clusterip.core.sim import SimNode, Simulation
 
@@ -34,21 +35,29 @@ def simulation(
     delay: tuple[float, float] = (0.0002, 0.001),
     start: bool = True,
 ) -> Simulation:
+    """`nodes` agents (a count, or node id -> weight) of one VIP, started unless told not."""
     params = params or Params()
     members = dict.fromkeys(range(1, nodes + 1), 1) if isinstance(nodes, int) else nodes
     clock = FakeClock()
     net = MemoryNetwork(clock, random.Random(seed), loss=loss, delay=delay)
-    sim = Simulation(
-        members,
-        cluster=cluster(buckets=params.buckets),
-        params=params,
-        clock=clock,
-        network=net,
-    )
+    sim = Simulation(members, cfg=vip_config(), key=KEY, params=params, clock=clock, network=net)
     if start:
         for n in members:
             sim.start(n)
     return sim
+
+
+def membership_of(sim: Simulation, node_id: int) -> Membership:
+    """The membership of a running simulated node."""
+    vip = sim.nodes[node_id].vip
+    assert vip is not None, f"node {node_id} is not running"
+    return vip.membership
+
+
+def owned(sim: Simulation, node_id: int) -> frozenset[int]:
+    """The buckets a simulated node's datapath accepts new connections for."""
+    datapath = sim.nodes[node_id].datapath
+    return datapath.owned if datapath is not None else frozenset()
 
 
 def downs(node: SimNode, about: int) -> list[tuple[float, PeerDown]]:

@@ -1,4 +1,4 @@
-"""Key parsing, key id, cluster fingerprint, view digest."""
+"""Key parsing, key id, cluster fingerprint, view digest, readable differences."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from clusterip.config import ConfigError
 from clusterip.core.fingerprint import (
     agent_fields,
     canonical,
+    differences,
     fingerprint,
     fingerprint_fields,
     key_id,
@@ -114,3 +115,24 @@ def test_view_digest_depends_on_members_and_weights_not_order() -> None:
     assert view_digest({1: 1, 2: 1}) != view_digest({1: 1, 2: 2})
     assert view_digest({1: 1, 2: 1}) != view_digest({1: 1, 3: 1})
     assert view_digest({}) != view_digest({1: 1})
+
+
+def test_differences_name_each_differing_setting_with_both_values() -> None:
+    kid = key_id(KEY)
+    ours = fingerprint_fields(cfg(), buckets=4096, key_id=kid)
+    theirs = fingerprint_fields(cfg(seed="0x1234"), buckets=1024, key_id=kid)
+    text = differences(theirs, ours)
+    assert text.startswith("buckets 1024 (ours 4096), seed ")
+    assert [part.split()[0] for part in text.split(", ")] == ["buckets", "seed"]
+    assert "hashmode" not in text and "key_id" not in text  # equal settings are not listed
+
+
+def test_differences_of_equal_or_unknown_settings_are_empty() -> None:
+    ours = fingerprint_fields(cfg(), buckets=4096, key_id=key_id(KEY))
+    assert differences(dict(ours), ours) == ""
+    assert differences(None, ours) == "" and differences({}, ours) == ""
+
+
+def test_differences_cover_a_setting_only_one_side_has() -> None:
+    assert differences({"a": 1, "new": True}, {"a": 1}) == "new True (ours None)"
+    assert differences({"a": 1}, {"a": 1, "gone": 2}) == "gone None (ours 2)"
