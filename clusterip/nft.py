@@ -54,7 +54,7 @@ class NftFirewall:
 
         nftables 1.0.6 frees a table's flags before its JSON is printed (a use-after-free that
         corrupts the heap, seen with valgrind) when the table has `flags owner`: the agent's
-        tables. So tables are enumerated in text form and only their chains, counters and sets
+        live table. So tables are enumerated in text form and only their chains, counters and sets
         are read as JSON; the table objects are synthesized without flags.
         """
         nft = self._ctx()
@@ -92,9 +92,13 @@ _PIECES = {
         "map {family} {name} buckets",
         "counters table {family} {name}",
         "set {family} {name} dports",
+        "set {family} {name} lease",
+        "set {family} {name} kept",
     ),
-    "ip": ("counters table {family} {name}",),
     "arp": ("counters table {family} {name}",),
+    # The agent's live table (owner-flagged: never listed as JSON, see ruleset()): that it
+    # exists is all there is to know.
+    "inet": (),
 }
 
 
@@ -106,16 +110,24 @@ def _first_error(err: str) -> str:
 
 
 class RecordingFirewall:
-    """In-memory fake: records scripts, serves a canned ruleset (for unit tests)."""
+    """In-memory fake: records scripts, serves a canned ruleset (for unit tests).
+
+    `fail_with` makes every transaction fail; `refuse` maps a piece of script to the error of
+    the transactions that contain it (e.g. deleting a lease the kernel has expired).
+    """
 
     def __init__(self, objects: list[dict[str, Any]] | None = None) -> None:
         self.scripts: list[str] = []
         self.objects = list(objects or [])
         self.fail_with: str | None = None
+        self.refuse: dict[str, str] = {}
 
     def apply(self, script: str) -> None:
         if self.fail_with:
             raise FirewallError(self.fail_with)
+        for piece, error in self.refuse.items():
+            if piece in script:
+                raise FirewallError(error)
         self.scripts.append(script)
 
     def ruleset(self) -> list[dict[str, Any]]:
