@@ -42,8 +42,8 @@ class Node:
             return None
         return tcp_flows_in(cfg, own.modulus, buckets, self.sockets.sockets(cfg.vip))
 
-    def states(self) -> list[VipState]:
-        return parse_tables(self.firewall.ruleset())
+    def states(self, *, counters: bool = False) -> list[VipState]:
+        return parse_tables(self.firewall.ruleset(counters=counters))
 
     def state(self, vip: ipaddress.IPv4Address) -> VipState | None:
         for st in self.states():
@@ -125,7 +125,7 @@ class Node:
 
     def _down_legacy(self, vip: ipaddress.IPv4Address) -> str:
         """What a clusterip/1 agent that was killed left: its guard, the MAC, the address."""
-        objects = self.firewall.ruleset()
+        objects = self.firewall.ruleset(counters=False)
         fields = parse_guards(objects).get(vip)
         if fields is None:
             return f"{vip} is not up here: nothing to do"

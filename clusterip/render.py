@@ -335,7 +335,8 @@ flush table arp {name}
 	}}{_down_counter(live)}
 {sets}	chain ingress {{
 		type filter hook ingress device "{dev}" priority {INGRESS_PRIORITY}; policy accept;
-		ip daddr {vip} jump vip comment "{note}"
+		comment "{note}"
+		ip daddr {vip} jump vip
 	}}
 	chain vip {{
 {rules}

@@ -152,10 +152,9 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
             t["meta"] = body
         elif kind == "table" and body["family"] == "inet":
             t["live"] = True
-        elif kind == "rule":
-            t["rules"].append(body)
-            if body.get("chain") == "ingress" and "comment" in body:
-                t["comment"] = body["comment"]
+        elif kind in ("rule", "chain") and body.get("chain", body.get("name")) == "ingress":
+            if "comment" in body and (kind == "chain" or "comment" not in t):
+                t["comment"] = body["comment"]  # the chain's, else clusterip/1's rule
         elif kind == "counter":
             t["counters"][body["name"]] = {"packets": body["packets"], "bytes": body["bytes"]}
         elif kind == "set" and body.get("name") == "dports":

@@ -66,7 +66,7 @@ def status(as_json: bool) -> None:
         agent_doc: dict[str, Any] | None = request("status")
     except NoAgent:
         agent_doc = None
-    states = _node().states()
+    states = _node().states(counters=True)
     docs = list(agent_doc["vips"]) if agent_doc else []
     for st in states:
         if st.mode == "agent":

@@ -158,7 +158,7 @@ class AgentDatapath:
         self.link.send_garp(cfg.interface, cfg.vip, cfg.clustermac)
 
     def _state(self) -> VipState | None:
-        for st in parse_tables(self.firewall.ruleset()):
+        for st in parse_tables(self.firewall.ruleset(counters=False)):
             if st.config.vip == self.cfg.vip:
                 return st
         return None

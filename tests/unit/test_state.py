@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from clusterip import config
+from clusterip.nft import TextTable, parse_text
 from clusterip.state import Lease, StateError, parse_comment, parse_tables
 
 STATE = Path(__file__).parent.parent / "golden" / "state"
@@ -68,3 +69,54 @@ def test_agent_tables_live_and_suspended() -> None:
 def test_old_version_tables_are_read_but_not_current() -> None:
     fields = parse_comment("clusterip/1 mode=static if=eth0 n=3")
     assert fields["version"] == "clusterip/1" and fields["n"] == "3"
+
+
+RULESET = """table netdev clusterip_198_18_0_100 {
+	comment "clusterip/2 mode=agent if=eth0 n=16"
+	counter accepted {
+		packets 12 bytes 3400
+	}
+
+	set syns {
+		type ipv4_addr . inet_service . inet_service
+		flags dynamic,timeout
+	}
+
+	chain ingress {
+		comment "clusterip/2 mode=agent if=eth0 n=16"
+		type filter hook ingress device "eth0" priority -500; policy accept;
+		ip daddr 198.18.0.100 jump vip
+	}
+
+	chain vip {
+		meta mark != 0x0c1ea11e ip daddr != @lease counter name "down" drop
+	}
+}
+table inet clusterip_198_18_0_100 {
+	flags owner
+	chain ingress {
+		type filter hook ingress device "eth0" priority -501; policy accept;
+		ip daddr 198.18.0.100 meta mark set 0x0c1ea11e
+	}
+}
+table ip filter {
+	chain input {
+		comment "someone else's"
+		type filter hook input priority filter; policy accept;
+	}
+}
+"""
+
+
+def test_tables_comments_and_counters_from_nft_text() -> None:
+    name = "clusterip_198_18_0_100"
+    assert parse_text(RULESET) == [
+        TextTable(
+            "netdev",
+            name,
+            {"ingress": "clusterip/2 mode=agent if=eth0 n=16", "vip": None},
+            {"accepted": (12, 3400)},
+        ),
+        TextTable("inet", name, {"ingress": None}),
+        TextTable("ip", "filter", {"input": "someone else's"}),
+    ]
