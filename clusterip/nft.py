@@ -124,7 +124,8 @@ def parse_text(text: str) -> list[TextTable]:
     for line in text.splitlines():
         depth = len(line) - len(line.lstrip("\t"))
         words = line.split()
-        if depth == 0 and len(words) == 4 and words[0] == "table" and words[3] == "{":
+        # An owner table's line goes on: `table inet NAME { # progname python`.
+        if depth == 0 and len(words) >= 4 and words[0] == "table" and words[3] == "{":
             out.append(TextTable(words[1], words[2]))
             block = None
         elif not out or not words:

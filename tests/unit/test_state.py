@@ -92,7 +92,7 @@ RULESET = """table netdev clusterip_198_18_0_100 {
 		meta mark != 0x0c1ea11e ip daddr != @lease counter name "down" drop
 	}
 }
-table inet clusterip_198_18_0_100 {
+table inet clusterip_198_18_0_100 { # progname python3
 	flags owner
 	chain ingress {
 		type filter hook ingress device "eth0" priority -501; policy accept;
