@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from clusterip.config import VipConfig
@@ -59,18 +59,13 @@ class FakeSockets:
         return list(self.table.get(str(vip), []))
 
 
-def tcp_flows_in(
-    cfg: VipConfig, modulus: int, buckets: Collection[int], sockets: Iterable[Sock]
-) -> list[TcpFlow]:
-    """The flows of `sockets` whose bucket is one of `buckets`, as keys of the `mine` set
-    (TIME_WAIT included: the last packets of a closed flow belong to this node too)."""
-    if not buckets:
-        return []
-    out = []
-    for s in sockets:
-        if _bucket(cfg, modulus, s.raddr, s.rport, s.lport) in buckets:
-            out.append((s.raddr, s.rport, s.lport))
-    return out
+def snapshot(sockets: Iterable[Sock]) -> list[TcpFlow]:
+    """The `mine` set's keys for this node's sockets on the VIP: every flow it has, whatever
+    its bucket (only the buckets that check flows ever look at the set, and a bucket that
+    starts to check gets a fresh snapshot; hashing each flow in Python to leave some out would
+    cost more than nft spends adding them). TIME_WAIT included: the last packets of a closed
+    flow belong to this node too."""
+    return [(s.raddr, s.rport, s.lport) for s in sockets]
 
 
 def _bucket(cfg: VipConfig, modulus: int, src: str, sport: int, dport: int) -> int:

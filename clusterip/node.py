@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from clusterip.config import ConfigError, VipConfig
 from clusterip.core.ownership import Ownership
-from clusterip.flows import SockDiag, SocketTable, TcpFlow, tcp_flows_in
+from clusterip.flows import SockDiag, SocketTable, TcpFlow, snapshot
 from clusterip.link import Link
 from clusterip.nft import Firewall
 from clusterip.render import (
@@ -36,11 +36,10 @@ class Node:
         self.sockets: SocketTable = sockets if sockets is not None else SockDiag()
 
     def _snapshot(self, cfg: VipConfig, own: Ownership) -> list[TcpFlow] | None:
-        """This node's flows of the buckets that check flows (None: there are none)."""
-        buckets = checked(own)
-        if not buckets:
+        """This node's flows, if any bucket checks flows (None: none does)."""
+        if not checked(own):
             return None
-        return tcp_flows_in(cfg, own.modulus, buckets, self.sockets.sockets(cfg.vip))
+        return snapshot(self.sockets.sockets(cfg.vip))
 
     def states(self, *, counters: bool = False) -> list[VipState]:
         return parse_tables(self.firewall.ruleset(counters=counters))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from clusterip.config import ConfigError, VipConfig
 from clusterip.core import defaults
 from clusterip.core.ownership import Ownership
-from clusterip.flows import SockDiag, SocketTable, TcpFlow, tcp_flows_in
+from clusterip.flows import SockDiag, SocketTable, TcpFlow, snapshot
 from clusterip.link import Link
 from clusterip.nft import Firewall, FirewallError
 from clusterip.render import (
@@ -166,8 +166,9 @@ class AgentDatapath:
     def apply(self, own: Ownership) -> bool:
         """Make the kernel hold `own`, in one transaction. True if anything changed.
 
-        Buckets that start to check flows (draining or guarded) get this node's flows, a
-        sock_diag snapshot of the buckets that check flows, in the same transaction.
+        When buckets start to check flows (draining or guarded), this node's flows (a
+        sock_diag snapshot of its sockets on the VIP) replace the `mine` set in the same
+        transaction.
         """
         if self.suspended:
             raise RuntimeError("the datapath was suspended for a successor: nothing to apply")
@@ -176,7 +177,7 @@ class AgentDatapath:
         started = time.perf_counter()
         mine = None
         if checked(own) - checked(self.current):
-            mine = self._snapshot(own)
+            mine = self._snapshot()
         script = render_update(self.cfg, self.current, own, mine=mine, live=True)
         if script:
             self.firewall.apply(script)
@@ -187,11 +188,9 @@ class AgentDatapath:
         self.stats.total_seconds += took
         return True
 
-    def _snapshot(self, own: Ownership) -> list[TcpFlow]:
+    def _snapshot(self) -> list[TcpFlow]:
         began = time.perf_counter()
-        flows = tcp_flows_in(
-            self.cfg, own.modulus, checked(own), self.sockets.sockets(self.cfg.vip)
-        )
+        flows = snapshot(self.sockets.sockets(self.cfg.vip))
         self.stats.snapshots += 1
         self.stats.last_snapshot_flows = len(flows)
         self.stats.last_snapshot_seconds = time.perf_counter() - began

@@ -11,9 +11,7 @@ import struct
 
 import pytest
 
-from clusterip import config
-from clusterip.flows import tcp_flows_in
-from clusterip.hashing import flow_bucket
+from clusterip.flows import snapshot
 from clusterip.sockdiag import (
     ESTABLISHED,
     FLOW_STATES,
@@ -76,18 +74,9 @@ def test_parse_error() -> None:
         parse(err, [])
 
 
-def test_snapshot_keeps_the_flows_of_the_given_buckets() -> None:
-    cfg = config.build(vip=str(VIP), interface="eth0", total_nodes=4, local_nodes=[1])
-    socks = [Sock(f"198.18.1.{i}", 40000 + i, 80, ESTABLISHED) for i in range(1, 60)]
-
-    def bucket(s: Sock) -> int:
-        addr = ipaddress.IPv4Address(s.raddr)
-        return flow_bucket(cfg.hashmode, cfg.seed, 4, addr, s.rport, s.lport)
-
-    flows = tcp_flows_in(cfg, 4, {2, 3}, socks)
-    assert flows == [(s.raddr, s.rport, s.lport) for s in socks if bucket(s) in (2, 3)]
-    assert 0 < len(flows) < len(socks)
-    assert tcp_flows_in(cfg, 4, set(), socks) == []
+def test_snapshot_is_every_flow_on_the_vip() -> None:
+    socks = [Sock("198.18.1.1", 40000, 80, ESTABLISHED), Sock("198.18.1.2", 40001, 443, TIME_WAIT)]
+    assert snapshot(socks) == [("198.18.1.1", 40000, 80), ("198.18.1.2", 40001, 443)]
 
 
 def test_udp_set_elements_with_and_without_timeouts() -> None:
