@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from clusterip.config import HASHMODES, VipConfig
@@ -69,6 +69,7 @@ class VipState:
             "guarded": sorted(self.ownership.guarded),
             "orphaned": sorted(self.ownership.orphaned),
             "counters": self.counters,
+            "lease": asdict(self.lease) if self.lease else None,
         }
 
 

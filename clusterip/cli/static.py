@@ -69,8 +69,8 @@ def status(as_json: bool) -> None:
     states = _node().states(counters=True)
     docs = list(agent_doc["vips"]) if agent_doc else []
     for st in states:
-        if st.mode == "agent":
-            continue  # the agent's own report above is richer
+        if st.mode == "agent" and st.live:
+            continue  # a running agent: its own report above is richer
         doc = st.to_json()
         flows = SocketFlows(udp=False).per_bucket(st.config, st.ownership.modulus)
         doc["flows"] = {str(b): n for b, n in sorted(flows.items())}
@@ -86,13 +86,23 @@ def status(as_json: bool) -> None:
     if agent_doc:
         _print_agent(agent_doc)
     for d in docs:
-        if d["mode"] == "agent":
-            continue
+        if d["mode"] == "agent" and "flows" not in d:
+            continue  # reported by the agent above
         ports = ",".join(str(p) for p in d["dports"]) or "any"
         click.echo(
             f"{d['vip']} on {d['interface']}  mac {d['clustermac']}  {d['hashmode']}  "
             f"{d['protocol']} port {ports}  ({d['mode']})"
         )
+        if d["mode"] == "agent":  # what an agent left behind, no agent running
+            lease = d.get("lease")
+            if lease:
+                click.echo(
+                    f"  suspended agent (node {lease['node_id']}): serving as it was for "
+                    f"{lease['left']:.0f} s more, for a successor to adopt"
+                )
+            else:
+                click.echo("  left by a stopped agent: every VIP packet is dropped here;")
+                click.echo("  `clusterip down` removes it, a new agent replaces it")
         owned = ",".join(str(b) for b in d["owned"]) or "none"
         line = f"  node(s) {owned} of {d['total_nodes']}"
         if d["draining"]:

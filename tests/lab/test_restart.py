@@ -138,7 +138,10 @@ def test_suspend_then_adopt_keeps_every_flow(lab: Lab) -> None:
     suspended = time.time()
     first("suspend 3.0 1 1001")
     gone = first.exit()
-    time.sleep(1.0)  # no process: the node serves on its lease
+    # No process: the node serves on its lease, and says so.
+    (st,) = json.loads(cip(lab, "status", "--json").stdout)["vips"]
+    assert st["mode"] == "agent" and st["lease"]["node_id"] == 1 and st["owned"], st
+    time.sleep(max(0.0, gone + 1.0 - time.time()))
     second = Driver(lab)
     adopted = second("start 1")
     assert adopted["adopted"] and adopted["owned"] == BUCKETS
@@ -202,6 +205,8 @@ def test_kill_9_answers_nothing_from_that_moment(lab: Lab) -> None:
     assert before and all(n == 1 for n in before)
     assert after and not any(after), sum(after)
     print(f" [kill -9 to process gone: {(gone - killed) * 1000:.1f} ms]", end="")
+    human = cip(lab, "status").stdout
+    assert "left by a stopped agent: every VIP packet is dropped here" in human, human
     assert cip(lab, "down", "--vip", lab.topo.vip).returncode == 0
     assert clean(lab)
 
