@@ -53,6 +53,17 @@ class ApplyStats:
     last_snapshot_seconds: float = 0.0
 
 
+# A snapshot may be this old when its buckets start to move: every flow established since
+# has its SYN in the `syns` set (SYN_TIMEOUT, 60 s) until well after that.
+SNAPSHOT_MAX_AGE = 10.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    flows: list[TcpFlow]
+    taken: float  # time.monotonic()
+
+
 @dataclass(frozen=True)
 class Adoption:
     """What `start()` took over from a suspended predecessor."""
@@ -163,12 +174,13 @@ class AgentDatapath:
                 return st
         return None
 
-    def apply(self, own: Ownership) -> bool:
+    def apply(self, own: Ownership, *, flows: Snapshot | None = None) -> bool:
         """Make the kernel hold `own`, in one transaction. True if anything changed.
 
-        When buckets start to check flows (draining or guarded), this node's flows (a
-        sock_diag snapshot of its sockets on the VIP) replace the `mine` set in the same
-        transaction.
+        When buckets start to check flows (draining or guarded), this node's flows replace
+        the `mine` set in the same transaction: `flows` if given and younger than
+        SNAPSHOT_MAX_AGE (a caller can take it with `snapshot()` in another thread, to keep
+        sock_diag off its loop), else a snapshot taken now.
         """
         if self.suspended:
             raise RuntimeError("the datapath was suspended for a successor: nothing to apply")
@@ -177,7 +189,8 @@ class AgentDatapath:
         started = time.perf_counter()
         mine = None
         if checked(own) - checked(self.current):
-            mine = self._snapshot()
+            fresh = flows is not None and time.monotonic() - flows.taken < SNAPSHOT_MAX_AGE
+            mine = flows.flows if fresh and flows is not None else self.snapshot().flows
         script = render_update(self.cfg, self.current, own, mine=mine, live=True)
         if script:
             self.firewall.apply(script)
@@ -188,13 +201,14 @@ class AgentDatapath:
         self.stats.total_seconds += took
         return True
 
-    def _snapshot(self) -> list[TcpFlow]:
+    def snapshot(self) -> Snapshot:
+        """This node's TCP flows on the VIP, now (sock_diag; safe in any thread)."""
         began = time.perf_counter()
         flows = snapshot(self.sockets.sockets(self.cfg.vip))
         self.stats.snapshots += 1
         self.stats.last_snapshot_flows = len(flows)
         self.stats.last_snapshot_seconds = time.perf_counter() - began
-        return flows
+        return Snapshot(flows, time.monotonic())
 
     def suspend(self, grace: float, *, node_id: int, incarnation: int) -> None:
         """Leave the node serving for `grace` seconds after this process exits, for a

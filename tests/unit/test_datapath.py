@@ -141,3 +141,19 @@ def test_time_wait_flows_are_kept_too() -> None:
         "add element netdev clusterip_198_18_0_100 mine { 198.18.1.1 . 40001 . 80 }"
         in (fw.scripts[-1])
     )
+
+
+def test_a_snapshot_taken_elsewhere_is_used_while_fresh() -> None:
+    fw = RecordingFirewall()
+    sockets = FakeSockets({VIP: [Sock("198.18.1.1", 40001, 80, ESTABLISHED)]})
+    dp = AgentDatapath(cfg(), 16, fw, FakeLink(), sockets)
+    dp.start()
+    every = Ownership.of(16, range(1, 17))
+    dp.apply(every)
+    taken = dp.snapshot()  # e.g. in a worker thread, just before the change
+    sockets.table[VIP] = []
+    dp.apply(every.release(1), flows=taken)
+    assert "198.18.1.1 . 40001 . 80" in fw.scripts[-1] and sockets.calls == 1
+    stale = replace(taken, taken=taken.taken - 60)
+    dp.apply(every.release(1).release(2), flows=stale)  # too old: a fresh one is taken
+    assert "198.18.1.1" not in fw.scripts[-1] and sockets.calls == 2
