@@ -243,3 +243,21 @@ def test_the_live_mark_never_reaches_the_stack(lab: Lab) -> None:
     }
     assert counters["vip"] > 500 and counters["marked"] == 0, counters
     driver("stop")
+
+
+def test_a_graceful_stop_answers_nothing_once_it_began(lab: Lab) -> None:
+    """stop(): nothing answered from its first transaction on (issue 11): without the tables
+    and before the address goes, the stack would take UDP sent to the cluster MAC."""
+    driver = Driver(lab)
+    driver("start 1")
+    driver("apply all")
+    udp = timeline(lab, 2.0)
+    time.sleep(0.7)
+    began = time.time()
+    driver("stop")
+    sent = json.loads(udp.communicate(timeout=30)[0])
+    before = [n for t, n in sent if t < began - 0.05]
+    after = [n for t, n in sent if t > began + 0.02]
+    assert before and all(n == 1 for n in before)
+    assert after and not any(after), sum(after)
+    assert clean(lab)
