@@ -39,7 +39,7 @@ def up(**params: Any) -> None:
 @click.option("--vip", metavar="ADDR", help="the VIP to take down (default: all static VIPs)")
 @click.option("-c", "--config", "config_file", metavar="FILE", help="take down the file's VIPs")
 def down(vip: str | None, config_file: str | None) -> None:
-    """Remove what `up` added: rules, VIP address, multicast MAC. Nothing else."""
+    """Remove what `up` (or a stopped agent) added: rules, VIP address, multicast MAC."""
     node = _node()
     if vip and config_file:
         fail("give either --vip or -c FILE, not both")
@@ -48,7 +48,8 @@ def down(vip: str | None, config_file: str | None) -> None:
     elif config_file:
         vips = [c.vip for c in cfgmod.load_toml(config_file)]
     else:
-        vips = [s.config.vip for s in node.states() if s.mode == "static"]
+        # Static VIPs, and what stopped agents left (a running agent's VIPs are its own).
+        vips = [s.config.vip for s in node.states() if s.mode == "static" or not s.live]
         if not vips:
             click.echo("no VIP is up here: nothing to do")
     for addr in vips:
