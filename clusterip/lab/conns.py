@@ -1,6 +1,6 @@
 """Long-lived TCP connections to the lab's echo service, checked every period (client side).
 
-    python -c SCRIPT VIP PORT N PERIOD DURATION SRC[,SRC...] [echo|http]
+    python -c SCRIPT VIP PORT N PERIOD DURATION SRC[:SPORT][,...] [echo|http]
 
 Each connection sends a line every PERIOD seconds and checks that the echo comes back from
 the same node with the same text; or, with `http`, sends a keep-alive GET and checks that the
@@ -39,8 +39,8 @@ def answer(buf):  # (node, rest) of the first complete HTTP answer in buf, or (N
 sel = selectors.DefaultSelector()
 conns = []
 for i in range(n):
-    src = sources[i % len(sources)]
-    s = socket.create_connection((vip, port), timeout=5, source_address=(src, 0))
+    src, _, sport = sources[i % len(sources)].partition(":")
+    s = socket.create_connection((vip, port), timeout=5, source_address=(src, int(sport or 0)))
     if http:
         s.sendall(GET)
         buf, node = b"", None
@@ -121,14 +121,16 @@ def start_conns(
     period: float = 0.1,
     duration: float = 20.0,
     http: bool = False,
+    sources: list[str] | None = None,
 ) -> subprocess.Popen[str]:
     """Open `n` connections from the client namespace; returns once all are up. `http`:
-    keep-alive HTTP requests (to port 80 by default) instead of echoed lines."""
+    keep-alive HTTP requests (to port 80 by default) instead of echoed lines. `sources`:
+    "ADDR" or "ADDR:PORT" (a chosen client port), used in turn (default: every client)."""
     if http and port == 7:
         port = 80
-    sources = ",".join(lab.topo.client_addrs())
+    chosen = ",".join(sources or lab.topo.client_addrs())
     argv = [sys.executable, "-c", SCRIPT, lab.topo.vip, str(port), str(n), str(period)]
-    argv += [str(duration), sources, "http" if http else "echo"]
+    argv += [str(duration), chosen, "http" if http else "echo"]
     proc = lab.spawn(lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()

@@ -1,6 +1,7 @@
 """Static bucket moves break nothing, whatever the service binds, with or without SYN cookies.
 
-Every cell: three nodes serve the VIP; clients hold long-lived connections, open new ones in
+Every cell: three nodes serve the VIP; clients hold long-lived connections (150 of them in
+the bucket that moves), open new ones in
 a loop and keep UDP sessions; node 3 runs `release 3`, then node 1 runs `take 3`. All new
 connections succeed, none waits for more than one SYN retransmit (the client's first one
 comes after 1 s: a SYN sent between the two commands has no owner), every long-lived
@@ -15,6 +16,7 @@ the new owner dropped its own handshakes' ACKs, so new connections hung.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import subprocess
 import sys
@@ -36,7 +38,8 @@ from tests.lab.conftest import MakeLab
 NODES = 3
 MOVED = 3
 TARGET = 1
-CONNS = 150  # long-lived
+HELD_MOVED = 150  # long-lived connections of the moving bucket
+HELD_OTHER = 60  # and of the others
 SOURCES = 40  # client addresses opening new connections
 SYN_RETRANSMIT = 1.0  # the client's first SYN retransmit (TCP_TIMEOUT_INIT)
 # `clusterip ARGS` with its imports done ahead, run when a line arrives on stdin: so the two
@@ -112,13 +115,34 @@ def bucket(seed: int, src: str, sport: int, dport: int) -> int:
     return flow_bucket("sourceip-sourceport", seed, NODES, addr, sport, dport)
 
 
+PORTS = itertools.count(20000, 1000)  # each cell its own client ports: the last cell's linger
+
+
+def held_sources(lab: Lab, seed: int, dport: int) -> list[str]:
+    """Client "addr:port"s for the long-lived connections, chosen by bucket (ports below the
+    ephemeral range, so the kernel never hands them out meanwhile)."""
+    want = {MOVED: HELD_MOVED, 1: HELD_OTHER // 2, 2: HELD_OTHER // 2}
+    out = []
+    first = next(PORTS)
+    for sport in range(first, first + 1000):
+        src = lab.topo.client_addrs()[sport % SOURCES]
+        b = bucket(seed, src, sport, dport)
+        if want.get(b, 0) > 0:
+            want[b] -= 1
+            out.append(f"{src}:{sport}")
+    assert not any(want.values())
+    return out
+
+
 def run_move(cell: Cell, *, http_conns: bool) -> dict[str, Any]:
     """The move under load; returns what the clients saw and the counters after it."""
     lab = cell.lab
     sources = list(lab.topo.client_addrs())
     release = cell.primed(MOVED, "release", str(MOVED), "--vip", lab.topo.vip)
     take = cell.primed(TARGET, "take", str(MOVED), "--vip", lab.topo.vip)
-    conns = start_conns(lab, CONNS, period=0.2, duration=60, http=http_conns)
+    seed = int(cell.status(1)["seed"], 16)
+    chosen = held_sources(lab, seed, 80 if http_conns else 7)
+    conns = start_conns(lab, len(chosen), period=0.2, duration=60, http=http_conns, sources=chosen)
     udp_argv = [sys.executable, "-c", UDP_SESSIONS, lab.topo.vip, "5300", "60", "0.1", "4"]
     udp = lab.spawn(
         lab.topo.client_ns, [*udp_argv, ",".join(sources)], stdout=subprocess.PIPE, text=True
@@ -178,11 +202,11 @@ def check(cell: Cell, seen: dict[str, Any]) -> None:
     # The long-lived ones: all alive, on the node that had them; those of the moved bucket
     # stayed on node 3 (draining there) while node 1 dropped their packets.
     held = seen["held"]
-    assert len(held) == CONNS
+    assert len(held) == HELD_MOVED + HELD_OTHER
     broken = [(r["node"], r["broken"]) for r in held if r["broken"]]
     assert not broken, broken[:5]
-    stayed = [r for r in held if bucket(seed, r["src"], r["sport"], 80) == MOVED]
-    assert stayed and all(r["node"] == f"n{MOVED}" and r["ok"] >= 10 for r in stayed)
+    stayed = [r for r in held if r["node"] == f"n{MOVED}"]
+    assert len(stayed) == HELD_MOVED and all(r["ok"] >= 10 for r in stayed)
     assert after[MOVED]["draining"] == [MOVED] and after[TARGET]["guarded"] == [MOVED]
     assert after[TARGET]["counters"]["midflow"]["packets"] > 0  # node 3's flows, dropped
     assert after[MOVED]["counters"]["kept"]["packets"] > 0
