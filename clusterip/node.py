@@ -1,7 +1,9 @@
 """Static-mode operations of one node (CLUSTERIP's job): up, down, take, release, status.
 
 The kernel state is read back from nftables, so every command sees the truth; each change to
-the ruleset is one nft transaction. I/O goes through the Firewall and Link interfaces.
+the ruleset is one nft transaction. I/O goes through the Firewall, Link and SocketTable
+interfaces. A bucket that starts to move (`release`: draining here, `take`: guarded here)
+gets this node's own flows of it, a sock_diag snapshot, in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from dataclasses import replace
 
 from clusterip.config import ConfigError, VipConfig
 from clusterip.core.ownership import Ownership
+from clusterip.flows import SockDiag, SocketTable, TcpFlow, snapshot
 from clusterip.link import Link
 from clusterip.nft import Firewall
 from clusterip.render import (
+    checked,
     render,
     render_delete,
-    render_guard_delete,
+    render_drop_all,
+    render_legacy_delete,
     render_update,
 )
 from clusterip.state import VipState, parse_guards, parse_tables
@@ -25,12 +30,19 @@ ADDR_FLAG = "addr=1"
 
 
 class Node:
-    def __init__(self, firewall: Firewall, link: Link) -> None:
+    def __init__(self, firewall: Firewall, link: Link, sockets: SocketTable | None = None) -> None:
         self.firewall = firewall
         self.link = link
+        self.sockets: SocketTable = sockets if sockets is not None else SockDiag()
 
-    def states(self) -> list[VipState]:
-        return parse_tables(self.firewall.ruleset())
+    def _snapshot(self, cfg: VipConfig, own: Ownership) -> list[TcpFlow] | None:
+        """This node's flows, if any bucket checks flows (None: none does)."""
+        if not checked(own):
+            return None
+        return snapshot(self.sockets.sockets(cfg.vip))
+
+    def states(self, *, counters: bool = False) -> list[VipState]:
+        return parse_tables(self.firewall.ruleset(counters=counters))
 
     def state(self, vip: ipaddress.IPv4Address) -> VipState | None:
         for st in self.states():
@@ -49,11 +61,12 @@ class Node:
         """Serve cfg.vip as nodes cfg.local_nodes of cfg.total_nodes. Idempotent."""
         self.link.check_interface(cfg.interface)
         old = self.state(cfg.vip)
-        if old is not None and old.mode != "static":
+        if old is not None and old.mode != "static" and old.live:
             raise ConfigError(f"VIP {cfg.vip} is run by an agent on this node; stop it first")
         had_addr = self.link.has_address(cfg.interface, cfg.vip)
         added_addr = (old is not None and ADDR_FLAG in _extra(old)) or not had_addr
-        same = old is not None and _same_setup(old.config, cfg)
+        # What a stopped agent left is replaced, as is another setup of the VIP.
+        same = old is not None and old.mode == "static" and _same_setup(old.config, cfg)
         owned = frozenset(cfg.local_nodes)
         keep: frozenset[int] = frozenset()
         guarded: frozenset[int] = frozenset()
@@ -65,7 +78,8 @@ class Node:
             keep = (was.owned | was.draining) - owned
             guarded = owned - was.owned
         own = Ownership(cfg.total_nodes, owned, keep, guarded=guarded)
-        script = render(cfg, own, note_extra=ADDR_FLAG if added_addr else "")
+        mine = self._snapshot(cfg, own)
+        script = render(cfg, own, note_extra=ADDR_FLAG if added_addr else "", mine=mine)
         if old is not None and not same:
             script = render_delete(old.config) + script
         self.firewall.apply(script)
@@ -93,24 +107,30 @@ class Node:
         )
 
     def down(self, vip: ipaddress.IPv4Address) -> str:
+        """Stop answering at once, then remove the address and MAC, then the tables: no
+        packet is answered in between (without the tables, the stack would take UDP that
+        arrives at the cluster MAC)."""
         st = self.state(vip)
         if st is None:
-            return self._down_leftover(vip)
-        if st.mode != "static":
+            return self._down_legacy(vip)
+        if st.mode != "static" and st.live:
             raise ConfigError(f"VIP {vip} is run by an agent on this node; stop the agent")
-        self.firewall.apply(render_delete(st.config))
+        self.firewall.apply(render_drop_all(st.config))
         self._unlink(st)
+        self.firewall.apply(render_delete(st.config))
+        if st.mode != "static":
+            return f"{vip} down (removed what a stopped agent left)"
         return f"{vip} down"
 
-    def _down_leftover(self, vip: ipaddress.IPv4Address) -> str:
-        """What an agent that was killed left: its guard, the MAC, the address it added."""
-        objects = self.firewall.ruleset()
+    def _down_legacy(self, vip: ipaddress.IPv4Address) -> str:
+        """What a clusterip/1 agent that was killed left: its guard, the MAC, the address."""
+        objects = self.firewall.ruleset(counters=False)
         fields = parse_guards(objects).get(vip)
         if fields is None:
             return f"{vip} is not up here: nothing to do"
         ifname, mac = fields["if"], fields["mac"]
         mac = ":".join(mac[i : i + 2] for i in range(0, 12, 2))
-        self.firewall.apply(render_guard_delete(vip))
+        self.firewall.apply(render_legacy_delete(vip))
         if mac in self.link.multicast_macs(ifname):
             self.link.del_multicast(ifname, mac)
         if fields.get("addr") == "1" and self.link.has_address(ifname, vip):
@@ -133,7 +153,16 @@ class Node:
             self.link.del_address(cfg.interface, cfg.vip, cfg.prefixlen)
 
     def _change(self, st: VipState, own: Ownership) -> None:
-        script = render_update(st.config, st.ownership, own)
+        cfg = st.config
+        if not st.current:  # tables of clusterip/1: this version's rules, ownership kept
+            extra = ADDR_FLAG if ADDR_FLAG in _extra(st) else ""
+            self.firewall.apply(render(cfg, own, note_extra=extra, mine=self._snapshot(cfg, own)))
+            return
+        # Buckets that start to check flows need this node's flows from their first packet.
+        mine = None
+        if checked(own) - checked(st.ownership):
+            mine = self._snapshot(cfg, own)
+        script = render_update(cfg, st.ownership, own, mine=mine)
         if script:
             self.firewall.apply(script)
 

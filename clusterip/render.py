@@ -1,26 +1,34 @@
 """Render the nftables ruleset of one VIP: a pure function of (config, ownership).
 
-Tables per VIP, all named `clusterip_<vip>` and always changed together in one batch:
+Tables per VIP, all named `clusterip_<vip>`, each change one transaction:
 
-netdev  ingress on the cluster interface, before the IP stack and before conntrack: packets to
-        the VIP are hashed into buckets 1..N with the configured seed and looked up in the
+netdev  ingress on the cluster interface, before the IP stack and conntrack: packets to the
+        VIP are hashed into buckets 1..N with the configured seed and looked up in the
         `buckets` map. An owned bucket is accepted with pkttype set to host (the frame came to a
-        multicast MAC, which the IP and TCP stacks would otherwise drop); everything else is
-        dropped here, the cheapest place in the kernel. In the steady state that is the whole
-        per-packet cost: no conntrack, no other hook.
+        multicast MAC, which TCP would otherwise drop); everything else is dropped here. In the
+        steady state that is the whole per-packet cost: one hash, one map lookup, and a check
+        for a bare SYN, whose flow is remembered for SYN_TIMEOUT in the `syns` set.
 arp     output: ARP requests and replies with the VIP as sender carry the cluster MAC in the
-        payload, so no client ever learns a node's own MAC for the VIP (an arp-family hook sees
-        ARP only; a netdev egress hook would cost every packet the node sends).
-ip      only while a bucket is in transition. A TCP packet that is not a bare SYN, in a bucket
-        that is draining (moved away, our flows stay), guarded (moved here, the previous owner's
-        flows stay there) or orphaned (taken from a dead node), must find a socket on this node
-        (a socket lookup at prerouting); without one it belongs to another node's flow and is
-        dropped, or, in an orphaned bucket, goes on to the stack, whose RST tells the dead
-        node's client at once. Conntrack is never switched on.
+        payload, so no client ever learns a node's own MAC for the VIP.
+inet    agents only: the "live" table, owner-flagged, so it dies with the agent's process. It
+        marks the VIP's packets just before the netdev table sees them; the netdev table drops
+        every unmarked one unless the `lease` set holds the VIP (a planned restart). A killed
+        agent's node therefore stops answering at once; a suspended one serves on until its
+        lease runs out in the kernel.
+
+Flow identity while buckets move, decided at ingress by (client address, client port, VIP
+port): this node's flows are the `mine` set (a sock_diag snapshot of its sockets, taken in the
+transaction that starts the move) and the `syns` set (every bare SYN it accepted lately, so a
+SYN-cookie handshake or one in flight counts too). A draining bucket (`keep`) accepts only
+those, and UDP flows the agent saw; a guarded one (gained from a live node) accepts new
+connections and those, and drops the previous owner's mid-flow packets; an orphaned one
+(taken from a dead node) accepts everything, so the stack's RST tells the dead node's clients
+at once. No socket lookup, no conntrack: what a service binds to does not matter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from ipaddress import IPv4Address
 
 from clusterip.config import HASHMODES, ConfigError, VipConfig
@@ -28,23 +36,35 @@ from clusterip.core import defaults
 from clusterip.core.ownership import Ownership
 
 TABLE_PREFIX = "clusterip_"
-COMMENT_MAGIC = "clusterip/1"
+COMMENT_MAGIC = "clusterip/2"  # the version of the rules; clusterip/1 used a socket lookup
+OLD_MAGIC = ("clusterip/1",)
 INGRESS_PRIORITY = -500
+LIVE_PRIORITY = INGRESS_PRIORITY - 1
 MAX_COMMENT = 128
 # ICMP errors about a flow name the client in their inner header, not in the outer one; the
 # owner's stack finds the flow's socket, every other node's stack finds none and ignores them.
 # Accepting them everywhere keeps path MTU discovery working.
 ICMP_ERRORS = "destination-unreachable, time-exceeded, parameter-problem"
-# Set at ingress on non-SYN TCP of a bucket in transition; prerouting then asks for a socket.
-# CHECK_MARK: no socket here -> drop (another node's flow). ORPHAN_MARK: no socket -> the
-# stack's RST (a dead node's flow). Values above any bucket number; reset to 0 on acceptance.
-CHECK_MARK = 0x0C1EA0A0
-ORPHAN_MARK = 0x0C1EA0A1
+# Put on the VIP's packets by a live agent's owner table; reset to 0 on every accepted packet.
+LIVE_MARK = 0x0C1EA11E
 BARE_SYN = "tcp flags & (syn | ack) == syn"
+# A flow's key in `syns` and `mine`. IPv6 will need only other names here.
+FLOW_TYPE = "ipv4_addr . inet_service . inet_service"
+FLOW = "ip saddr . th sport . th dport"
+ADDR_TYPE = "ipv4_addr"
+SYN_TIMEOUT = defaults.SYN_TIMEOUT
+# How long a flow of `mine` lives after its last packet. Agents pass their drain timeout; in
+# static mode a move lasts until the next `up`, so a kept flow may idle this long.
+STATIC_FLOW_TIMEOUT = 86400
+FLOWS_MAX = 262144  # per set; a full set records no more (the SYN is still accepted)
 # Agents keep UDP flows of a draining bucket: the flows this node served lately, kept in a set
 # that the datapath refreshes (the kernel's own conntrack UDP timeout is 30 s unreplied).
 UDP_FLOW_TIMEOUT = defaults.UDP_FLOW_TIMEOUT
 UDP_FLOWS_MAX = 65536
+# Fragments (flags MF or a fragment offset) carry ports only in the first one.
+FRAGMENT = "ip frag-off & 0x3fff != 0"
+
+TcpFlow = tuple[str, int, int]  # client address, client port, VIP port
 
 
 def table_name(cfg: VipConfig) -> str:
@@ -88,6 +108,11 @@ def bucket_verdicts(own: Ownership) -> dict[int, str]:
     return out
 
 
+def checked(own: Ownership) -> frozenset[int]:
+    """Buckets whose mid-flow TCP must be one of this node's flows: they need the snapshot."""
+    return own.draining | own.guarded
+
+
 def _l4_match(cfg: VipConfig) -> str:
     protos = "tcp, udp, sctp" if cfg.protocol == "all" else cfg.protocol
     match = f"meta l4proto {{ {protos} }}" if cfg.protocol == "all" else f"meta l4proto {protos}"
@@ -105,18 +130,24 @@ def _lookup(cfg: VipConfig, modulus: int, *, ports: bool) -> str:
     return f"meta mark set {_hash_expr(cfg, ports=ports, modulus=modulus)} meta mark vmap @buckets"
 
 
-def vip_rules(cfg: VipConfig, modulus: int, *, kept: bool) -> list[str]:
+def _uses_ports(cfg: VipConfig) -> bool:
+    return cfg.uses_ports or bool(cfg.dports)
+
+
+def vip_rules(cfg: VipConfig, modulus: int, *, kept: bool, live: bool = False) -> list[str]:
     """The `vip` chain. The flows other nodes keep are looked up only while there are any."""
     rules = []
+    if live:
+        # No live agent (its owner table marks every VIP packet) and no lease: drop.
+        rules.append(f'meta mark != {LIVE_MARK:#010x} ip daddr != @lease counter name "down" drop')
     if kept:
         rules.append("meta l4proto { tcp, udp } ip saddr . th sport @kept drop")
     # Then the hash: the common packet (ours or not) is decided without other checks.
     rules.append(f"{_l4_match(cfg)} {_lookup(cfg, modulus, ports=True)}")
-    rules.append(f"icmp type {{ {ICMP_ERRORS} }} meta pkttype set host accept")
+    rules.append(f"icmp type {{ {ICMP_ERRORS} }} meta mark set 0 meta pkttype set host accept")
     if cfg.protocol == "all" and not cfg.dports:
         # Protocols without ports (ICMP, GRE, ...) are hashed by source IP. A port protocol's
         # packet whose bucket is not ours must stop here, or it would fall through to that rule.
-        # (A non-first fragment has no ports: it stops here too.)
         rules.append('meta l4proto { tcp, udp, sctp } counter name "foreign" drop')
         rules.append(_lookup(cfg, modulus, ports=False))
     rules.append('counter name "foreign" drop')
@@ -129,69 +160,118 @@ def _tracks_udp(cfg: VipConfig, mode: str) -> bool:
     return mode == "agent" and cfg.protocol in ("udp", "all")
 
 
-def _accepting_chains(cfg: VipConfig, mode: str) -> str:
-    host = "meta pkttype set host counter name"
-    seen = "ip saddr . udp sport"
-    own = [f'meta mark set 0 {host} "accepted" accept']
-    keep = [
-        f'{BARE_SYN} counter name "foreign" drop',
-        f'meta l4proto tcp meta mark set {CHECK_MARK:#010x} {host} "kept" accept',
+def _accept(counter: str) -> str:
+    return f'meta mark set 0 meta pkttype set host counter name "{counter}" accept'
+
+
+def _ours(counter: str) -> list[str]:
+    """A TCP packet of one of this node's flows: a snapshot flow, or one whose SYN it took
+    (which then joins `mine`, with its longer timeout). Each hit refreshes its element."""
+    tcp = "meta l4proto tcp"
+    return [
+        f"{tcp} {FLOW} @mine update @mine {{ {FLOW} }} {_accept(counter)}",
+        f"{tcp} {FLOW} @syns update @mine {{ {FLOW} }} {_accept(counter)}",
+        # `mine` is full: the update above failed, the SYN's element keeps the flow.
+        f"{tcp} {FLOW} @syns update @syns {{ {FLOW} }} {_accept(counter)}",
     ]
-    if _tracks_udp(cfg, mode):
-        own.insert(0, f"meta l4proto udp update @udp_seen {{ {seen} }}")
+
+
+def _fragments(cfg: VipConfig) -> list[str]:
+    """Only a datagram's first fragment carries its ports: the others are hashed (and
+    port-matched) by their payload, so they land on any node. None of them is served where
+    ports count. Checked after the hash, so a foreign packet costs nothing more."""
+    if not _uses_ports(cfg):
+        return []  # by source address alone, every fragment goes where its datagram goes
+    ports = " meta l4proto { tcp, udp, sctp }" if cfg.protocol == "all" else ""
+    return [f'{FRAGMENT}{ports} counter name "fragments" drop']
+
+
+def _accepting_chains(cfg: VipConfig, mode: str) -> str:
+    seen = "ip saddr . udp sport"
+    tcp = cfg.protocol in ("tcp", "all")
+    own = _fragments(cfg)
+    if tcp:
+        # A separate rule: when `syns` is full the update fails and ends its rule, not this
+        # packet's acceptance.
+        own.append(f"{BARE_SYN} update @syns {{ {FLOW} }}")
+    keep = _fragments(cfg)
+    if tcp:
+        # A new connection of a bucket that moved away is the new owner's; a client that reuses
+        # a port has ended the flow this node knew by it.
         keep.append(
-            f'{seen} @udp_seen update @udp_seen {{ {seen} }} meta mark set 0 {host} "kept" accept'
+            f"{BARE_SYN} delete @syns {{ {FLOW} }} delete @mine {{ {FLOW} }} "
+            'counter name "foreign" drop'
         )
+        keep.extend(_ours("kept"))
+    if _tracks_udp(cfg, mode):
+        own.append(f"meta l4proto udp update @udp_seen {{ {seen} }}")
+        keep.append(f"{seen} @udp_seen update @udp_seen {{ {seen} }} {_accept('kept')}")
+    own.append(_accept("accepted"))
     keep.append('counter name "foreign" drop')
-    chains = {"own": own, "keep": keep}
-    for name, mark in (("guard", CHECK_MARK), ("orphan", ORPHAN_MARK)):
-        chains[name] = [
+    guard = _fragments(cfg)
+    if tcp:
+        guard += [
             f"{BARE_SYN} goto own",
-            f'meta l4proto tcp meta mark set {mark:#010x} {host} "accepted" accept',
-            "goto own",
+            *_ours("accepted"),
+            'meta l4proto tcp counter name "midflow" drop',  # the previous owner's flow
         ]
+    guard.append("goto own")
+    chains = {
+        "own": own,
+        "keep": keep,
+        "guard": guard,
+        # A dead node's flows have no server any more: the stack's RST tells their clients.
+        # Flows that live nodes keep were dropped before the hash (the `kept` set).
+        "orphan": ["goto own"],
+    }
     return "".join(
         f"\tchain {name} {{\n" + "".join(f"\t\t{r}\n" for r in rules) + "\t}\n"
         for name, rules in chains.items()
     )
 
 
-def _table_flags(owner: bool) -> str:
-    """For `add table`: every table statement of an owner table's batch must carry the flag
-    (one without it asks the kernel to clear `owner`, which it refuses)."""
-    return " { flags owner; }" if owner else ""
-
-
 def _drop_table(family: str, name: str, owner: bool = False) -> str:
-    """Delete a table if present (`add` first makes the delete work when it is absent)."""
-    return f"add table {family} {name}{_table_flags(owner)}\ndelete table {family} {name}\n"
+    """Delete a table if present (`add` first makes the delete work when it is absent). Every
+    table statement of an owner table's batch must carry the flag (one without it asks the
+    kernel to clear `owner`, which it refuses)."""
+    flags = " { flags owner; }" if owner else ""
+    return f"add table {family} {name}{flags}\ndelete table {family} {name}\n"
 
 
-def _ip_table(cfg: VipConfig, owner: bool) -> str:
-    """The socket check, present only while buckets are in transition."""
+def render_live(cfg: VipConfig) -> str:
+    """The agent's owner table: it lives exactly as long as the agent's netlink socket."""
     name = table_name(cfg)
-    block_flags = "\tflags owner\n" if owner else ""
-    return f"""add table ip {name}{_table_flags(owner)}
-flush table ip {name}
-table ip {name} {{
-{block_flags}	counter midflow {{
-	}}
-	chain prerouting {{
-		type filter hook prerouting priority mangle; policy accept;
-		ip daddr {cfg.vip} meta mark {{ {CHECK_MARK:#010x}, {ORPHAN_MARK:#010x} }} jump check
-	}}
-	chain check {{
-		socket wildcard 0 meta mark set 0 accept
-		socket wildcard 1 goto nosock
-		socket transparent {{ 0, 1 }} meta mark set 0 accept
-		goto nosock
-	}}
-	chain nosock {{
-		meta mark {ORPHAN_MARK:#010x} meta mark set 0 accept
-		counter name "midflow" drop
+    return f"""add table inet {name} {{ flags owner; }}
+table inet {name} {{
+	flags owner
+	chain ingress {{
+		type filter hook ingress device "{cfg.interface}" priority {LIVE_PRIORITY}; policy accept;
+		ip daddr {cfg.vip} meta mark set {LIVE_MARK:#010x}
 	}}
 }}
 """
+
+
+def _flow_elements(flows: Iterable[TcpFlow]) -> str:
+    return ", ".join(f"{a} . {p} . {d}" for a, p, d in sorted(flows))
+
+
+def _mine(name: str, flows: Collection[TcpFlow] | None) -> str:
+    """Replace the snapshot: this node's flows of the buckets that now need one."""
+    if flows is None:
+        return ""
+    out = f"flush set netdev {name} mine\n"
+    if flows:
+        out += f"add element netdev {name} mine {{ {_flow_elements(flows)} }}\n"
+    return out
+
+
+def _set(name: str, type_: str, extra: str = "") -> str:
+    return (
+        f"\tset {name} {{\n\t\ttype {type_}\n"
+        + "".join(f"\t\t{line}\n" for line in extra.splitlines())
+        + "\t}\n"
+    )
 
 
 def render(
@@ -199,71 +279,70 @@ def render(
     own: Ownership,
     *,
     mode: str = "static",
-    owner: bool = False,
     note_extra: str = "",
+    mine: Collection[TcpFlow] | None = None,
+    flow_timeout: int = STATIC_FLOW_TIMEOUT,
+    live: bool = False,
 ) -> str:
     """The nft script that makes the kernel's state for this VIP exactly (cfg, own).
 
     It is applied as one transaction: the `add`/`flush` prologue makes it work both on a fresh
-    ruleset and over a previous version of the same tables (named counters keep counting).
-    Later ownership changes can go in as `render_update`, a few lines.
+    ruleset and over a previous version of the same tables (named counters keep counting, and
+    so do the `syns` and `mine` sets unless `mine` replaces the snapshot). `live` adds the
+    agent's owner table and its check. Later ownership changes go in as `render_update`.
     """
     name = table_name(cfg)
     vip = str(cfg.vip)
     dev = cfg.interface
     modulus = own.modulus
     note = comment(cfg, modulus, mode=mode, extra=note_extra)
-    flags = " flags owner;" if owner else ""  # see _table_flags
-    block_flags = "\n\tflags owner" if owner else ""
-    dports = ""
+    sets = ""
     if cfg.dports:
-        dports = (
-            "\n\tset dports {\n\t\ttype inet_service\n\t\telements = { "
-            + ", ".join(str(p) for p in cfg.dports)
-            + " }\n\t}"
-        )
-    udp_seen = ""
+        ports = ", ".join(str(p) for p in cfg.dports)
+        sets += _set("dports", "inet_service", f"elements = {{ {ports} }}")
+    sets += f"\tmap buckets {{\n\t\ttype mark : verdict\n\t\tsize {modulus}\n\t}}\n"
+    sets += _set("kept", "ipv4_addr . inet_service")
+    dyn = "flags dynamic,timeout"
+    sets += _set("syns", FLOW_TYPE, f"{dyn}\ntimeout {SYN_TIMEOUT}s\nsize {FLOWS_MAX}")
+    sets += _set("mine", FLOW_TYPE, f"{dyn}\ntimeout {flow_timeout}s\nsize {FLOWS_MAX}")
     if _tracks_udp(cfg, mode):
-        udp_seen = (
-            "\n\tset udp_seen {\n\t\ttype ipv4_addr . inet_service\n"
-            f"\t\tflags dynamic,timeout\n\t\ttimeout {UDP_FLOW_TIMEOUT}s\n"
-            f"\t\tsize {UDP_FLOWS_MAX}\n\t}}"
-        )
-    rules = "\n".join(f"\t\t{r}" for r in vip_rules(cfg, modulus, kept=bool(own.kept)))
-    ip = _ip_table(cfg, owner) if own.in_transition else _drop_table("ip", name, owner)
+        udp = f"{dyn}\ntimeout {UDP_FLOW_TIMEOUT}s\nsize {UDP_FLOWS_MAX}"
+        sets += _set("udp_seen", "ipv4_addr . inet_service", udp)
+    if live:
+        sets += _set("lease", ADDR_TYPE, "flags timeout")
+    rules = "\n".join(f"\t\t{r}" for r in vip_rules(cfg, modulus, kept=bool(own.kept), live=live))
     fill = ""
     if own.owned or own.draining:
         fill += f"add element netdev {name} buckets {{ {_elements(bucket_verdicts(own))} }}\n"
     if own.kept:
         fill += f"add element netdev {name} kept {{ {_flows(own.kept)} }}\n"
+    fill += _mine(name, mine)
     return f"""# clusterip: VIP {vip} on {dev} (generated, do not edit)
-add table netdev {name} {{ comment "{note}";{flags} }}
+add table netdev {name} {{ comment "{note}"; }}
 flush table netdev {name}
-add table arp {name}{_table_flags(owner)}
+add table arp {name}
 flush table arp {name}
-{ip}table netdev {name} {{{block_flags}
+{_drop_table("ip", name)}{render_live(cfg) if live else ""}table netdev {name} {{
 	counter accepted {{
 	}}
 	counter kept {{
 	}}
 	counter foreign {{
-	}}{dports}
-	map buckets {{
-		type mark : verdict
-		size {modulus}
 	}}
-	set kept {{
-		type ipv4_addr . inet_service
-	}}{udp_seen}
-	chain ingress {{
+	counter midflow {{
+	}}
+	counter fragments {{
+	}}{_down_counter(live)}
+{sets}	chain ingress {{
 		type filter hook ingress device "{dev}" priority {INGRESS_PRIORITY}; policy accept;
-		ip daddr {vip} jump vip comment "{note}"
+		comment "{note}"
+		ip daddr {vip} jump vip
 	}}
 	chain vip {{
 {rules}
 	}}
 {_accepting_chains(cfg, mode)}}}
-table arp {name} {{{block_flags}
+table arp {name} {{
 	counter arps {{
 	}}
 	chain output {{
@@ -276,19 +355,29 @@ flush set netdev {name} kept
 {fill}"""
 
 
-def render_update(cfg: VipConfig, old: Ownership, new: Ownership, *, owner: bool = False) -> str:
+def _down_counter(live: bool) -> str:
+    return "\n\tcounter down {\n\t}" if live else ""
+
+
+def render_update(
+    cfg: VipConfig,
+    old: Ownership,
+    new: Ownership,
+    *,
+    mine: Collection[TcpFlow] | None = None,
+    live: bool = False,
+) -> str:
     """Only what differs between `old` and `new`: one small transaction.
 
     Empty when nothing changes. A bucket whose verdict changes is deleted and re-added in the
-    same batch, so no packet ever sees it missing. The `vip` chain is rewritten when the kept
-    flows come or go, and the ip table (the socket check) when transitions begin or end.
+    same batch, so no packet ever sees it missing. `mine`, when given, replaces the snapshot in
+    the same batch (buckets that start to move need it from their first packet). The `vip`
+    chain is rewritten when the kept flows come or go.
     """
     if old.modulus != new.modulus:
         raise ValueError(f"bucket count changed ({old.modulus} -> {new.modulus}): render anew")
     name = table_name(cfg)
-    out = []
-    if new.in_transition and not old.in_transition:
-        out.append(_ip_table(cfg, owner))
+    out = [_mine(name, mine)]
     before, after = bucket_verdicts(old), bucket_verdicts(new)
     gone = sorted(b for b, v in before.items() if after.get(b) != v)
     added = {b: v for b, v in after.items() if before.get(b) != v}
@@ -306,10 +395,8 @@ def render_update(cfg: VipConfig, old: Ownership, new: Ownership, *, owner: bool
         out.append(f"flush chain netdev {name} vip\n")
         out.extend(
             f"add rule netdev {name} vip {r}\n"
-            for r in vip_rules(cfg, new.modulus, kept=bool(new.kept))
+            for r in vip_rules(cfg, new.modulus, kept=bool(new.kept), live=live)
         )
-    if old.in_transition and not new.in_transition:
-        out.append(_drop_table("ip", name, owner))
     return "".join(out)
 
 
@@ -317,50 +404,48 @@ def _flows(flows: frozenset[tuple[str, int]]) -> str:
     return ", ".join(f"{addr} . {port}" for addr, port in sorted(flows))
 
 
-FAMILIES = ("netdev", "arp", "ip")
+def render_lease(cfg: VipConfig, grace_ms: int, note: str) -> str:
+    """Hand the node over to a successor: it serves on for `grace_ms` without a live table
+    (0: not at all). Replaces any earlier lease."""
+    name = table_name(cfg)
+    out = f"flush set netdev {name} lease\n"
+    if grace_ms > 0:
+        out += (
+            f"add element netdev {name} lease "
+            f'{{ {cfg.vip} timeout {grace_ms}ms comment "{note}" }}\n'
+        )
+    return out
+
+
+def render_adopt(cfg: VipConfig) -> str:
+    """A successor takes over a suspended agent's tables: its own live table, no lease. The
+    delete fails (and with it the batch) if the kernel has expired the lease meanwhile."""
+    return render_live(cfg) + f"delete element netdev {table_name(cfg)} lease {{ {cfg.vip} }}\n"
+
+
+def render_drop_all(cfg: VipConfig) -> str:
+    """Stop answering for the VIP at once, tables kept (the first step of a removal)."""
+    return f"flush map netdev {table_name(cfg)} buckets\n"
+
+
+LEGACY_GUARD_PREFIX = TABLE_PREFIX + "guard_"  # clusterip/1 agents' fail-safe tables
+
+
+def render_legacy_delete(vip: IPv4Address) -> str:
+    """Remove the guard tables a clusterip/1 agent left, if present."""
+    guard = LEGACY_GUARD_PREFIX + str(vip).replace(".", "_")
+    return _drop_table("netdev", guard) + _drop_table("arp", guard)
 
 
 def render_delete(cfg: VipConfig, *, owner: bool = False) -> str:
-    """Remove the tables of a VIP (and nothing else) in one transaction, if present."""
-    return "".join(_drop_table(f, table_name(cfg), owner) for f in FAMILIES)
-
-
-GUARD_PREFIX = TABLE_PREFIX + "guard_"
-GUARD_PRIORITY = INGRESS_PRIORITY + 100
-
-
-def guard_name(vip: IPv4Address) -> str:
-    return GUARD_PREFIX + str(vip).replace(".", "_")
-
-
-def render_guard(cfg: VipConfig, note_extra: str = "") -> str:
-    """The agent's fail-safe, tables that outlive the agent.
-
-    The agent's own tables carry the `owner` flag and vanish with its process. These stay: the
-    netdev one drops every packet to the VIP that no owner claimed (the owner chain, which runs
-    first, sets pkttype to host on what it accepts; an unclaimed frame to the cluster MAC is
-    still `multicast`), the arp one keeps rewriting ARP, so a node whose agent died never
-    answers for the VIP, not even UDP, and never teaches a client its own MAC for it.
-    """
-    name = guard_name(cfg.vip)
-    vip = str(cfg.vip)
-    dev = cfg.interface
-    note = comment(cfg, 0, mode="guard", extra=note_extra)
-    return f"""{render_guard_delete(cfg.vip)}table netdev {name} {{
-	chain ingress {{
-		type filter hook ingress device "{dev}" priority {GUARD_PRIORITY}; policy accept;
-		ip daddr {vip} meta pkttype != host drop comment "{note}"
-	}}
-}}
-table arp {name} {{
-	chain output {{
-		type filter hook output priority 0; policy accept;
-		arp saddr ip {vip} arp saddr ether set {cfg.clustermac}
-	}}
-}}
-"""
-
-
-def render_guard_delete(vip: IPv4Address) -> str:
-    """Remove the guard tables of `vip`, if present (also what a killed agent left)."""
-    return "".join(_drop_table(f, guard_name(vip)) for f in ("netdev", "arp"))
+    """Remove the tables of a VIP (and nothing else) in one transaction, if present: also the
+    socket-check table and guard tables of clusterip/1. `owner`: this process owns the live
+    table (otherwise it must be gone, or the kernel refuses the whole batch)."""
+    name = table_name(cfg)
+    return (
+        _drop_table("netdev", name)
+        + _drop_table("arp", name)
+        + _drop_table("ip", name)
+        + _drop_table("inet", name, owner)
+        + render_legacy_delete(cfg.vip)
+    )

@@ -39,7 +39,7 @@ def up(**params: Any) -> None:
 @click.option("--vip", metavar="ADDR", help="the VIP to take down (default: all static VIPs)")
 @click.option("-c", "--config", "config_file", metavar="FILE", help="take down the file's VIPs")
 def down(vip: str | None, config_file: str | None) -> None:
-    """Remove what `up` added: rules, VIP address, multicast MAC. Nothing else."""
+    """Remove what `up` (or a stopped agent) added: rules, VIP address, multicast MAC."""
     node = _node()
     if vip and config_file:
         fail("give either --vip or -c FILE, not both")
@@ -48,7 +48,8 @@ def down(vip: str | None, config_file: str | None) -> None:
     elif config_file:
         vips = [c.vip for c in cfgmod.load_toml(config_file)]
     else:
-        vips = [s.config.vip for s in node.states() if s.mode == "static"]
+        # Static VIPs, and what stopped agents left (a running agent's VIPs are its own).
+        vips = [s.config.vip for s in node.states() if s.mode == "static" or not s.live]
         if not vips:
             click.echo("no VIP is up here: nothing to do")
     for addr in vips:
@@ -66,11 +67,11 @@ def status(as_json: bool) -> None:
         agent_doc: dict[str, Any] | None = request("status")
     except NoAgent:
         agent_doc = None
-    states = _node().states()
+    states = _node().states(counters=True)
     docs = list(agent_doc["vips"]) if agent_doc else []
     for st in states:
-        if st.mode == "agent":
-            continue  # the agent's own report above is richer
+        if st.mode == "agent" and st.live:
+            continue  # a running agent: its own report above is richer
         doc = st.to_json()
         flows = SocketFlows(udp=False).per_bucket(st.config, st.ownership.modulus)
         doc["flows"] = {str(b): n for b, n in sorted(flows.items())}
@@ -86,13 +87,23 @@ def status(as_json: bool) -> None:
     if agent_doc:
         _print_agent(agent_doc)
     for d in docs:
-        if d["mode"] == "agent":
-            continue
+        if d["mode"] == "agent" and "flows" not in d:
+            continue  # reported by the agent above
         ports = ",".join(str(p) for p in d["dports"]) or "any"
         click.echo(
             f"{d['vip']} on {d['interface']}  mac {d['clustermac']}  {d['hashmode']}  "
             f"{d['protocol']} port {ports}  ({d['mode']})"
         )
+        if d["mode"] == "agent":  # what an agent left behind, no agent running
+            lease = d.get("lease")
+            if lease:
+                click.echo(
+                    f"  suspended agent (node {lease['node_id']}): serving as it was for "
+                    f"{lease['left']:.0f} s more, for a successor to adopt"
+                )
+            else:
+                click.echo("  left by a stopped agent: every VIP packet is dropped here;")
+                click.echo("  `clusterip down` removes it, a new agent replaces it")
         owned = ",".join(str(b) for b in d["owned"]) or "none"
         line = f"  node(s) {owned} of {d['total_nodes']}"
         if d["draining"]:

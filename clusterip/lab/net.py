@@ -300,10 +300,22 @@ class Lab:
             except KeyboardInterrupt:  # the child got the same SIGINT; wait for it
                 continue
 
+    def sysctls(self, host: str, values: Mapping[str, str]) -> None:
+        """Set sysctls in one host's namespace (per-namespace ones, such as
+        net.ipv4.tcp_syncookies)."""
+        self.ops.sysctls(self.ns(host), values)
+
     def start_servers(
-        self, nodes: Iterable[int] | None = None, *, timeout: float | None = None
+        self,
+        nodes: Iterable[int] | None = None,
+        *,
+        timeout: float | None = None,
+        listen: str = "wildcard",
+        args: Sequence[str] = (),
     ) -> dict[int, subprocess.Popen[Any]]:
-        """Start `clusterip.lab.servers` in each node and wait until every one is listening."""
+        """Start `clusterip.lab.servers` in each node and wait until every one is listening.
+        `listen`: how they bind (see that module; all but wildcard bind the lab's VIP);
+        `args`: more of its flags (e.g. `--http 0`)."""
         ks = list(nodes) if nodes is not None else list(self.topo.node_indexes)
         procs: dict[int, subprocess.Popen[Any]] = {}
         logs: dict[int, str] = {}
@@ -312,6 +324,7 @@ class Lab:
             logs[k] = f"{self.store.path[: -len('.json')]}.{name}.log"
             self._record("files", logs[k])
             argv = [sys.executable, "-m", "clusterip.lab.servers", "--name", name]
+            argv += ["--listen", listen, "--vip", self.topo.vip, *args]
             with open(logs[k], "ab") as log:
                 procs[k] = self.spawn(
                     self.topo.node_ns(k),

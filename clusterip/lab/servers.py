@@ -1,11 +1,19 @@
 """Test servers for one lab node; each answers with the node's name so clients see who served.
 
-    python -m clusterip.lab.servers --name n1 [--http 80] [--udp 5300] [--echo 7] [--bind ADDR]
+    python -m clusterip.lab.servers --name n1 [--http 80] [--udp 5300] [--echo 7]
+                                    [--listen wildcard|vip|reuseport|freebind --vip ADDR]
 
 * HTTP/1.1 (keep-alive): any GET -> 200, body "n1\\n", header "X-Node: n1".
 * UDP: any datagram -> "n1 <payload>", sent from the address the datagram was sent to
   (IP_PKTINFO), so a reply to a VIP comes from the VIP, not from the node's own address.
 * TCP line echo: each line "X\\n" -> "n1 X\\n"; the connection stays open.
+
+How each server binds (`--listen`), as services do it in the field:
+* wildcard   0.0.0.0 (the default);
+* vip        the VIP's address (nginx `listen VIP:80`, HAProxy `bind VIP:80`): it must exist;
+* reuseport  two sockets per service on the VIP's address in one SO_REUSEPORT group, each
+             served by its own thread (the kernel spreads connections and datagrams);
+* freebind   the VIP's address with IP_FREEBIND, so the bind works before the VIP is up.
 
 A port of 0 turns that server off. Prints "ready" on stdout once every socket listens, then
 points stdout at /dev/null (the parent may close the pipe). Exits 0 on SIGTERM or SIGINT.
@@ -27,7 +35,68 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not export it
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 BACKLOG = 1024
+LISTEN_MODES = ("wildcard", "vip", "reuseport", "freebind")
+
+
+def bind_plan(mode: str, vip: str | None) -> tuple[str, int, bool, bool]:
+    """(address, sockets per service, SO_REUSEPORT, IP_FREEBIND) for a `--listen` mode."""
+    if mode not in LISTEN_MODES:
+        raise ValueError(f"bad listen mode {mode!r}: allowed are {', '.join(LISTEN_MODES)}")
+    if mode == "wildcard":
+        return "0.0.0.0", 1, False, False
+    if not vip:
+        raise ValueError(f"listen mode {mode} needs the VIP's address (--vip)")
+    return vip, 2 if mode == "reuseport" else 1, mode == "reuseport", mode == "freebind"
+
+
+def _prepare(sock: socket.socket, reuseport: bool, freebind: bool) -> None:
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if freebind:
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+
+
+def tcp_servers(
+    cls: type[socketserver.TCPServer],
+    handler: type[socketserver.BaseRequestHandler],
+    port: int,
+    plan: tuple[str, int, bool, bool],
+) -> list[socketserver.TCPServer]:
+    """The listening server(s) of one TCP service, bound as `plan` says."""
+    addr, count, reuseport, freebind = plan
+    out: list[socketserver.TCPServer] = []
+    try:
+        for _ in range(count):
+            server = cls((addr, port), handler, bind_and_activate=False)
+            out.append(server)
+            _prepare(server.socket, reuseport, freebind)
+            server.server_bind()
+            server.server_activate()
+    except BaseException:
+        for server in out:
+            server.server_close()
+        raise
+    return out
+
+
+def udp_sockets(port: int, plan: tuple[str, int, bool, bool]) -> list[socket.socket]:
+    addr, count, reuseport, freebind = plan
+    out = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            _prepare(sock, reuseport, freebind)
+            sock.bind((addr, port))
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return out
 
 
 class _Quiet:
@@ -121,7 +190,8 @@ def serve_udp(sock: socket.socket, name: str, stop: threading.Event) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clusterip.lab.servers")
     parser.add_argument("--name", required=True, help="node name to answer with, e.g. n1")
-    parser.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--listen", default="wildcard", choices=LISTEN_MODES, help="how to bind")
+    parser.add_argument("--vip", help="the VIP's address (for --listen other than wildcard)")
     parser.add_argument("--http", type=int, default=80, help="HTTP port (0: off)")
     parser.add_argument("--udp", type=int, default=5300, help="UDP port (0: off)")
     parser.add_argument("--echo", type=int, default=7, help="TCP line echo port (0: off)")
@@ -131,26 +201,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"bad --{opt} {getattr(args, opt)}: expected 0 (off) or 1 to 65535")
     if not args.name or any(c.isspace() for c in args.name):
         parser.error(f"bad --name {args.name!r}: expected a non-empty word such as n1")
+    try:
+        args.plan = bind_plan(args.listen, args.vip)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stop = threading.Event()
-    tcp_servers: list[socketserver.TCPServer] = []
+    servers: list[socketserver.TCPServer] = []
     if args.http:
-        tcp_servers.append(HttpServer((args.bind, args.http), http_handler(args.name)))
+        servers += tcp_servers(HttpServer, http_handler(args.name), args.http, args.plan)
     if args.echo:
-        tcp_servers.append(EchoServer((args.bind, args.echo), echo_handler(args.name)))
-    runners: list[Callable[[], None]] = [partial(s.serve_forever, 0.1) for s in tcp_servers]
-    udp: socket.socket | None = None
-    if args.udp:
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        udp.bind((args.bind, args.udp))
-        sock = udp
-        runners.append(lambda: serve_udp(sock, args.name, stop))
+        servers += tcp_servers(EchoServer, echo_handler(args.name), args.echo, args.plan)
+    runners: list[Callable[[], None]] = [partial(s.serve_forever, 0.1) for s in servers]
+    udp = udp_sockets(args.udp, args.plan) if args.udp else []
+    runners += [partial(serve_udp, sock, args.name, stop) for sock in udp]
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
@@ -166,13 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.close(devnull)
     while not stop.wait(0.1):
         pass
-    for server in tcp_servers:
+    for server in servers:
         server.shutdown()
         server.server_close()
     for thread in threads:
         thread.join(timeout=1.0)
-    if udp is not None:
-        udp.close()
+    for sock in udp:
+        sock.close()
     return 0
 
 

@@ -136,14 +136,14 @@ class Agent:
         s = self.settings
         for cfg in configs:
             datapath = AgentDatapath(cfg, s.buckets, self.firewall, self.link)
-            left = datapath.start(node_id=s.node_id, incarnation=incarnation)
+            left = datapath.start(node_id=s.node_id)
             adopted = None
             if left is not None:
-                adopted = Adoption(left.ownership, left.incarnation)
+                adopted = Adoption(left.ownership, left.lease.incarnation)
                 log.info(
                     "%s: continuing incarnation %d: %d buckets, %d draining, no flow lost",
                     cfg.vip,
-                    left.incarnation,
+                    left.lease.incarnation,
                     len(left.ownership.owned),
                     len(left.ownership.draining),
                 )
@@ -225,7 +225,11 @@ class Agent:
             grace = self.settings.restart_grace
             for unit in self.units:
                 # Armed first: from here the node serves on by itself until the grace ends.
-                unit.datapath.suspend(grace)
+                unit.datapath.suspend(
+                    grace,
+                    node_id=self.settings.node_id,
+                    incarnation=unit.node.membership.incarnation,
+                )
                 for data in unit.node.suspend(now, grace):
                     self.transport.send(data)
             log.info("stopped: serving on for %g s for a successor (restart)", grace)

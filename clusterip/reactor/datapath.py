@@ -1,28 +1,43 @@
-"""The agent's hold on the kernel: its owner-flagged tables, the guard, address and MAC.
+"""The agent's hold on the kernel: the VIP's tables, its live table, address and MAC.
 
-Fail-safe by construction: the agent's tables carry nft's `owner` flag and die with its netlink
-socket, i.e. with the process, however it ends. The guard table (no owner flag) stays and then
-drops every packet to the VIP that no owner claimed, so a node without a live agent never
-answers for the VIP. A graceful stop removes everything.
+Fail-safe, and restartable without losing a flow:
+- The VIP's netdev and arp tables (hash, bucket map, flow sets, ARP rewrite) have no owner:
+  they outlive the process. The *live* table does (nft `flags owner`): the kernel deletes it
+  the moment the agent's netlink socket closes, however the process ends. It marks the VIP's
+  packets; the netdev table drops every unmarked one unless its `lease` set holds the VIP.
+- kill -9 (or a crash): the live table dies, the node drops every VIP packet at once.
+  `clusterip down` removes what is left.
+- `suspend(grace)` (a planned stop or restart): one transaction puts the VIP in the lease set
+  for `grace` seconds, with this agent's node id and incarnation; the process then exits. The
+  node serves on exactly as it was, and stops by itself when the kernel expires the lease.
+- `start()` finds such a lease and tables that match its configuration: it *adopts* them (its
+  own live table, the lease deleted, one transaction; the sets and their flows untouched) and
+  returns what the kernel holds. Otherwise it starts clean, replacing whatever was there.
+- `stop()`: graceful removal. Stop answering first, then address and MAC, then the tables.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from clusterip.config import VipConfig
+from clusterip.config import ConfigError, VipConfig
+from clusterip.core import defaults
 from clusterip.core.ownership import Ownership
+from clusterip.flows import SockDiag, SocketTable, TcpFlow, snapshot
 from clusterip.link import Link
-from clusterip.nft import Firewall
+from clusterip.nft import Firewall, FirewallError
 from clusterip.render import (
+    checked,
     render,
+    render_adopt,
     render_delete,
-    render_guard,
-    render_guard_delete,
+    render_drop_all,
+    render_lease,
     render_update,
 )
+from clusterip.state import Lease, VipState, parse_tables
 
 log = logging.getLogger("clusterip.core")
 ADDR_FLAG = "addr=1"
@@ -33,45 +48,150 @@ class ApplyStats:
     changes: int = 0
     last_seconds: float = 0.0
     total_seconds: float = 0.0
+    snapshots: int = 0
+    last_snapshot_flows: int = 0
+    last_snapshot_seconds: float = 0.0
+
+
+# A snapshot may be this old when its buckets start to move: every flow established since
+# has its SYN in the `syns` set (SYN_TIMEOUT, 60 s) until well after that.
+SNAPSHOT_MAX_AGE = 10.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    flows: list[TcpFlow]
+    taken: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What `start()` took over from a suspended predecessor."""
+
+    ownership: Ownership  # what the kernel holds, read back (the datapath serves it now)
+    lease: Lease  # the predecessor's node id, incarnation and the lease's end
 
 
 class AgentDatapath:
-    def __init__(self, cfg: VipConfig, buckets: int, firewall: Firewall, link: Link) -> None:
-        self.cfg = cfg
+    def __init__(
+        self,
+        cfg: VipConfig,
+        buckets: int,
+        firewall: Firewall,
+        link: Link,
+        sockets: SocketTable | None = None,
+        *,
+        flow_timeout: float = defaults.DRAIN_TIMEOUT,
+    ) -> None:
+        self.cfg = replace(cfg, total_nodes=buckets, local_nodes=())
         self.buckets = buckets
         self.firewall = firewall
         self.link = link
+        self.sockets: SocketTable = sockets if sockets is not None else SockDiag()
+        self.flow_timeout = max(1, round(flow_timeout))
         self.current = Ownership(buckets)
         self.added_addr = False
+        self.suspended = False
         self.stats = ApplyStats()
 
-    def start(self) -> None:
-        """Guard first, then an owner table that owns nothing: defined from the first moment."""
+    # ----- life cycle ----------------------------------------------------------------------
+
+    def start(self, *, node_id: int | None = None) -> Adoption | None:
+        """Take the VIP: adopt a suspended predecessor's datapath (of `node_id`, if given),
+        else start clean with nothing owned. Either way one transaction."""
         cfg = self.cfg
         self.link.check_interface(cfg.interface)
-        self.added_addr = not self.link.has_address(cfg.interface, cfg.vip)
-        # A previous agent's owner tables died with it; a stale static setup of this VIP is
-        # replaced in the same transaction as the guard. The guard records whether the address
-        # is ours, so `clusterip down` can clean up after an agent that was killed.
+        old = self._state()
+        if old is not None and old.live:
+            raise ConfigError(f"VIP {cfg.vip} is already served by a running agent on this node")
+        if old is not None and old.lease is not None and self._adoptable(old, node_id):
+            adopted = self._adopt(old)
+            if adopted is not None:
+                return adopted
+        self.added_addr = not self.link.has_address(cfg.interface, cfg.vip) or (
+            old is not None and old.mode == "agent" and ADDR_FLAG in _extra(old)
+        )
         note = ADDR_FLAG if self.added_addr else ""
-        self.firewall.apply(render_delete(cfg) + render_guard(cfg, note))
-        if self.added_addr:
+        # A stale setup of this VIP (a static one, or an agent's that nobody adopted) is
+        # replaced in the same transaction.
+        script = render_delete(cfg) + render(
+            cfg,
+            Ownership(self.buckets),
+            mode="agent",
+            live=True,
+            note_extra=note,
+            flow_timeout=self.flow_timeout,
+        )
+        self.firewall.apply(script)
+        self.current = Ownership(self.buckets)
+        self._link_up()
+        return None
+
+    def _adoptable(self, old: VipState, node_id: int | None) -> bool:
+        cfg, have = self.cfg, old.config
+        return (
+            old.mode == "agent"
+            and old.current
+            and old.lease is not None
+            and (node_id is None or old.lease.node_id == node_id)
+            and old.ownership.modulus == self.buckets
+            and have.interface == cfg.interface
+            and have.prefixlen == cfg.prefixlen
+            and have.cluster_fields() == cfg.cluster_fields()
+        )
+
+    def _adopt(self, old: VipState) -> Adoption | None:
+        assert old.lease is not None
+        try:
+            # Deleting the lease fails if the kernel expired it meanwhile: then start clean.
+            self.firewall.apply(render_adopt(self.cfg))
+        except FirewallError as exc:
+            log.warning("%s: cannot adopt the previous agent's datapath: %s", self.cfg.vip, exc)
+            return None
+        self.current = old.ownership
+        self.added_addr = ADDR_FLAG in _extra(old)
+        self._link_up()
+        log.info(
+            "%s: adopted the datapath of node %d (incarnation %d), %.1f s of its lease left",
+            self.cfg.vip,
+            old.lease.node_id,
+            old.lease.incarnation,
+            old.lease.left,
+        )
+        return Adoption(old.ownership, old.lease)
+
+    def _link_up(self) -> None:
+        cfg = self.cfg
+        if not self.link.has_address(cfg.interface, cfg.vip):
             self.link.add_address(cfg.interface, cfg.vip, cfg.prefixlen)
         if cfg.clustermac not in self.link.multicast_macs(cfg.interface):
             self.link.add_multicast(cfg.interface, cfg.clustermac)
-        self.apply(Ownership(self.buckets), force=True)
         self.link.send_garp(cfg.interface, cfg.vip, cfg.clustermac)
 
-    def apply(self, own: Ownership, *, force: bool = False) -> bool:
-        """Make the kernel hold `own`, in one transaction. True if anything changed."""
-        if own == self.current and not force:
+    def _state(self) -> VipState | None:
+        for st in parse_tables(self.firewall.ruleset(counters=False)):
+            if st.config.vip == self.cfg.vip:
+                return st
+        return None
+
+    def apply(self, own: Ownership, *, flows: Snapshot | None = None) -> bool:
+        """Make the kernel hold `own`, in one transaction. True if anything changed.
+
+        When buckets start to check flows (draining or guarded), this node's flows replace
+        the `mine` set in the same transaction: `flows` if given and younger than
+        SNAPSHOT_MAX_AGE (a caller can take it with `snapshot()` in another thread, to keep
+        sock_diag off its loop), else a snapshot taken now.
+        """
+        if self.suspended:
+            raise RuntimeError("the datapath was suspended for a successor: nothing to apply")
+        if own == self.current:
             return False
         started = time.perf_counter()
-        if force:
-            note = ADDR_FLAG if self.added_addr else ""
-            script = render(self.cfg, own, mode="agent", owner=True, note_extra=note)
-        else:
-            script = render_update(self.cfg, self.current, own, owner=True)
+        mine = None
+        if checked(own) - checked(self.current):
+            fresh = flows is not None and time.monotonic() - flows.taken < SNAPSHOT_MAX_AGE
+            mine = flows.flows if fresh and flows is not None else self.snapshot().flows
+        script = render_update(self.cfg, self.current, own, mine=mine, live=True)
         if script:
             self.firewall.apply(script)
         took = time.perf_counter() - started
@@ -81,13 +201,47 @@ class AgentDatapath:
         self.stats.total_seconds += took
         return True
 
+    def counters(self) -> dict[str, dict[str, int]]:
+        """The VIP's packet counters (accepted, foreign, kept, midflow, fragments, down)."""
+        st = self._state()
+        return dict(st.counters) if st is not None else {}
+
+    def snapshot(self) -> Snapshot:
+        """This node's TCP flows on the VIP, now (sock_diag; safe in any thread)."""
+        began = time.perf_counter()
+        flows = snapshot(self.sockets.sockets(self.cfg.vip))
+        self.stats.snapshots += 1
+        self.stats.last_snapshot_flows = len(flows)
+        self.stats.last_snapshot_seconds = time.perf_counter() - began
+        return Snapshot(flows, time.monotonic())
+
+    def suspend(self, grace: float, *, node_id: int, incarnation: int) -> None:
+        """Leave the node serving for `grace` seconds after this process exits, for a
+        successor to adopt (0: it stops at once, as if killed). One transaction; afterwards
+        this object applies nothing and `stop()` does nothing."""
+        lease = Lease(node_id, incarnation, time.time() + grace, grace)
+        self.firewall.apply(render_lease(self.cfg, round(grace * 1000), lease.note()))
+        self.suspended = True
+
     def stop(self) -> None:
-        """Graceful: remove the tables, the guard, the MAC and the address this agent added."""
+        """Graceful: stop answering, remove the MAC and the address this agent added, then
+        the tables. Nothing after a suspend."""
+        if self.suspended:
+            return
         cfg = self.cfg
         try:
-            self.firewall.apply(render_delete(cfg, owner=True) + render_guard_delete(cfg.vip))
-        finally:
+            self.firewall.apply(render_drop_all(cfg))
+        except FirewallError as exc:  # tables already gone: go on with the rest
+            log.warning("%s: %s", cfg.vip, exc)
+        try:
             if cfg.clustermac in self.link.multicast_macs(cfg.interface):
                 self.link.del_multicast(cfg.interface, cfg.clustermac)
             if self.added_addr and self.link.has_address(cfg.interface, cfg.vip):
                 self.link.del_address(cfg.interface, cfg.vip, cfg.prefixlen)
+        finally:
+            self.firewall.apply(render_delete(cfg, owner=True))
+        self.current = Ownership(self.buckets)
+
+
+def _extra(st: VipState) -> set[str]:
+    return {f"{k}={v}" for k, v in st.comment_fields.items()}

@@ -42,10 +42,7 @@ def lab_names() -> Iterator[list[str]]:
     assert not left, f"namespaces left behind by lab tests: {left}"
 
 
-@pytest.fixture
-def new_lab_name(lab_names: list[str]) -> Callable[[], str]:
-    """A fresh, unused lab name (t + 5 hex digits), registered for the session-end check."""
-
+def _namer(lab_names: list[str]) -> Callable[[], str]:
     def make() -> str:
         while True:
             name = "t" + secrets.token_hex(3)[:5]
@@ -58,22 +55,38 @@ def new_lab_name(lab_names: list[str]) -> Callable[[], str]:
     return make
 
 
+@pytest.fixture
+def new_lab_name(lab_names: list[str]) -> Callable[[], str]:
+    """A fresh, unused lab name (t + 5 hex digits), registered for the session-end check."""
+    return _namer(lab_names)
+
+
 MakeLab = Callable[..., Lab]
 
 
-@pytest.fixture
-def make_lab(new_lab_name: Callable[[], str]) -> Iterator[MakeLab]:
-    """make_lab(nodes=3, clients=10, servers=True) -> a built Lab, torn down after the test."""
+def _labs(namer: Callable[[], str]) -> Iterator[MakeLab]:
     built: list[Lab] = []
 
     def make(nodes: int = 3, clients: int = 10, servers: bool = True, **kwargs: Any) -> Lab:
-        lab = Lab.build(LabTopo(new_lab_name(), nodes, clients), servers=servers, **kwargs)
+        lab = Lab.build(LabTopo(namer(), nodes, clients), servers=servers, **kwargs)
         built.append(lab)
         return lab
 
     yield make
     for lab in reversed(built):
         lab.teardown()
+
+
+@pytest.fixture
+def make_lab(new_lab_name: Callable[[], str]) -> Iterator[MakeLab]:
+    """make_lab(nodes=3, clients=10, servers=True) -> a built Lab, torn down after the test."""
+    yield from _labs(new_lab_name)
+
+
+@pytest.fixture(scope="module")
+def make_module_lab(lab_names: list[str]) -> Iterator[MakeLab]:
+    """As make_lab, for labs that a module's tests share (torn down after the module)."""
+    yield from _labs(_namer(lab_names))
 
 
 @pytest.fixture

@@ -47,11 +47,12 @@ def test_kill_9_failover_and_rejoin(
         (r[0], round(r[1] - killed, 3), r[4]) for r in records if r[0] not in orphans and not r[3]
     ]
     assert not survivors_failed, survivors_failed
-    # The dead agent's tables died with it: only the guard is left on n3.
+    # The dead agent's live table died with it; its VIP tables stay and drop every VIP packet
+    # (no live mark, no lease).
     tables = lab.run(lab.topo.node_ns(3), ["nft", "list", "tables"], timeout=10).stdout
     assert tables.splitlines() == [
-        "table netdev clusterip_guard_198_18_0_100",
-        "table arp clusterip_guard_198_18_0_100",
+        "table netdev clusterip_198_18_0_100",
+        "table arp clusterip_198_18_0_100",
     ], tables
     after = lab.probe(proto="tcp", port=80)
     assert after.errors == 0 and set(after.by_node) == {"n1", "n2"}

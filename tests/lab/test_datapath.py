@@ -165,3 +165,52 @@ def test_long_lived_connection_survives_its_bucket_moving(make_lab: MakeLab) -> 
     finally:
         proc.stdin.close()
         proc.wait(timeout=10)
+
+
+# One datagram of SIZE bytes from each source (fragmented on the way: the lab's MTU is 1500),
+# every reply collected for a while: source -> the nodes that answered.
+BIG_UDP = r"""
+import json, selectors, socket, sys, time
+vip, port, size, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+sel, socks = selectors.DefaultSelector(), {}
+for src in sys.argv[5].split(","):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    s.setblocking(False)
+    s.sendto(b"x" * size, (vip, port))
+    socks[s] = src
+    sel.register(s, selectors.EVENT_READ)
+answers = {src: [] for src in socks.values()}
+end = time.monotonic() + wait
+while time.monotonic() < end:
+    for key, _ in sel.select(timeout=max(0.0, end - time.monotonic())):
+        data = key.fileobj.recv(65535)
+        answers[socks[key.fileobj]].append([data.split()[0].decode(), len(data)])
+print(json.dumps(answers))
+"""
+
+
+def test_fragmented_udp_is_dropped_where_ports_count_and_served_by_source_ip(
+    make_lab: MakeLab,
+) -> None:
+    lab = make_lab(nodes=3, clients=30)
+    sources = list(lab.topo.client_addrs())
+
+    def send(size: int) -> dict[str, list[list[Any]]]:
+        argv = [sys.executable, "-c", BIG_UDP, lab.topo.vip, "5300", str(size), "1.0"]
+        done = lab.run(lab.topo.client_ns, [*argv, ",".join(sources)], timeout=30)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    up_all(lab)  # sourceip-sourceport: a non-first fragment has no ports
+    small = send(100)
+    assert all(len(a) == 1 for a in small.values()), small
+    big = send(4000)
+    assert all(a == [] for a in big.values()), big  # no node reassembles half a datagram
+    dropped = sum(status(lab, k)["counters"]["fragments"]["packets"] for k in (1, 2, 3))
+    # Each of the 30 datagrams' 3 fragments was dropped by exactly one node: the one its
+    # (payload-made) hash picked; every other node dropped it as foreign.
+    assert dropped == 3 * len(sources), dropped
+    up_all(lab, "--hashmode", "sourceip")  # every fragment goes where its source goes
+    big = send(4000)
+    assert all(len(a) == 1 and a[0][1] == 4003 for a in big.values()), big

@@ -1,51 +1,82 @@
-"""Live flows from /proc/net/tcp's text and from the nft JSON of the UDP flow set."""
+"""Live flows: sock_diag messages, the snapshot per bucket, and the nft JSON of the UDP set.
+
+The real sock_diag read is checked against pyroute2's decoding in tests/lab/test_sockets.py.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 
-from clusterip.flows import proc_tcp_flows, set_flows
+import pytest
 
-
-def _hex(addr: str, port: int) -> str:
-    """As the kernel prints it: the address as a native integer, the port as a number."""
-    (native,) = struct.unpack("=I", socket.inet_aton(addr))
-    return f"{native:08X}:{port:04X}"
-
-
-def _line(n: int, local: tuple[str, int], remote: tuple[str, int], state: int) -> str:
-    return (
-        f"  {n}: {_hex(*local)} {_hex(*remote)} {state:02X} 00000000:00000000 00:00000000 "
-        "00000000     0        0 12345 1 0000000000000000 20 4 30 10 -1"
-    )
-
-
-VIP = "198.18.0.100"
-TEXT = "\n".join(
-    [
-        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid",
-        _line(0, ("0.0.0.0", 80), ("0.0.0.0", 0), 0x0A),  # listening
-        _line(1, (VIP, 80), ("198.18.1.1", 40000), 0x01),  # established
-        _line(2, (VIP, 80), ("198.18.1.2", 40001), 0x06),  # TIME_WAIT: over
-        _line(3, (VIP, 443), ("198.18.1.3", 40002), 0x03),  # SYN_RECV: handshaking
-        _line(4, (VIP, 80), ("198.18.1.4", 40003), 0x08),  # CLOSE_WAIT: still a flow
-        _line(5, ("198.18.0.1", 22), ("198.18.1.5", 40004), 0x01),  # another address
-        "garbage",
-    ]
+from clusterip.flows import snapshot
+from clusterip.sockdiag import (
+    ESTABLISHED,
+    FLOW_STATES,
+    LISTEN,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    SOCK_DIAG_BY_FAMILY,
+    SYN_RECV,
+    TIME_WAIT,
+    Sock,
+    parse,
+    request,
 )
+from clusterip.state import set_pairs
+
+VIP = ipaddress.IPv4Address("198.18.0.100")
 
 
-def test_live_sockets_on_the_vip_only() -> None:
-    assert proc_tcp_flows(TEXT, VIP) == [
-        ("198.18.1.1", 40000, 80),
-        ("198.18.1.3", 40002, 443),
-        ("198.18.1.4", 40003, 80),
+def diag_msg(state: int, lport: int, raddr: str, rport: int) -> bytes:
+    """One SOCK_DIAG_BY_FAMILY message as the kernel sends it (inet_diag_msg, 72 bytes)."""
+    sockid = struct.pack("!HH", lport, rport) + VIP.packed + bytes(12)
+    sockid += socket.inet_aton(raddr) + bytes(12) + bytes(12)  # dst, ifindex, cookie
+    body = struct.pack("=BBBB", socket.AF_INET, state, 0, 0) + sockid + bytes(20)
+    return struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, 2, 1, 0) + body
+
+
+def done() -> bytes:
+    return struct.pack("=IHHII", 20, NLMSG_DONE, 2, 1, 0) + bytes(4)
+
+
+def test_request_asks_for_flows_on_the_vip_only() -> None:
+    data = request(VIP)
+    length, kind, flags = struct.unpack_from("=IHH", data)
+    assert length == len(data) == 16 + 56 + 4 + 4 + 8 + 4
+    assert kind == SOCK_DIAG_BY_FAMILY and flags == 0x301
+    family, proto, _ext, states = struct.unpack_from("=BBBxI", data, 16)
+    assert (family, proto) == (socket.AF_INET, socket.IPPROTO_TCP)
+    assert states == FLOW_STATES and not states & (1 << LISTEN)
+    assert states & (1 << TIME_WAIT) and states & (1 << SYN_RECV)
+    assert data.endswith(VIP.packed)  # the bytecode's address condition
+
+
+def test_parse_messages_until_done() -> None:
+    out: list[Sock] = []
+    first = diag_msg(ESTABLISHED, 80, "198.18.1.1", 40000)
+    first += diag_msg(TIME_WAIT, 443, "198.18.1.2", 40001)
+    assert parse(first, out) is False
+    assert parse(diag_msg(SYN_RECV, 80, "198.18.1.3", 40002) + done(), out) is True
+    assert out == [
+        Sock("198.18.1.1", 40000, 80, ESTABLISHED),
+        Sock("198.18.1.2", 40001, 443, TIME_WAIT),
+        Sock("198.18.1.3", 40002, 80, SYN_RECV),
     ]
+    assert [s.over for s in out] == [False, True, False]
 
 
-def test_no_header_no_flows() -> None:
-    assert proc_tcp_flows("", VIP) == []
+def test_parse_error() -> None:
+    err = struct.pack("=IHHII", 36, NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -22) + bytes(16)
+    with pytest.raises(OSError, match="Invalid argument"):
+        parse(err, [])
+
+
+def test_snapshot_is_every_flow_on_the_vip() -> None:
+    socks = [Sock("198.18.1.1", 40000, 80, ESTABLISHED), Sock("198.18.1.2", 40001, 443, TIME_WAIT)]
+    assert snapshot(socks) == [("198.18.1.1", 40000, 80), ("198.18.1.2", 40001, 443)]
 
 
 def test_udp_set_elements_with_and_without_timeouts() -> None:
@@ -61,4 +92,4 @@ def test_udp_set_elements_with_and_without_timeouts() -> None:
             }
         },
     ]
-    assert set_flows(objects) == [("198.18.1.1", 5000), ("198.18.1.2", 5001)]
+    assert set_pairs(objects) == [("198.18.1.1", 5000), ("198.18.1.2", 5001)]

@@ -10,12 +10,10 @@ import pytest
 from clusterip import config
 from clusterip.config import ConfigError
 from clusterip.core.handover import ORPHAN_RESET_DELAY
-from clusterip.core.ownership import Ownership
 from clusterip.flows import FakeFlows
 from clusterip.link import FakeLink
 from clusterip.nft import RecordingFirewall
 from clusterip.reactor.agent import Agent
-from clusterip.reactor.datapath import AgentDatapath
 from clusterip.reactor.keyfile import read_key
 from clusterip.reactor.settings import AgentSettings, build_settings
 from clusterip.reactor.transport import MemoryHub
@@ -56,25 +54,6 @@ def test_settings_errors(kw: dict[str, object], msg: str) -> None:
     args.update(kw)
     with pytest.raises(ConfigError, match=msg):
         build_settings(**args)
-
-
-def test_datapath_life_cycle() -> None:
-    fw, link = RecordingFirewall(), FakeLink()
-    dp = AgentDatapath(cfg(), 4096, fw, link)
-    dp.start()
-    assert "clusterip_guard_198_18_0_100" in fw.scripts[0]
-    assert "flags owner" in fw.scripts[1] and "add element" not in fw.scripts[1]
-    assert link.addresses["eth0"] == {("198.18.0.100", 32)}
-    assert link.mcast["eth0"] == ["03:bf:c6:12:00:64"] and link.garps
-    assert dp.apply(Ownership.of(4096, [1, 2, 3]))
-    assert fw.scripts[-1].startswith("add element netdev")
-    assert not dp.apply(Ownership.of(4096, [1, 2, 3]))  # nothing to do: no transaction
-    assert len(fw.scripts) == 3
-    dp.stop()
-    assert (
-        "flags owner" in fw.scripts[-1] and "delete table netdev clusterip_guard" in fw.scripts[-1]
-    )
-    assert link.addresses["eth0"] == set() and link.mcast["eth0"] == []
 
 
 class Node:

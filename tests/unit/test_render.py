@@ -2,7 +2,15 @@ import pytest
 
 from clusterip import config
 from clusterip.core.ownership import Ownership
-from clusterip.render import render, render_delete, render_update, table_name
+from clusterip.render import (
+    checked,
+    render,
+    render_adopt,
+    render_delete,
+    render_lease,
+    render_update,
+    table_name,
+)
 from tests.conftest import check_golden
 
 CASES = {
@@ -26,33 +34,83 @@ def test_render_golden(name: str) -> None:
     check_golden(f"render/{name}.nft", render(c, Ownership.of(3, [1, 3], [2])))
 
 
-def test_render_agent_owner_orphaned_golden() -> None:
+def test_render_agent_orphaned_golden() -> None:
+    """An agent's tables: its live (owner) table, the lease check, the UDP flow set."""
     c = cfg()
     own = Ownership.of(3, [1, 2], orphaned=[2])
-    check_golden("render/agent-orphaned.nft", render(c, own, mode="agent", owner=True))
+    text = render(c, own, mode="agent", live=True, flow_timeout=300)
+    check_golden("render/agent-orphaned.nft", text)
+    assert text.count("flags owner") == 2  # the live table only: the others outlive the agent
+    assert "@lease" in text and "@udp_seen" in text and "timeout 300s" in text
+
+
+def test_transition_golden() -> None:
+    """A bucket moving away (keep), one moving here (guard), with this node's flows."""
+    c = cfg(protocol="tcp", dports=[80])
+    own = Ownership.of(3, [1, 3], draining=[2], guarded=[3])
+    mine = [("198.18.1.7", 40001, 80), ("198.18.1.2", 50000, 80)]
+    check_golden("render/transition.nft", render(c, own, mine=mine))
 
 
 def test_steady_state_golden() -> None:
-    """Owned buckets only: one ingress hook, no ip table (no socket check, no conntrack)."""
+    """Owned buckets only: one ingress hook, one hash, one map lookup; an accepted packet
+    then meets the fragment and bare-SYN checks."""
     text = render(cfg(), Ownership.of(3, [1]))
     check_golden("render/steady.nft", text)
-    assert "delete table ip" in text and "prerouting" not in text
+    assert "prerouting" not in text and "socket" not in text and "owner" not in text
     assert "ct " not in text and "egress" not in text and "@kept" not in text
+    own = [r.strip() for r in text.split("chain own {\n")[1].split("\t}\n")[0].splitlines()]
+    assert own == [
+        'ip frag-off & 0x3fff != 0 meta l4proto { tcp, udp, sctp } counter name "fragments" drop',
+        "tcp flags & (syn | ack) == syn update @syns { ip saddr . th sport . th dport }",
+        'meta mark set 0 meta pkttype set host counter name "accepted" accept',
+    ]
 
 
-def test_transitions_switch_the_socket_check_on_and_off() -> None:
+def test_moves_change_only_the_map_and_the_snapshot() -> None:
     c = cfg()
     steady = Ownership.of(3, [1])
     taken = steady.take(2)
-    assert taken.guarded == {2} and taken.in_transition
-    on = render_update(c, steady, taken)
-    assert on.startswith("add table ip ") and "socket wildcard" in on
-    assert "2 : jump guard" in on
+    assert taken.guarded == {2}
+    on = render_update(c, steady, taken, mine=[("198.18.1.1", 1000, 80)])
+    assert on == (
+        "flush set netdev clusterip_198_18_0_100 mine\n"
+        "add element netdev clusterip_198_18_0_100 mine { 198.18.1.1 . 1000 . 80 }\n"
+        "add element netdev clusterip_198_18_0_100 buckets { 2 : jump guard }\n"
+    )
     settled = Ownership.of(3, [1, 2])
     off = render_update(c, taken, settled)
-    assert off.endswith("delete table ip clusterip_198_18_0_100\n")
-    assert "2 : jump own" in off
-    assert "table ip" not in render_update(c, taken, taken.release(1))  # still in transition
+    assert off == (
+        "delete element netdev clusterip_198_18_0_100 buckets { 2 }\n"
+        "add element netdev clusterip_198_18_0_100 buckets { 2 : jump own }\n"
+    )
+    assert checked(taken.release(1)) == {1, 2} and checked(settled) == frozenset()
+
+
+def test_fragments_are_dropped_only_where_ports_count() -> None:
+    for kw, dropped in (
+        ({}, True),
+        ({"hashmode": "sourceip"}, False),
+        ({"hashmode": "sourceip", "dports": [53]}, True),
+        ({"protocol": "udp", "hashmode": "sourceip-sourceport-destport"}, True),
+    ):
+        text = render(cfg(**kw), Ownership.of(3, [1]))
+        assert ("frag-off & 0x3fff != 0" in text) is dropped, kw
+
+
+def test_agent_lease_and_adoption() -> None:
+    c = cfg()
+    lease = render_lease(c, 2500, "node=3 inc=17 until=1.000")
+    assert lease == (
+        "flush set netdev clusterip_198_18_0_100 lease\n"
+        "add element netdev clusterip_198_18_0_100 lease "
+        '{ 198.18.0.100 timeout 2500ms comment "node=3 inc=17 until=1.000" }\n'
+    )
+    assert render_lease(c, 0, "x") == "flush set netdev clusterip_198_18_0_100 lease\n"
+    adopt = render_adopt(c)
+    assert "flags owner" in adopt and adopt.endswith(
+        "delete element netdev clusterip_198_18_0_100 lease { 198.18.0.100 }\n"
+    )
 
 
 def test_kept_flows_are_looked_up_only_while_there_are_any() -> None:
@@ -100,8 +158,9 @@ def test_delete_names_only_our_tables() -> None:
     c = cfg()
     text = render_delete(c)
     assert table_name(c) == "clusterip_198_18_0_100"
-    assert text.count("delete table") == 3  # netdev, arp, ip
-    assert all(table_name(c) in line for line in text.splitlines())
+    # netdev, arp, inet (live), and clusterip/1's ip table and guard tables
+    assert text.count("delete table") == 6
+    assert all(line.split()[3].endswith("198_18_0_100") for line in text.splitlines())
 
 
 def test_seed_is_always_explicit() -> None:
