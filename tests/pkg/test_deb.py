@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tomllib
@@ -250,25 +251,49 @@ ip link set lo up; ip link set eth0 up; ip link set eth1 up
 ip addr add 198.18.0.1/16 dev eth0
 printf 'a-shared-secret-of-32-bytes-----' > "$KEY"
 chmod 600 "$KEY"
-clusterip agent --vip 198.18.0.100 --interface eth0 --node-id 1 --key-file "$KEY" 2>"$LOG" &
+clusterip agent --vip 198.18.0.100 --interface eth0 --node-id 1 --key-file "$KEY" \
+    --metrics 127.0.0.1:9473 2>"$LOG" &
 pid=$!
 for i in $(seq 50); do
     clusterip status --json > "$OUT" 2>/dev/null && grep -q '"owned_count": 4096' "$OUT" && break
     sleep 0.2
 done
+curl -sS http://127.0.0.1:9473/metrics > "$MET"
 kill -TERM $pid; wait $pid || true
 """
 
 
 def test_agent_with_debian_pyroute2(deb: tuple[Path, list[str]], tmp_path: Path) -> None:
-    env = {"KEY": str(tmp_path / "key"), "LOG": str(tmp_path / "log"), "OUT": str(tmp_path / "o")}
+    env = {name: str(tmp_path / name) for name in ("KEY", "LOG", "OUT", "MET")}
     run(["unshare", "-n", "sh", "-c", AGENT], env={**ENV, **env})
-    log = (tmp_path / "log").read_text()
-    doc = json.loads((tmp_path / "o").read_text())
+    metrics = (tmp_path / "MET").read_text()  # Debian's python3-prometheus-client
+    assert 'clusterip_buckets_owned{vip="198.18.0.100"} 4096.0' in metrics, metrics
+    log = (tmp_path / "LOG").read_text()
+    doc = json.loads((tmp_path / "OUT").read_text())
     assert doc["agent"]["node_id"] == 1, log
     [vip] = doc["vips"]
     assert vip["vip"] == "198.18.0.100" and vip["owned_count"] == 4096, (vip, log)
     assert "Traceback" not in log, log
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="clusterip/lab/netops.py calls IPRoute(netns=...), which pyroute2 0.7.2 lacks "
+    "(NetNS(ns) there): the fix is in the pkg branch's report",
+)
+def test_lab_command_with_debian_pyroute2(deb: tuple[Path, list[str]]) -> None:
+    name = "pk" + secrets.token_hex(3)
+    try:
+        done = run(
+            [CIP, "lab", "up", "--nodes", "2", "--clients", "1", "--name", name], check=False
+        )
+        assert done.returncode == 0, done.stderr
+        probe = run([CIP, "lab", "exec", "--name", name, "n1", "--", "ip", "-br", "addr"])
+        assert "198.18.0.1/" in probe.stdout
+    finally:
+        run([CIP, "lab", "down", "--name", name], check=False)
+    left = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    assert not [ns for ns in left if ns.startswith(name)]
 
 
 OCF = """
