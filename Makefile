@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 DEBS   := nftables python3-nftables python3-venv iproute2 iputils-ping nginx-light curl wrk haproxy \
-          netsniff-ng keepalived resource-agents libxml2-utils
+          netsniff-ng keepalived resource-agents libxml2-utils pacemaker corosync pcs crmsh
 # `make deb`: Debian's tools and the build dependencies of debian/control (installed by `deb`
 # only, after the .venv exists, so that its PyPI packages stay what pip chose).
 DEB_BUILD_DEBS := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \

@@ -36,16 +36,21 @@ class Clone:
         self.params = params
 
     def action(
-        self, k: int, clone: int, action: str, *, interval: int = 10000, clone_max: int = 3
+        self,
+        k: int,
+        clone: int,
+        action: str,
+        *,
+        interval: int = 10000,
+        clone_max: int = 3,
+        meta: bool = True,
     ) -> subprocess.CompletedProcess[str]:
+        """meta=False: no CRM_meta_* at all, as Pacemaker stops an orphaned (deleted) clone."""
         rsctmp = self.tmp / f"rsctmp-n{k}"  # each node's own /run/resource-agents
         rsctmp.mkdir(exist_ok=True)
         env = {
             "OCF_ROOT": "/usr/lib/ocf",
             "OCF_RESOURCE_INSTANCE": f"vip:{clone}",
-            "OCF_RESKEY_CRM_meta_clone": str(clone),
-            "OCF_RESKEY_CRM_meta_clone_max": str(clone_max),
-            "OCF_RESKEY_CRM_meta_interval": str(interval),
             "OCF_RESKEY_ip": self.lab.topo.vip,
             "OCF_RESKEY_nic": "eth0",
             "OCF_RESKEY_clusterip_bin": CLUSTERIP,
@@ -53,6 +58,10 @@ class Clone:
             "HA_LOGFACILITY": "none",
             **{f"OCF_RESKEY_{key}": value for key, value in self.params.items()},
         }
+        if meta:
+            env["OCF_RESKEY_CRM_meta_clone"] = str(clone)
+            env["OCF_RESKEY_CRM_meta_clone_max"] = str(clone_max)
+            env["OCF_RESKEY_CRM_meta_interval"] = str(interval)
         argv = ["env", *(f"{key}={value}" for key, value in env.items()), RA, action]
         return self.lab.run(self.lab.topo.node_ns(k), argv, timeout=60)
 
@@ -124,8 +133,16 @@ def test_static_clone_start_monitor_stop_and_recovery(make_lab: MakeLab, tmp_pat
     res = lab.probe(proto="tcp", port=80)
     assert res.errors == 0 and answered(res) == want
 
+    # The clone is deleted: Pacemaker stops the orphans without CRM_meta_* attributes; each
+    # instance still releases its own node number (from its name, vip:N).
+    ra.ok(1, 2, "start")
+    assert owned(lab, 1) == [1, 3]
+    ra.ok(1, 2, "stop", meta=False)
+    assert owned(lab, 1) == [1]
+    assert ra.rc(1, 2, "monitor", meta=False) == OCF_NOT_RUNNING
+    assert ra.rc(1, 0, "monitor", meta=False) == OCF_SUCCESS
     for k in (1, 2, 3):
-        ra.ok(k, k - 1, "stop")
+        ra.ok(k, k - 1, "stop", meta=False)
         assert owned(lab, k) == []
 
 
