@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 
+from clusterip.lab.agents import KEY
 from clusterip.lab.net import Lab
 from tests.lab.conftest import MakeLab
-from tests.lab.test_ocf import answered, expected, owned
+from tests.lab.test_ocf import answered, expected, owned, wait_all_served
 
 RA = Path(__file__).parents[2] / "packaging" / "ocf" / "clusterip"
 CLUSTERIP = str(Path(sys.executable).parent / "clusterip")
@@ -159,13 +160,18 @@ class Pacemaker:
             time.sleep(0.3)
 
     def placement(self, mon: ET.Element, rsc: str) -> dict[int, str]:
-        """Started instance -> node name (RSC:0 -> n1 ...)."""
+        """Started instance -> node name: RSC:0 -> n1 ... (an anonymous clone's instances are
+        all called RSC in crm_mon: numbered here in their order)."""
         out: dict[int, str] = {}
         for res in mon.iter("resource"):
             rid = res.get("id", "")
             node = res.find("node")
-            if rid.startswith(f"{rsc}:") and res.get("role") == "Started" and node is not None:
+            if res.get("role") != "Started" or node is None:
+                continue
+            if rid.startswith(f"{rsc}:"):
                 out[int(rid.split(":")[1])] = node.get("name", "")
+            elif rid == rsc:
+                out[len(out)] = node.get("name", "")
         return out
 
     def wait_placed(self, rsc: str, nodes: set[str], timeout: float = 60.0) -> dict[int, str]:
@@ -263,6 +269,19 @@ def test_real_pacemaker_runs_the_clone(make_lab: MakeLab, tmp_path: Path) -> Non
         res = lab.probe(proto="tcp", port=80)
         assert res.errors == 0 and answered(res) == expected(lab, holders(placed))
         pcmk.delete("vip")
+
+        # Agent mode (docs/install.md): one agent per node shares the buckets by itself.
+        key = tmp_path / "clusterip.key"
+        key.write_text(KEY)
+        key.chmod(0o600)
+        agent_mode = this_checkout(docs_snippet("pcs-agent")).replace(
+            "/etc/clusterip/clusterip.key", str(key)
+        )
+        pcmk.sh(agent_mode)
+        pcmk.wait_placed("vip", all3)
+        wait_all_served(lab, {"n1", "n2", "n3"})
+        pcmk.delete("vip")
+        assert [owned(lab, k) for k in (1, 2, 3)] == [[], [], []]
 
         # The pcs command of docs/install.md; then a node fails (its link goes down): corosync
         # notices, Pacemaker recovers its instance on a survivor.
