@@ -306,10 +306,11 @@ ocf-tester -n vip -o ip=198.18.0.100 -o nic=eth0 -o CRM_meta_clone=1 -o CRM_meta
 """
 
 
-def test_resource_agent_passes_ocf_tester(deb: tuple[Path, list[str]]) -> None:
+def test_resource_agent_passes_ocf_tester(deb: tuple[Path, list[str]], tmp_path: Path) -> None:
     if shutil.which("ocf-tester") is None or shutil.which("xmllint") is None:
         pytest.fail("ocf-tester/xmllint missing: `make setup` installs resource-agents")
     assert os.access(RA, os.X_OK)
-    done = run(["unshare", "-n", "sh", "-c", OCF], check=False)
+    env = {**ENV, "HA_RSCTMP": str(tmp_path)}  # its lock file, not in /run/resource-agents
+    done = run(["unshare", "-n", "sh", "-c", OCF], check=False, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{RA} passed all tests" in done.stdout
