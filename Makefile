@@ -11,7 +11,7 @@ DEB_BUILD_DEBS := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-
 DEB_OUT := build/deb
 PYTEST ?= $(PY) -m pytest
 
-.PHONY: setup demo test test-unit test-lab lint bench clean deb
+.PHONY: setup demo test test-unit test-lab lint bench clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,7 @@ bench: setup
 	$(PY) -m bench
 
 # The Debian package: $(DEB_OUT)/clusterip_VERSION_all.deb (see docs/install.md).
+.PHONY: deb
 deb:
 	sh scripts/setup-debs.sh $(DEB_BUILD_DEBS)
 	bash packaging/build-deb.sh $(DEB_OUT)
