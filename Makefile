@@ -3,7 +3,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 DEBS   := nftables python3-nftables python3-venv iproute2 iputils-ping nginx-light curl wrk haproxy \
-          netsniff-ng keepalived
+          netsniff-ng keepalived resource-agents libxml2-utils pacemaker corosync pcs crmsh
+# `make deb`: Debian's tools and the build dependencies of debian/control (installed by `deb`
+# only, after the .venv exists, so that its PyPI packages stay what pip chose).
+DEB_BUILD_DEBS := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \
+          python3-setuptools python3-click help2man bash-completion
+DEB_OUT := build/deb
 PYTEST ?= $(PY) -m pytest
 
 .PHONY: setup demo test test-unit test-lab lint check bench clean
@@ -40,5 +45,11 @@ check: lint test
 bench: setup
 	$(PY) -m bench
 
+# The Debian package: $(DEB_OUT)/clusterip_VERSION_all.deb (see docs/install.md).
+.PHONY: deb
+deb:
+	sh scripts/setup-debs.sh $(DEB_BUILD_DEBS)
+	bash packaging/build-deb.sh $(DEB_OUT)
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache build
