@@ -81,8 +81,10 @@ class XdpFilter:
         *,
         obj_path: str | None = None,
         meta_bucket: bool = False,
+        own_mac: str | None = None,
     ) -> None:
         self.ifname = ifname
+        self._own_mac = own_mac  # default: the interface's, read at load()
         self.vips = list(vips)
         self._obj_path = obj_path
         self._meta_bucket = meta_bucket
@@ -104,7 +106,8 @@ class XdpFilter:
         path = self._obj_path or object_path()
         if not os.path.exists(path):
             raise XdpError(f"no XDP object {path}: run `make setup` (needs clang, libbpf-dev)")
-        conf = build_conf(self.vips, iface.own_mac(self.ifname), meta_bucket=self._meta_bucket)
+        mac = self._own_mac or iface.own_mac(self.ifname)
+        conf = build_conf(self.vips, mac, meta_bucket=self._meta_bucket)
         bpf.take_log()
         obj = lib.bpf_object__open_file(path.encode(), None)
         if not obj:
