@@ -182,7 +182,8 @@ class Receiver:
 
     def nft(self, owned: bool) -> None:
         nodes = [str(k) for k in range(1, NODES + 1)] if owned else ["1"]
-        cip(self.p.rx, "up", *self.base, *sum((["--local-node", k] for k in nodes), []))
+        flags = [arg for k in nodes for arg in ("--local-node", k)]
+        cip(self.p.rx, "up", *self.base, *flags)
         if not owned:
             cip(self.p.rx, "release", "1", "--now", "--vip", VIP)
 
