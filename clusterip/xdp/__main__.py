@@ -25,7 +25,6 @@ from typing import Any
 from clusterip.config import ConfigError, parse_interface, parse_ip
 from clusterip.render import Ownership
 from clusterip.xdp.filter import XdpFilter, detach_persistent
-from clusterip.xdp.libbpf import BpfError
 from clusterip.xdp.spec import MODES, Buckets, XdpError, XdpVip
 
 
@@ -150,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (XdpError, BpfError) as exc:
+    except XdpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

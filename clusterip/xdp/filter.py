@@ -111,7 +111,7 @@ class XdpFilter:
         bpf.take_log()
         obj = lib.bpf_object__open_file(path.encode(), None)
         if not obj:
-            raise _xdp(bpf.fail(f"open {path}", log=True))
+            raise bpf.fail(f"open {path}", log=True)
         self._obj = obj
         try:
             rodata = lib.bpf_object__find_map_by_name(obj, b".rodata")
@@ -133,9 +133,6 @@ class XdpFilter:
             for name in (MAP_BUCKETS, MAP_MODULUS, MAP_COUNTERS):
                 m = lib.bpf_object__find_map_by_name(obj, name.encode())
                 self._maps[name] = bpf.check(lib.bpf_map__fd(m), f"map {name}")
-        except bpf.BpfError as exc:
-            self.close()
-            raise _xdp(exc) from None
         except BaseException:
             self.close()
             raise
@@ -379,7 +376,3 @@ def detach_persistent(ifname: str) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-def _xdp(exc: bpf.BpfError) -> XdpError:
-    return XdpError(str(exc))

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from clusterip.xdp.spec import XdpError
+
 LIBBPF = "libbpf.so.1"
 
 # linux/bpf.h, linux/if_link.h
@@ -33,7 +35,7 @@ XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
 OBJ_NAME_LEN = 16
 
 
-class BpfError(OSError):
+class BpfError(XdpError, OSError):
     """A libbpf or bpf(2) call failed; str() is one line naming what and why."""
 
 

@@ -202,3 +202,30 @@ def _bpffs() -> list[str]:
     for root, dirs, files in os.walk("/sys/fs/bpf"):
         found += [os.path.join(root, n) for n in dirs + files]
     return found
+
+
+def test_auto_falls_back_where_the_driver_has_no_native_xdp(make_lab: MakeLab) -> None:
+    """lo has no native XDP: auto attaches nothing and says why; on takes generic mode."""
+    from clusterip.lab.netops import in_netns
+    from clusterip.xdp import XdpFilter, XdpVip
+
+    lab = make_lab(nodes=1, clients=1, servers=False)
+    vip = XdpVip(ipaddress.IPv4Address(lab.topo.vip), HASHMODE, 1)
+
+    def attach(mode: str) -> tuple[str | None, str, str, str]:
+        def show() -> str:
+            argv = ["ip", "link", "show", "lo"]
+            return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+        with XdpFilter("lo", [vip]) as f:
+            f.load()
+            att = f.attach(mode)
+            during = show()
+        return att.mode, att.describe(), during, show()
+
+    mode, text, during, after = in_netns(lab.topo.node_ns(1), lambda: attach("auto"))
+    assert mode is None and "xdp" not in during
+    assert text == "off: driver unknown of lo has no native XDP: auto falls back to nft alone"
+    mode, text, during, after = in_netns(lab.topo.node_ns(1), lambda: attach("on"))
+    assert mode == "generic" and "xdpgeneric" in during, (text, during)
+    assert "xdp" not in after  # gone with the filter's close()
