@@ -53,3 +53,24 @@ deb:
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache build
+
+# --- XDP pre-filter (issue 15): BPF objects built with Debian's clang against UAPI headers ---
+DEBS       += clang libbpf-dev dpkg-dev
+BPF_TRIPLE  = $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -dumpmachine)
+BPF_CFLAGS  = -O2 -g -target bpf -Wall -Werror -I/usr/include/$(BPF_TRIPLE)
+BPF_OBJS   := clusterip/xdp/clusterip_xdp.o bench/xdp_gen.o
+
+.PHONY: bpf
+setup: bpf
+bpf: $(BPF_OBJS)
+
+clusterip/xdp/clusterip_xdp.o: bpf/clusterip_xdp.c | $(STAMP)
+	clang $(BPF_CFLAGS) -c $< -o $@
+
+bench/xdp_gen.o: bpf/xdp_gen.c | $(STAMP)
+	clang $(BPF_CFLAGS) -c $< -o $@
+
+.PHONY: bpf-clean
+clean: bpf-clean
+bpf-clean:
+	rm -f $(BPF_OBJS)
