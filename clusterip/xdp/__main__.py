@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from clusterip.config import ConfigError, parse_interface, parse_ip
-from clusterip.render import Ownership
+from clusterip.core.ownership import Ownership
 from clusterip.xdp.filter import XdpFilter, detach_persistent
 from clusterip.xdp.spec import MODES, Buckets, XdpError, XdpVip
 
