@@ -49,7 +49,15 @@ class Agents:
         return at, time.time()
 
     def stop(self, k: int) -> int:
+        """SIGTERM: a planned stop (the node serves on for a successor within the grace)."""
         self.procs[k].terminate()
+        return self.procs[k].wait(timeout=15)
+
+    def leave(self, k: int) -> int:
+        """`clusterip stop --leave`: the buckets go to the others at once; exit status."""
+        argv = [sys.executable, "-m", "clusterip", "stop", "--leave"]
+        done = self.lab.run(self.lab.topo.node_ns(k), argv, timeout=30)
+        assert done.returncode == 0, done.stderr
         return self.procs[k].wait(timeout=15)
 
     def status(self, k: int) -> dict[str, Any]:

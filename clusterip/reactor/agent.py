@@ -48,7 +48,7 @@ from clusterip.core.events import (
 from clusterip.core.params import Params
 from clusterip.core.vipnode import Adoption, Step, VipNode
 from clusterip.core.wire import Malformed, peek
-from clusterip.flows import FlowSource
+from clusterip.flows import FlowSource, SocketTable
 from clusterip.link import Link
 from clusterip.nft import Firewall
 from clusterip.reactor.carrier import CarrierWatch
@@ -93,6 +93,7 @@ class Agent:
         flows: FlowSource,
         transport: Transport | None = None,
         carrier: CarrierWatch | None = None,
+        sockets: SocketTable | None = None,
         clock: Callable[[], float] = time.monotonic,
         reload: Reloader | None = None,
         systemd: SystemdNotifier | None = None,
@@ -107,6 +108,7 @@ class Agent:
             configs[0].interface, group=settings.group, port=settings.port, peers=settings.peers
         )
         self.carrier = carrier
+        self.sockets = sockets
         self.control = ControlServer()
         self.notify = Notifier(settings.notify)
         self.metrics = Metrics()
@@ -135,7 +137,14 @@ class Agent:
         now = self.clock()
         s = self.settings
         for cfg in configs:
-            datapath = AgentDatapath(cfg, s.buckets, self.firewall, self.link)
+            datapath = AgentDatapath(
+                cfg,
+                s.buckets,
+                self.firewall,
+                self.link,
+                self.sockets,
+                flow_timeout=s.drain_timeout + s.detection_time,
+            )
             left = datapath.start(node_id=s.node_id)
             adopted = None
             if left is not None:

@@ -69,12 +69,12 @@ def test_kill_9_failover_and_rejoin(
     assert 0.2 <= back.by_node.get("n3", 0) / len(back.results) <= 0.47, back.by_node
 
 
-def test_sigterm_is_a_graceful_leave(
+def test_stop_leave_is_a_graceful_leave(
     make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
 ) -> None:
     lab = make_lab(nodes=3, clients=30)
     a = start_cluster(lab, tmp_path, agents)
-    assert a.stop(2) == 0
+    assert a.leave(2) == 0
     # Peers learn at once from the LEAVE message, not after a timeout.
     st = a.vip_status(1)
     assert [m["id"] for m in st["members"] if m["counted"]] == [3]
@@ -139,8 +139,7 @@ def test_forged_replayed_malformed_foreign_change_nothing(
         assert st["refused"], "the refused senders are reported"
     # An agent with the wrong key hears heartbeats it cannot authenticate: it stays passive,
     # says why, and never answers a client.
-    wrong = tmp_path / "wrong.key"
-    wrong.write_text("a-different-secret-of-sufficient-length\n")
+    wrong = write_key(tmp_path / "wrong.key", "a-different-secret-of-sufficient-length\n")
     a.start(4, keyfile=wrong)
     time.sleep(1.0)
     st4 = a.vip_status(4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,14 +10,17 @@ import pytest
 
 from clusterip import config
 from clusterip.config import ConfigError
+from clusterip.core.bus import FakeClock, MemoryNetwork
 from clusterip.core.handover import ORPHAN_RESET_DELAY
-from clusterip.flows import FakeFlows
+from clusterip.core.ownership import Ownership
+from clusterip.core.wire import unpack
+from clusterip.flows import FakeFlows, FakeSockets
 from clusterip.link import FakeLink
 from clusterip.nft import RecordingFirewall
 from clusterip.reactor.agent import Agent
 from clusterip.reactor.keyfile import read_key
 from clusterip.reactor.settings import AgentSettings, build_settings
-from clusterip.reactor.transport import MemoryHub
+from clusterip.sdnotify import Notifier as SystemdNotifier
 
 KEY = b"0123456789abcdef0123456789abcdef"
 
@@ -29,8 +33,14 @@ def cfg() -> config.VipConfig:
 def test_key_file(tmp_path: Path) -> None:
     p = tmp_path / "k"
     p.write_bytes(b"x" * 16 + b" \n\n")
+    p.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by group or others \\(mode 0644\\)"):
+        read_key(str(p))  # anyone who reads it could forge heartbeats: as ssh, refuse
+    assert read_key(str(p), allow_readable=True) == b"x" * 16
+    p.chmod(0o600)
     assert read_key(str(p)) == b"x" * 16
     p.write_bytes(b"short \n")
+    p.chmod(0o600)
     with pytest.raises(ConfigError, match="5 bytes of key, at least 16"):
         read_key(str(p))
     with pytest.raises(ConfigError, match="cannot read key file"):
@@ -57,9 +67,14 @@ def test_settings_errors(kw: dict[str, object], msg: str) -> None:
 
 
 class Node:
-    def __init__(self, hub: MemoryHub, k: int, clock: list[float]) -> None:
+    """One agent as the loop runs it, on the in-memory network, with fake kernel parts."""
+
+    def __init__(self, net: MemoryNetwork, k: int, clock: FakeClock, **over: object) -> None:
         self.fw = RecordingFirewall()
-        settings = AgentSettings(node_id=k, key_file="-", realtime=0)
+        settings = replace(
+            AgentSettings(node_id=k, key_file="-", realtime=0),
+            **over,  # type: ignore[arg-type]
+        )
         self.agent = Agent(
             [cfg()],
             settings,
@@ -67,60 +82,106 @@ class Node:
             firewall=self.fw,
             link=FakeLink(),
             flows=FakeFlows(dict.fromkeys(range(1, 4097), 1)),  # a live flow in every bucket
-            transport=hub.transport(f"198.18.0.{k}"),
-            clock=lambda: clock[0],
+            transport=net.attach(f"198.18.0.{k}"),
+            sockets=FakeSockets(),
+            clock=clock.now,
+            systemd=SystemdNotifier(None),
         )
-        self.agent.units[0].datapath.start()
+        self.agent._start_units(self.agent.configs)
 
     @property
     def owned(self) -> frozenset[int]:
         return self.agent.units[0].datapath.current.owned
 
+    @property
+    def current(self) -> Ownership:
+        return self.agent.units[0].datapath.current
 
-def run_for(nodes: list[Node], clock: list[float], seconds: float, step: float = 0.01) -> None:
-    end = clock[0] + seconds
-    while clock[0] < end:
-        clock[0] += step
+
+def run_for(nodes: list[Node], clock: FakeClock, seconds: float, step: float = 0.01) -> None:
+    end = clock.now() + seconds
+    while clock.now() < end:
+        clock.advance(step)
         for n in nodes:
-            for data, src in n.agent.transport.recv():
-                n.agent.units[0].membership.receive(data, src, clock[0])
-            n.agent.step(clock[0])
+            n.agent.step(clock.now())
+
+
+def net_and_clock() -> tuple[MemoryNetwork, FakeClock]:
+    clock = FakeClock(1000.0)
+    return MemoryNetwork(clock, random.Random(1)), clock
 
 
 def test_agents_converge_fail_over_and_rejoin_in_memory() -> None:
-    hub, clock = MemoryHub(), [1000.0]
-    nodes = [Node(hub, k, clock) for k in (1, 2, 3)]
+    net, clock = net_and_clock()
+    nodes = [Node(net, k, clock) for k in (1, 2, 3)]
     run_for(nodes, clock, 2.0)
     owned = [n.owned for n in nodes]
     assert sum(len(o) for o in owned) == 4096 and set().union(*owned) == set(range(1, 4097))
     assert max(map(len, owned)) - min(map(len, owned)) <= 1
     # Node 3 goes silent: within the detection time its buckets are spread over 1 and 2.
-    hub.cut.add("198.18.0.3")
+    net.detach("198.18.0.3")
     dead = set(nodes[2].owned)
     run_for(nodes[:2], clock, 0.3)
     a, b = nodes[0].owned, nodes[1].owned
     assert a | b == set(range(1, 4097)) and not a & b
     assert dead & a and dead & b  # spread, not dumped on one survivor
-    # The dead node's buckets get their RST treatment only after the grace delay.
+    # The dead node's buckets: mid-flow packets without a flow here are dropped (guarded)
+    # until the reset delay, then answered (RST) by the stack.
     taken = dead & a
-    assert not nodes[0].agent.units[0].datapath.current.orphaned & taken
+    assert taken <= nodes[0].current.guarded
     run_for(nodes[:2], clock, ORPHAN_RESET_DELAY + 0.1)
-    assert taken <= nodes[0].agent.units[0].datapath.current.orphaned
-    # The survivors' own moves between them are small: only the dead node's share moved.
-    assert len(a) == 2048 and len(b) == 2048
+    assert not taken & nodes[0].current.guarded and taken <= nodes[0].current.orphaned
+    assert len(a) == 2048 and len(b) == 2048  # only the dead node's share moved
     # Node 3 comes back (a new incarnation): it gets a third back, from live nodes, and they
     # keep the established flows of what they hand over (draining).
-    hub.cut.clear()
-    nodes[2] = Node(hub, 3, clock)
+    nodes[2] = Node(net, 3, clock)
     run_for(nodes, clock, 1.5)
     owned = [n.owned for n in nodes]
     assert sum(len(o) for o in owned) == 4096 and max(map(len, owned)) - min(map(len, owned)) <= 1
-    lost = set(nodes[0].agent.units[0].handover.draining)
+    lost = set(nodes[0].agent.units[0].node.handover.draining)
     assert lost and lost <= nodes[2].owned
-    # Once the flows are gone, draining ends at the next check.
+    # Once the flows are gone, draining ends after the next count.
     nodes[0].agent.watcher.source = FakeFlows()
     run_for(nodes, clock, 1.2)
-    assert not nodes[0].agent.units[0].handover.draining
+    assert not nodes[0].agent.units[0].node.handover.draining
+
+
+def test_control_requests() -> None:
+    net, clock = net_and_clock()
+    node = Node(net, 1, clock)
+    run_for([node], clock, 1.0)
+    handle = node.agent.commands.handle
+    assert len(node.owned) == 4096
+    assert handle("weight 2000")["error"].startswith("bad weight 2000")
+    assert handle("drain x")["error"].startswith("bad drain timeout")
+    assert handle("bogus")["error"].startswith("unknown request 'bogus'")
+    assert handle("drain") == {"ok": True, "draining": True}
+    run_for([node], clock, 0.2)
+    assert not node.owned
+    doc = handle("status")
+    (vip,) = doc["vips"]
+    assert vip["state"] == "draining" and doc["agent"]["draining"] is True
+    assert "total_nodes" not in vip and vip["buckets"] == 4096
+    assert handle("resume") == {"ok": True, "draining": False}
+    run_for([node], clock, 0.2)
+    assert len(node.owned) == 4096
+    assert handle("stop") == {"ok": True, "stopping": "restart"}
+    assert node.agent.stopping == "restart"
+
+
+def test_a_planned_stop_arms_the_lease_and_sends_restart() -> None:
+    net, clock = net_and_clock()
+    node = Node(net, 1, clock, restart_grace=4.0)
+    spy = net.attach("198.18.0.99")
+    run_for([node], clock, 1.0)
+    node.agent.stopping = "restart"
+    assert node.agent._stop() is True  # the datapath stays for a successor
+    assert "lease" in node.fw.scripts[-1] and "timeout 4000ms" in node.fw.scripts[-1]
+    clock.advance(0.01)
+    got = []
+    while (d := spy.recv()) is not None:
+        got.append(unpack(d[0], KEY))
+    assert [type(m).__name__ for m in got][-3:] == ["Restart"] * 3
 
 
 def test_agent_config_file_and_notify(tmp_path: Path) -> None:
