@@ -174,9 +174,11 @@ class Holdings:
         claimed = [(n, p.claims) for n, p in peers.items() if p.claims and p.verified]
         # Views that differ from ours: while one gives a bucket to another live node, that node
         # may be taking it right now under that view (two gainers, neither has announced yet).
-        mine = tuple(sorted(self._members.items()))
-        others = {p.view for p in peers.values() if p.verified and p.view and p.view != mine}
-        elsewhere = [_owners(v, self.buckets) for v in others]
+        elsewhere: list[tuple[int, ...]] = []
+        if self._pending:
+            mine = tuple(sorted(self._members.items()))
+            views = {p.view for p in peers.values() if p.verified and p.view and p.view != mine}
+            elsewhere = [_owners(v, self.buckets) for v in views]
         for b, wait in list(self._pending.items()):
             if b in lost:
                 continue

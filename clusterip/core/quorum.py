@@ -6,8 +6,9 @@ instead give up its own share before the majority takes it over, so that a heal 
 bucket owned twice. Pure: the caller passes `now` and what it sees.
 
 - The *base* is the last known membership: the voters (this node and the members of its view)
-  once they have been unchanged for `settle` seconds while this node had quorum. Graceful
-  leaves shrink it at once (they said so); silence does not.
+  once they have been unchanged for `settle` seconds while this node had quorum; a larger set,
+  all of it reached, is taken at once (so that a node that has just started is not a majority
+  of itself). Graceful leaves shrink it at once (they said so); silence does not.
 - Quorum: more than half of the base is reachable (in the view, directly or relayed by a peer,
   or cut off as well but heard: nodes isolated together must be able to recover together).
   Exactly half: in a two-node base, the node whose interface kept its carrier keeps quorum (a
@@ -86,6 +87,10 @@ class Quorum:
         if self.carrier and len(reachable & self.base) * 2 > len(self.base):
             self.was_cut = False
         ok = has_quorum(reachable, self.base, carrier=self.carrier, was_cut=self.was_cut)
+        if ok and reachable > self.base:
+            # More voters, all of them reached: no reason to wait (a node that just started
+            # must not count as a majority of itself for a detection time after it listened).
+            self.base = reachable
         if reachable != self._candidate:
             self._candidate, self._since = reachable, now
         elif ok and now >= self._since + self.settle and reachable != self.base:

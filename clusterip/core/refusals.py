@@ -164,8 +164,15 @@ class Refusals:
         return times
 
     def report(self) -> tuple[RefusedInfo, ...]:
-        """Refused senders, the most recent first."""
+        """Refused senders, the most recent first (with which settings differ, where known)."""
         return tuple(
-            RefusedInfo(addr, r.node_id, r.cause, r.detail, r.count, r.last_seen)
+            RefusedInfo(
+                addr,
+                r.node_id,
+                r.cause,
+                r.detail + (f"; differs in {r.differs}" if r.differs else ""),
+                r.count,
+                r.last_seen,
+            )
             for (addr, _), r in sorted(self._refused.items(), key=lambda kv: -kv[1].last_seen)
         )

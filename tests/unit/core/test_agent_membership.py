@@ -40,7 +40,7 @@ from tests.unit.core.agent_helpers import (
 
 P = Params()
 ALL = frozenset(range(1, P.buckets + 1))
-# a cold start has settled, the quorum base too (the membership unchanged for a detection time)
+# a cold start has settled (the membership unchanged for a detection time)
 READY = P.listen_time + P.dead_after + 4 * P.interval
 # detection, gathering, a handoff and a few heartbeat rounds
 SETTLE = P.dead_after + P.listen_time + P.hold_time + P.handoff_time + 6 * P.interval
@@ -419,6 +419,20 @@ def test_carrier_loss_isolates_at_once_and_the_others_take_over() -> None:
     assert not sim.problems() and not sim.violations
 
 
+def test_a_link_flap_right_after_the_start_heals_without_double_ownership() -> None:
+    """The base takes the first membership at once: a node that has only just started is not
+    a majority of itself when its link comes back."""
+    sim = simulation(3)
+    sim.run_until(P.listen_time + P.hold_time + 2 * P.interval)
+    assert membership_of(sim, 3).view(sim.clock.now()).base == {1, 2, 3}
+    sim.set_link(3, False)
+    sim.run_until(sim.clock.now() + 1.0)
+    sim.set_link(3, True)
+    assert state(sim, 3) == NodeState.ISOLATED and not owned(sim, 3)
+    sim.run_until(sim.clock.now() + SETTLE)
+    assert not sim.problems() and not sim.violations
+
+
 def test_two_nodes_the_one_that_keeps_its_carrier_keeps_quorum() -> None:
     sim = simulation(2)
     sim.run_until(READY)
@@ -675,6 +689,12 @@ def test_a_newcomer_hearing_an_older_active_node_of_another_config_stays_passive
     theirs, ours = vip_config().seed, vip_config(seed="0x1234").seed
     assert f"seed {theirs} (ours {ours})" in status["reason"]
     assert state(sim, 1) == NodeState.ACTIVE and owned(sim, 1) == ALL
+    # The serving node reports the newcomer, and which setting differs, from its CONFIG.
+    old = sim.nodes[1].vip
+    assert old is not None
+    (refused,) = old.status(sim.clock.now())["refused"]
+    assert refused["node_id"] == 9 and refused["cause"] == "foreign_fingerprint"
+    assert f"seed {ours} (ours {theirs})" in refused["detail"]
     # The old node goes away: the newcomer is no longer the odd one, and serves.
     sim.crash(1)
     sim.run_until(sim.clock.now() + P.dead_after + P.hold_time + 0.01)

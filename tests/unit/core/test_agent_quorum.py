@@ -40,16 +40,19 @@ def test_no_carrier_no_quorum() -> None:
     assert has_quorum(F({1}), F(), carrier=True)  # no base yet: alone is fine
 
 
-def test_the_base_moves_after_the_membership_settled_with_quorum() -> None:
+def test_the_base_grows_at_once_and_shrinks_after_the_membership_settled() -> None:
     q = Quorum(1, settle=0.25)
     assert q.base == {1}
-    assert q.judge(F({1, 2, 3}), 0.0)
-    assert q.deadline() == 0.25
-    assert q.judge(F({1, 2, 3}), 0.25) and q.base == {1, 2, 3}  # exactly at its deadline
-    assert q.judge(F({1, 2}), 1.0)  # two of three
+    assert q.judge(F({1, 2, 3}), 0.0) and q.base == {1, 2, 3}  # all reached: no wait
+    assert q.judge(F({1, 2}), 1.0) and q.deadline() == 1.25  # two of three
+    assert q.judge(F({1, 2}), 1.2) and q.base == {1, 2, 3}
+    assert q.judge(F({1, 2}), 1.25) and q.base == {1, 2}  # exactly at its deadline
+    assert q.judge(F({1, 2, 4}), 2.0) and q.base == {1, 2, 4}  # a newcomer counts at once
+    q = Quorum(1, settle=0.25, base=F({1, 2, 3}))
     assert not q.judge(F({1}), 2.0) and q.base == {1, 2, 3}  # silence does not shrink it
+    assert not q.judge(F({1}), 9.0) and q.base == {1, 2, 3}
     q.left(3)  # a LEAVE does
-    assert q.base == {1, 2} and q.judge(F({1}), 2.0)
+    assert q.base == {1, 2} and q.judge(F({1}), 9.0)
 
 
 def test_a_link_flap_in_a_two_node_base_leaves_the_flapping_node_without_quorum() -> None:
@@ -86,7 +89,7 @@ def test_deadlines_are_met_exactly_when_reached(since: float) -> None:
     q = Quorum(1, settle=0.25, base=F({1, 2, 3}))
     q.give_up_waiting(F({1}), since, limit=1.0)
     assert q.give_up_waiting(F({1}), since + 1.0, limit=1.0)
-    r = Quorum(1, settle=0.25)
+    r = Quorum(1, settle=0.25, base=F({1, 2, 3}))
     r.judge(F({1, 2}), since)
     deadline = r.deadline()
     assert deadline is not None

@@ -175,6 +175,8 @@ def test_the_reason_says_which_setting_differs_once_known() -> None:
     assert why is not None and "buckets 1024 (ours 4096)" in why and "seed" not in why
     _, notice = r.refuse(foreign(incarnation=OURS - 1), "10.0.0.9", 20.0)
     assert notice is not None and "differs in buckets 1024 (ours 4096)" in notice.text
+    (refused,) = r.report()  # what status shows, for a serving node too
+    assert refused.detail.endswith("; differs in buckets 1024 (ours 4096)")
 
 
 def test_hold_follows_a_slow_foreign_sender() -> None:
