@@ -144,6 +144,8 @@ class Membership:
         self._peers: dict[int, _Peer] = {}
         self._relayed: dict[int, tuple[int, int, int, float]] = {}  # -> inc, weight, via, heard
         self._gone: dict[int, int] = {}  # node -> incarnation that left or timed out
+        self._alive: dict[int, int] = {}  # node -> incarnation: heard directly or relayed
+        self._silent: dict[int, str] = {}  # expired here, maybe still relayed: why
         self._events: list[Event] = []
         self._seq = 0
         self._hello_sent = False
@@ -251,6 +253,8 @@ class Membership:
                 self._events.append(PeerContinued(peer.node_id, peer.incarnation, msg.incarnation))
                 self._holdings.continued(peer.node_id, peer.incarnation, msg.incarnation)
                 self._incs[peer.node_id] = msg.incarnation
+                if peer.node_id in self._alive:
+                    self._alive[peer.node_id] = msg.incarnation  # the same node, continued
                 peer.incarnation, peer.verified, peer.continuing = msg.incarnation, False, True
                 peer.restart_until = None
             else:
@@ -289,10 +293,27 @@ class Membership:
 
     def _drop(self, peer: _Peer, reason: str) -> None:
         del self._peers[peer.node_id]
+        self._dirty = True
         if reason in ("leave", "restarted"):  # what others still relay of it is stale
             self._gone[peer.node_id] = peer.incarnation
-        self._events.append(PeerDown(peer.node_id, peer.incarnation, reason))
-        self._dirty = True
+            self._alive.pop(peer.node_id, None)
+            self._events.append(PeerDown(peer.node_id, peer.incarnation, reason))
+        else:
+            # Silent here: it is dead only once nobody relays it either (see _mourn).
+            self._silent[peer.node_id] = reason
+
+    def _mourn(self, now: float) -> None:
+        """PeerDown for every node that was alive (heard directly or relayed) and is not any
+        more: a node we stop hearing while a peer still hears it (one-way loss) is alive."""
+        alive = {n: p.incarnation for n, p in self._peers.items() if p.fresh(now)}
+        for n, (inc, _w, _via, _h) in self._relayed.items():
+            alive.setdefault(n, inc)
+        for n, inc in self._alive.items():
+            if alive.get(n) != inc:
+                why = self._silent.get(n, "timeout")
+                self._events.append(PeerDown(n, inc, why))
+        self._silent = {n: r for n, r in self._silent.items() if n not in alive}
+        self._alive = alive
 
     def kept_known(self, node: int, announcement: int) -> None:
         """A peer's KEPT announcement has arrived whole (from the caller's KeptBook)."""
@@ -481,6 +502,7 @@ class Membership:
             self._dirty = False
             self._expire(now)
             self._relay(now)
+            self._mourn(now)
             self._update_state(now)
             self._update_view(now)
             self._update_holdings(now)

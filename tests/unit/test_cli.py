@@ -46,7 +46,7 @@ def test_which_with_explicit_config() -> None:
     assert res.returncode == 0, res.stderr
     cfg = config.build(vip="192.0.2.10", interface="eth0", total_nodes=5)
     expected = flow_bucket(cfg.hashmode, cfg.seed, 5, config.parse_ip("198.51.100.7", "src"), 40000)
-    assert json.loads(res.stdout) == {"vip": "192.0.2.10", "bucket": expected}
+    assert json.loads(res.stdout) == {"vip": "192.0.2.10", "bucket": expected, "node": expected}
 
 
 def test_which_needs_the_port_for_port_modes() -> None:
