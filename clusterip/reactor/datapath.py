@@ -37,7 +37,7 @@ from clusterip.render import (
     render_lease,
     render_update,
 )
-from clusterip.state import Lease, VipState, parse_tables
+from clusterip.state import Lease, VipState, mac_shared, parse_tables
 
 log = logging.getLogger("clusterip.core")
 ADDR_FLAG = "addr=1"
@@ -121,6 +121,7 @@ class AgentDatapath:
             live=True,
             note_extra=note,
             flow_timeout=self.flow_timeout,
+            nic_mac=self.link.own_mac(cfg.interface),
         )
         self.firewall.apply(script)
         self.current = Ownership(self.buckets)
@@ -234,7 +235,8 @@ class AgentDatapath:
         except FirewallError as exc:  # tables already gone: go on with the rest
             log.warning("%s: %s", cfg.vip, exc)
         try:
-            if cfg.clustermac in self.link.multicast_macs(cfg.interface):
+            shared = mac_shared(parse_tables(self.firewall.ruleset(counters=False)), cfg)
+            if not shared and cfg.clustermac in self.link.multicast_macs(cfg.interface):
                 self.link.del_multicast(cfg.interface, cfg.clustermac)
             if self.added_addr and self.link.has_address(cfg.interface, cfg.vip):
                 self.link.del_address(cfg.interface, cfg.vip, cfg.prefixlen)
