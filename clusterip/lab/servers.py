@@ -17,7 +17,9 @@ How each server binds (`--listen`), as services do it in the field:
 * freebind   the VIP's address with IP_FREEBIND, so the bind works before the VIP is up.
 
 `--vip6` serves IPv6 too, with separate IPv6-only sockets bound the same way (to `::` or to
-ADDR6), so that IPv4 flows stay on IPv4 sockets. A port of 0 turns that server off. Prints "ready" on stdout once every socket listens, then
+ADDR6), so that IPv4 flows stay on IPv4 sockets.
+
+A port of 0 turns that server off. Prints "ready" on stdout once every socket listens, then
 points stdout at /dev/null (the parent may close the pipe). Exits 0 on SIGTERM or SIGINT.
 """
 
