@@ -74,7 +74,9 @@ def throughput(lab: Lab, rounds: int, params: WrkParams, log: Log) -> dict[str, 
             for fam in order:
                 target = url(lab, fam)
                 if params.warmup > 0:
-                    lab.run(lab.topo.client_ns, params.argv(target, mode, params.warmup), timeout=60)
+                    lab.run(
+                        lab.topo.client_ns, params.argv(target, mode, params.warmup), timeout=60
+                    )
                 s = sample_once(lab, target, mode, params, inodes)
                 samples.append({"round": rnd, "mode": mode, "family": fam, **s})
                 line.append(f"{fam} {s['rps']:.0f}")

@@ -32,13 +32,13 @@ at once. No socket lookup, no conntrack: what a service binds to does not matter
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
 from ipaddress import IPv6Address
 
 from clusterip import nd
 from clusterip.config import HASHMODES, Address, ConfigError, VipConfig
 from clusterip.core import defaults
 from clusterip.core.ownership import Ownership
+from clusterip.family import IPV4, Family, family
 
 TABLE_PREFIX = "clusterip_"
 COMMENT_MAGIC = "clusterip/2"  # the version of the rules; clusterip/1 used a socket lookup
@@ -48,15 +48,13 @@ LIVE_PRIORITY = INGRESS_PRIORITY - 1
 MAX_COMMENT = 128
 # ICMP errors about a flow name the client in their inner header, not in the outer one; the
 # owner's stack finds the flow's socket, every other node's stack finds none and ignores them.
-# Accepting them everywhere keeps path MTU discovery working.
-ICMP_ERRORS = "destination-unreachable, time-exceeded, parameter-problem"
+# Accepting them everywhere keeps path MTU discovery working (see clusterip.family).
 # Put on the VIP's packets by a live agent's owner table; reset to 0 on every accepted packet.
 LIVE_MARK = 0x0C1EA11E
 BARE_SYN = "tcp flags & (syn | ack) == syn"
 # A flow's key in `syns` and `mine` (IPv4; see Family for both).
 FLOW_TYPE = "ipv4_addr . inet_service . inet_service"
 FLOW = "ip saddr . th sport . th dport"
-ADDR_TYPE = "ipv4_addr"
 SYN_TIMEOUT = defaults.SYN_TIMEOUT
 # How long a flow of `mine` lives after its last packet. Agents pass their drain timeout; in
 # static mode a move lasts until the next `up`, so a kept flow may idle this long.
@@ -66,48 +64,7 @@ FLOWS_MAX = 262144  # per set; a full set records no more (the SYN is still acce
 # that the datapath refreshes (the kernel's own conntrack UDP timeout is 30 s unreplied).
 UDP_FLOW_TIMEOUT = defaults.UDP_FLOW_TIMEOUT
 UDP_FLOWS_MAX = 65536
-# Fragments (flags MF or a fragment offset) carry ports only in the first one.
-FRAGMENT = "ip frag-off & 0x3fff != 0"
-# IPv6: the same errors (Packet Too Big carries path MTU discovery), and Neighbor Discovery
-# sent to the VIP itself (a neighbour's unicast reachability probe, the answer to a node's
-# solicitation): every node must see those, whatever the hash says.
-ICMPV6_ERRORS = "destination-unreachable, packet-too-big, time-exceeded, parameter-problem"
-ICMPV6_ND = "nd-neighbor-solicit, nd-neighbor-advert"
-# An IPv6 datagram's fragments carry a fragment header (the first one too, as an IPv4 first
-# fragment carries MF); only the first carries the ports.
-FRAGMENT6 = "exthdr frag exists"
-
 TcpFlow = tuple[str, int, int]  # client address, client port, VIP port
-
-
-@dataclass(frozen=True)
-class Family:
-    """The names a VIP's rules use for its address family."""
-
-    ip: str  # nft's protocol keyword: ip or ip6
-    addr_type: str
-    fragment: str
-    icmp: str  # the rule's match for ICMP packets every node accepts
-
-    @property
-    def flow(self) -> str:
-        return f"{self.ip} saddr . th sport . th dport"
-
-    @property
-    def flow_type(self) -> str:
-        return f"{self.addr_type} . inet_service . inet_service"
-
-    @property
-    def pair_type(self) -> str:
-        return f"{self.addr_type} . inet_service"
-
-
-IPV4 = Family("ip", ADDR_TYPE, FRAGMENT, f"icmp type {{ {ICMP_ERRORS} }}")
-IPV6 = Family("ip6", "ipv6_addr", FRAGMENT6, f"icmpv6 type {{ {ICMPV6_ERRORS}, {ICMPV6_ND} }}")
-
-
-def family(cfg: VipConfig) -> Family:
-    return IPV6 if cfg.vip.version == 6 else IPV4
 
 
 def table_name(cfg: VipConfig) -> str:
