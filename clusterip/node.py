@@ -181,6 +181,8 @@ class Node:
         _check_bucket(st, bucket)
         self._static_only(st)
         self._change(st, st.ownership.take(bucket))
+        cfg = st.config  # served already; announced at the cluster MAC again, as by `up`
+        self.link.send_garp(cfg.interface, cfg.vip, cfg.clustermac)
         return f"{vip}: took {bucket}; owned {_fmt(st.ownership.take(bucket).owned)}"
 
     def release(self, vip: Address, bucket: int, *, keep_flows: bool = True) -> str:

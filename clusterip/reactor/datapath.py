@@ -169,6 +169,15 @@ class AgentDatapath:
             self.link.add_multicast(cfg.interface, cfg.clustermac)
         self.link.send_garp(cfg.interface, cfg.vip, cfg.clustermac)
 
+    def _announce(self) -> None:
+        """Takeover of a dead node's buckets: announce the VIP at the cluster MAC again (an
+        unsolicited NA, or gratuitous ARP), served already; a failure only costs a log line."""
+        cfg = self.cfg
+        try:
+            self.link.send_garp(cfg.interface, cfg.vip, cfg.clustermac)
+        except OSError as exc:
+            log.warning("%s: cannot announce the VIP: %s", cfg.vip, exc)
+
     def _state(self) -> VipState | None:
         for st in parse_tables(self.firewall.ruleset(counters=False)):
             if st.config.vip == self.cfg.vip:
@@ -196,8 +205,11 @@ class AgentDatapath:
         if script:
             self.firewall.apply(script)
         took = time.perf_counter() - started
+        taken_over = own.orphaned - self.current.orphaned
         self.current = own
         self.stats.changes += 1
+        if taken_over:
+            self._announce()
         self.stats.last_seconds = took
         self.stats.total_seconds += took
         return True

@@ -148,7 +148,10 @@ def test_take_and_release_move_exactly_that_bucket(make_lab: MakeLab) -> None:
     assert before.errors == 0
     was = {r.src: r.node for r in before.results}
     cip(lab, 3, "release", "3", "--now", "--vip", vip)
-    cip(lab, 1, "take", "3", "--vip", vip)
+    cap = nd6.start_capture(lab, "client", 1.5)
+    cip(lab, 1, "take", "3", "--vip", vip)  # announced at the cluster MAC, as by `up`
+    (na,) = [m for m in nd6.about(nd6.finish_capture(cap), vip) if m["dst"] == "ff02::1"]
+    assert na["eth_src"] == lab.topo.node_mac(1) and na["options"] == [[2, "03:b6:00:00:01:00"]]
     after = probe6(lab, proto="tcp", port=80)
     assert after.errors == 0
     moved = {r.src for r in after.results if r.node != was[r.src]}

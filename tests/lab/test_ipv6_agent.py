@@ -11,6 +11,7 @@ from pathlib import Path
 
 from clusterip.lab.agents import Agents, write_key
 from clusterip.lab.net import Lab
+from tests.lab import nd6
 from tests.lab.clients import ECHO_CLIENT, finish_loop, start_loop
 from tests.lab.conftest import MakeLab
 
@@ -39,8 +40,18 @@ def test_ipv6_failover_udp_exactly_once(
         lab, sources, proto="udp", port=5300, duration=4.0, timeout=0.15, pause=0.02, vip=vip
     )
     time.sleep(1.0)
+    cap = nd6.start_capture(lab, "client", 2.5)
     killed, gone = a.kill(1)
     records = finish_loop(loop)
+    # The survivors announced the VIP at the cluster MAC when they took node 1's buckets.
+    announced = [
+        m
+        for m in nd6.about(nd6.finish_capture(cap), vip)
+        if m["type"] == "NA" and m["dst"] == "ff02::1"
+    ]
+    survivors = {lab.topo.node_mac(2), lab.topo.node_mac(3)}
+    assert {m["eth_src"] for m in announced} == survivors, announced
+    assert all(m["options"] == [[2, "03:b6:00:00:01:00"]] for m in announced), announced
     doubles = [r for r in records if len(r[3]) > 1]
     assert not doubles, doubles[:5]
     late = [r for r in records if r[1] > killed + 1.0]

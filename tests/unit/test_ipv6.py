@@ -219,3 +219,22 @@ def test_which_for_an_ipv6_vip_and_mixed_families() -> None:
     bad = cip(*args, "--src", "192.0.2.7")
     assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.splitlines()) == 1
     assert "an IPv4 address, but the VIP is IPv6" in bad.stderr
+
+
+def test_an_agent_announces_the_vip_when_it_takes_over_a_dead_nodes_buckets() -> None:
+    from dataclasses import replace
+
+    from clusterip.flows import FakeSockets
+    from clusterip.reactor.datapath import AgentDatapath
+
+    fw, link = RecordingFirewall(), FakeLink({"eth0": NIC})
+    c = replace(config.build(vip=VIP6, interface="eth0", total_nodes=1), total_nodes=16)
+    dp = AgentDatapath(c, 16, fw, link, FakeSockets(), flow_timeout=300)
+    dp.start()
+    assert link.garps == [("eth0", VIP6, c.clustermac)]  # the start's unsolicited NA
+    dp.apply(Ownership.of(16, range(1, 9)))
+    assert len(link.garps) == 1  # buckets from nobody: no news for the neighbours
+    dp.apply(Ownership.of(16, range(1, 13), orphaned=range(9, 13)))
+    assert link.garps[1:] == [("eth0", VIP6, c.clustermac)]
+    dp.apply(Ownership.of(16, range(1, 13)))  # the orphans settled: nothing new
+    assert len(link.garps) == 2
