@@ -238,3 +238,39 @@ def test_an_agent_announces_the_vip_when_it_takes_over_a_dead_nodes_buckets() ->
     assert link.garps[1:] == [("eth0", VIP6, c.clustermac)]
     dp.apply(Ownership.of(16, range(1, 13)))  # the orphans settled: nothing new
     assert len(link.garps) == 2
+
+
+def test_dual_stack_lab_topology_and_build(tmp_path: object) -> None:
+    import json
+    from pathlib import Path
+
+    from clusterip.lab.net import Lab
+    from clusterip.lab.netops import MemoryNetOps
+    from clusterip.lab.probe import ProbeSpec, format_sources, parse_sources
+    from clusterip.lab.topo import LabTopo, in_lab_net
+
+    topo = LabTopo("f6", 2, 300, ipv6=True)
+    assert topo.node_addr6(2) == "fdc1::2" and topo.vip6 == "fdc1::100"
+    addrs = topo.client_addrs6()
+    assert addrs[0] == "fdc1:0:0:1::1" and addrs[-1] == "fdc1:0:0:1::12c" and len(addrs) == 300
+    assert parse_sources(topo.client_range6()) == addrs
+    assert format_sources(addrs) == topo.client_range6()
+    with pytest.raises(ConfigError, match="lab traffic stays inside fdc1::/48"):
+        in_lab_net("2001:db8::1", "VIP")
+    with pytest.raises(ConfigError, match="first address must come first"):
+        parse_sources("fdc1::1-198.18.1.1")
+    spec = ProbeSpec.make(vip=topo.vip6, sources=topo.client_range6())
+    assert spec.to_args()[1] == "fdc1::100"
+    ops, state = MemoryNetOps(), Path(str(tmp_path))
+    lab = Lab.build(topo, servers=False, state_dir=str(state), ops=ops)
+    n2 = ops.links["f6-n2"]["eth0"]
+    assert n2["addrs6"] == ["fdc1::2/64"] and n2["routes6"] == [("fdc1:0:0:1::/64", "fdc1::fe")]
+    client = ops.links["f6-c"]
+    assert client["eth0"]["addrs6"] == ["fdc1::fe/64"] and len(client["lo"]["addrs6"]) == 300
+    for ns in topo.host_namespaces:  # IPv6 back on, no DAD, in the hosts only
+        assert ops.sysctl_values[ns]["net.ipv6.conf.default.disable_ipv6"] == "0"
+        assert ops.sysctl_values[ns]["net.ipv6.conf.default.accept_dad"] == "0"
+    assert ops.sysctl_values["f6-sw"]["net.ipv6.conf.all.disable_ipv6"] == "1"
+    assert json.loads((state / "lab-f6.json").read_text())["topo"]["ipv6"] is True
+    assert Lab.load("f6", state_dir=str(state), ops=ops).topo == topo
+    lab.teardown()
