@@ -190,9 +190,7 @@ class Pyroute2Ops:
         lo_addrs: Sequence[str] = (),
     ) -> None:
         """IPv6 addresses on `ifname` (`prefixlen`) and /128s on lo, all nodad; routes."""
-        from pyroute2 import IPRoute
-
-        with IPRoute(netns=ns) as ipr:
+        with _iproute(ns) as ipr:
             idx = ipr.link_lookup(ifname=ifname)[0]
             lo = ipr.link_lookup(ifname="lo")[0]
             for addr in addrs:
