@@ -85,7 +85,8 @@ def output_rules(vip: ipaddress.IPv6Address, nic_mac: str, cluster_mac: str) -> 
 
 
 def render_table(name: str, vip: ipaddress.IPv6Address, nic_mac: str, cluster_mac: str) -> str:
-    """The VIP's ip6 table (its contents; the caller adds and flushes it in its batch)."""
+    """The VIP's ip6 table (its contents; the caller adds and flushes it in its batch). Every
+    packet the node sends passes its output hook: all but ICMPv6 leave after one rule."""
     rules = "".join(f"\t\t{r}\n" for r in output_rules(vip, nic_mac, cluster_mac))
     return f"""table ip6 {name} {{
 	counter nd {{
@@ -94,6 +95,9 @@ def render_table(name: str, vip: ipaddress.IPv6Address, nic_mac: str, cluster_ma
 	}}
 	chain output {{
 		type filter hook output priority 0; policy accept;
+		meta l4proto ipv6-icmp jump nd
+	}}
+	chain nd {{
 {rules}	}}
 }}
 """
