@@ -6,9 +6,11 @@ the failover time of an IPv6 VIP.
 Throughput: a dual-stack lab (3 nodes, ULA addresses), nginx on every node listening on both
 families, both VIPs up at once in static mode (node k of 3, sourceip-sourceport): the same
 servers, the same switch, the same client. wrk loads each VIP in turn, keep-alive and one
-request per connection; every round measures both, the first one alternating, and the ratio
-IPv6/IPv4 is taken per round (back to back) and summarized by its median with a 95%
-confidence interval (bench.stats), as bench.throughput does.
+request per connection, and, as the control that shows what the two kernels' stacks cost
+apart from the cluster, node 1's own IPv4 and IPv6 addresses; every round measures all four,
+starting from a different one, and each ratio is taken per round (back to back) and
+summarized by its median with a 95% confidence interval (bench.stats), as bench.throughput
+does.
 
 Failover: a 3-node agent cluster for the IPv6 VIP (hashmode sourceip), 30 client addresses
 making a new connection every ~50 ms; each kill -9's orphaned clients are timed from the kill
@@ -42,12 +44,20 @@ from clusterip.lab.net import Lab
 from clusterip.lab.topo import LabTopo
 
 CLIENTS = 30
-FAMILIES = ("ipv4", "ipv6")
+# What each round measures: through each VIP, and (the control: the stacks' own difference,
+# no cluster in the way) straight to node 1's own address of each family.
+TARGETS = ("vip4", "vip6", "direct4", "direct6")
 Log = Callable[[str], None]
 
 
-def url(lab: Lab, family: str) -> str:
-    return f"http://[{lab.topo.vip6}]/" if family == "ipv6" else f"http://{lab.topo.vip}/"
+def url(lab: Lab, target: str) -> str:
+    host = {
+        "vip4": lab.topo.vip,
+        "vip6": f"[{lab.topo.vip6}]",
+        "direct4": lab.topo.node_addr(1),
+        "direct6": f"[{lab.topo.node_addr6(1)}]",
+    }[target]
+    return f"http://{host}/"
 
 
 def up_both(lab: Lab) -> None:
@@ -69,37 +79,42 @@ def throughput(lab: Lab, rounds: int, params: WrkParams, log: Log) -> dict[str, 
     samples: list[dict[str, Any]] = []
     for rnd in range(rounds):
         for mode in MODES:
-            order = FAMILIES if rnd % 2 == 0 else FAMILIES[::-1]
+            order = TARGETS[rnd % 4 :] + TARGETS[: rnd % 4]
             line = []
-            for fam in order:
-                target = url(lab, fam)
+            for name in order:
+                target = url(lab, name)
                 if params.warmup > 0:
-                    lab.run(
-                        lab.topo.client_ns, params.argv(target, mode, params.warmup), timeout=60
-                    )
+                    warm = params.argv(target, mode, params.warmup)
+                    lab.run(lab.topo.client_ns, warm, timeout=60)
                 s = sample_once(lab, target, mode, params, inodes)
-                samples.append({"round": rnd, "mode": mode, "family": fam, **s})
-                line.append(f"{fam} {s['rps']:.0f}")
+                samples.append({"round": rnd, "mode": mode, "target": name, **s})
+                line.append(f"{name} {s['rps']:.0f}")
             log(f"  round {rnd + 1}/{rounds} {mode:<9} req/s: " + ", ".join(line))
     out: dict[str, Any] = {}
     for mode in MODES:
 
-        def series(fam: str, key: str, mode: str = mode) -> list[float]:
+        def series(name: str, key: str, mode: str = mode) -> list[float]:
             rows = sorted(
-                (s for s in samples if s["mode"] == mode and s["family"] == fam),
+                (s for s in samples if s["mode"] == mode and s["target"] == name),
                 key=lambda s: s["round"],
             )
             return [float(s[key]) for s in rows]
 
+        def ratio(num: str, den: str, mode: str = mode) -> dict[str, Any]:
+            return summarize(
+                paired_ratios(series(num, "rps", mode), series(den, "rps", mode))
+            ).to_dict()
+
         out[mode] = {
-            **{fam: summarize(series(fam, "rps")).to_dict() for fam in FAMILIES},
+            **{name: summarize(series(name, "rps")).to_dict() for name in TARGETS},
             "errors": {
-                fam: int(sum(series(fam, "socket_errors")) + sum(series(fam, "non_2xx")))
-                for fam in FAMILIES
+                name: int(sum(series(name, "socket_errors")) + sum(series(name, "non_2xx")))
+                for name in TARGETS
             },
-            "ratio_ipv6_ipv4": summarize(
-                paired_ratios(series("ipv6", "rps"), series("ipv4", "rps"))
-            ).to_dict(),
+            "ratio_ipv6_ipv4": ratio("vip6", "vip4"),
+            "control_ipv6_ipv4_direct": ratio("direct6", "direct4"),
+            "vip6_direct6": ratio("vip6", "direct6"),
+            "vip4_direct4": ratio("vip4", "direct4"),
         }
     return {"modes": out, "samples": samples}
 
@@ -194,13 +209,19 @@ def run(
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["| what | IPv4 VIP | IPv6 VIP | IPv6 / IPv4 |", "|---|---|---|---|"]
+    def fmt(r: dict[str, Any]) -> str:
+        return f"{r['median']:.2f} [{r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}]"
+
+    lines = ["| what | IPv4 | IPv6 | IPv6 / IPv4 |", "|---|---|---|---|"]
     for mode, row in result.get("throughput", {}).get("modes", {}).items():
-        r = row["ratio_ipv6_ipv4"]
+        n = row["ratio_ipv6_ipv4"]["n"]
         lines.append(
-            f"| req/s, {mode} (median of {r['n']}) | {row['ipv4']['median']:.0f} | "
-            f"{row['ipv6']['median']:.0f} | {r['median']:.2f} "
-            f"[{r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}] |"
+            f"| req/s through the VIP, {mode} (median of {n}) | {row['vip4']['median']:.0f} | "
+            f"{row['vip6']['median']:.0f} | {fmt(row['ratio_ipv6_ipv4'])} |"
+        )
+        lines.append(
+            f"| req/s to node 1 directly, {mode} (control) | {row['direct4']['median']:.0f} | "
+            f"{row['direct6']['median']:.0f} | {fmt(row['control_ipv6_ipv4_direct'])} |"
         )
     f = result.get("failover")
     if f:
