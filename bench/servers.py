@@ -18,9 +18,11 @@ HAPROXY = "/usr/sbin/haproxy"
 HTTP_PORT = 80
 
 
-def nginx_conf(name: str, workdir: str, port: int = HTTP_PORT) -> str:
+def nginx_conf(name: str, workdir: str, port: int = HTTP_PORT, *, ipv6: bool = False) -> str:
     """One worker, no logs, a tiny static answer naming the node (as the lab's own servers
-    do, so `Lab.probe` can tell who answered). Keep-alive connections are never cut short."""
+    do, so `Lab.probe` can tell who answered). Keep-alive connections are never cut short.
+    `ipv6`: also listen on IPv6 (a socket of its own, so IPv4 stays on IPv4 sockets)."""
+    listen6 = f"\n    listen [::]:{port} ipv6only=on backlog=4096;" if ipv6 else ""
     d = os.path.join(workdir, name)
     temp = "\n".join(
         f"  {kind}_temp_path {d}/{kind};" for kind in ("client_body", "proxy", "fastcgi")
@@ -41,7 +43,7 @@ http {{
   keepalive_requests 1000000;
   keepalive_timeout 60s;
   server {{
-    listen {port} backlog=4096;
+    listen {port} backlog=4096;{listen6}
     location / {{
       add_header X-Node {name};
       return 200 "{name}\\n";
@@ -102,14 +104,16 @@ def _wait_listening(
     raise LabError(f"{what} in {ns} is not listening on {addr}:{port} after {timeout:g} s")
 
 
-def start_nginx(lab: Lab, nodes: Sequence[int], workdir: str, prefix: Sequence[str] = ()) -> None:
+def start_nginx(
+    lab: Lab, nodes: Sequence[int], workdir: str, prefix: Sequence[str] = (), *, ipv6: bool = False
+) -> None:
     """nginx on each node; `prefix` goes before the command (e.g. `nice -n -5`)."""
     for k in nodes:
         name = lab.topo.node_name(k)
         os.makedirs(os.path.join(workdir, name), exist_ok=True)
         conf = os.path.join(workdir, name, "nginx.conf")
         with open(conf, "w") as fh:
-            fh.write(nginx_conf(name, workdir))
+            fh.write(nginx_conf(name, workdir, ipv6=ipv6))
         ns = lab.topo.node_ns(k)
         log = os.path.join(workdir, name, "stderr.log")
         with open(log, "wb") as err:

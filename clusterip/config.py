@@ -21,6 +21,12 @@ MAX_NODES = 64
 IFNAMSIZ = 15
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# The default cluster MAC's first two bytes: multicast and locally administered (0x03), then
+# 0xbf for an IPv4 VIP (Microsoft NLB's multicast mode) and 0xb6 for an IPv6 VIP. Neither is in
+# a range that IGMP or MLD snooping constrains (01:00:5e, 33:33), so switches flood it to
+# every port, and an IPv4 and an IPv6 VIP never get the same default.
+MAC_PREFIX = {4: "03:bf:", 6: "03:b6:"}
 
 
 class ConfigError(ValueError):
@@ -35,7 +41,7 @@ class VipConfig:
     every node.
     """
 
-    vip: ipaddress.IPv4Address
+    vip: Address
     interface: str
     total_nodes: int
     local_nodes: tuple[int, ...] = ()
@@ -46,6 +52,11 @@ class VipConfig:
     seed: int = 0
     prefixlen: int = 32
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def version(self) -> int:
+        """4 or 6: the VIP's address family."""
+        return self.vip.version
 
     @property
     def uses_ports(self) -> bool:
@@ -65,7 +76,11 @@ class VipConfig:
 
     def to_toml_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "vip": str(self.vip) if self.prefixlen == 32 else f"{self.vip}/{self.prefixlen}",
+            "vip": (
+                str(self.vip)
+                if self.prefixlen == self.vip.max_prefixlen
+                else f"{self.vip}/{self.prefixlen}"
+            ),
             "interface": self.interface,
             "protocol": self.protocol,
             "hashmode": self.hashmode,
@@ -79,32 +94,36 @@ class VipConfig:
         return d
 
 
-def derive_mac(vip: ipaddress.IPv4Address) -> str:
-    """Cluster MAC from the VIP, as Microsoft NLB's multicast mode does: 03:bf + the 4 VIP bytes.
+def derive_mac(vip: Address) -> str:
+    """Cluster MAC from the VIP: 03:bf + the four bytes of an IPv4 VIP, as Microsoft NLB's
+    multicast mode does; 03:b6 + the last four bytes of an IPv6 VIP (as 33:33 multicast MACs
+    take an IPv6 group's last four bytes).
 
-    0x03 = multicast bit + locally-administered bit, so it can never clash with a vendor MAC
-    or with the 01:00:5e IPv4 multicast range that IGMP snooping manages.
+    0x03 = multicast bit + locally-administered bit, so it can never clash with a vendor MAC,
+    nor with the 01:00:5e (IPv4) and 33:33 (IPv6) multicast ranges that IGMP and MLD snooping
+    switches forward only to the ports that joined a group: a VIP's frames would reach no node.
     """
-    return "03:bf:" + ":".join(f"{b:02x}" for b in vip.packed)
+    return MAC_PREFIX[vip.version] + ":".join(f"{b:02x}" for b in vip.packed[-4:])
 
 
-def derive_seed(vip: ipaddress.IPv4Address) -> int:
+def derive_seed(vip: Address) -> int:
     """A 32-bit hash seed from the VIP: identical on every node, different per VIP."""
     return int.from_bytes(hashlib.sha256(b"clusterip-seed\0" + vip.packed).digest()[:4], "big")
 
 
-def parse_vip(text: str) -> tuple[ipaddress.IPv4Address, int]:
+def parse_vip(text: str) -> tuple[Address, int]:
     raw = str(text).strip()
     try:
         iface = ipaddress.ip_interface(raw)
     except ValueError:
         raise ConfigError(
-            f"bad VIP {raw!r}: expected an IPv4 address such as 192.0.2.10 (optionally /prefix)"
+            f"bad VIP {raw!r}: expected an IPv4 or IPv6 address such as 192.0.2.10 or "
+            "2001:db8::10 (optionally /prefix)"
         ) from None
-    if iface.version != 4:
-        raise ConfigError(f"bad VIP {raw!r}: only IPv4 VIPs are supported so far")
-    addr = ipaddress.IPv4Address(iface.ip)
-    if (
+    addr = iface.ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        _check_vip6(raw, addr)
+    elif (
         addr.is_multicast
         or addr.is_unspecified
         or addr.is_loopback
@@ -114,13 +133,38 @@ def parse_vip(text: str) -> tuple[ipaddress.IPv4Address, int]:
     return addr, iface.network.prefixlen
 
 
-def parse_ip(text: str, what: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(str(text).strip())
-    except ValueError:
+def _check_vip6(raw: str, addr: ipaddress.IPv6Address) -> None:
+    """An IPv6 VIP is a global or unique-local unicast address that neighbours can reach."""
+    if addr.is_multicast:
+        raise ConfigError(f"bad VIP {raw!r}: a multicast address (ff00::/8); must be unicast")
+    if addr.is_link_local:
         raise ConfigError(
-            f"bad {what} {text!r}: expected an IPv4 address such as 192.0.2.7"
-        ) from None
+            f"bad VIP {raw!r}: a link-local address (fe80::/10) is per interface; use a global "
+            "or unique-local (fc00::/7) address"
+        )
+    if addr.is_unspecified or addr.is_loopback:
+        raise ConfigError(f"bad VIP {raw!r}: must be a unicast address")
+    if addr.ipv4_mapped is not None:
+        raise ConfigError(
+            f"bad VIP {raw!r}: an IPv4-mapped address; write it as {addr.ipv4_mapped}"
+        )
+
+
+def parse_ip(text: str, what: str, version: int | None = None) -> Address:
+    """An address (of the given family, if any): for `which --src` and the like."""
+    raw = str(text).strip()
+    try:
+        addr = ipaddress.ip_address(raw)
+    except ValueError:
+        example = {4: "an IPv4 address such as 192.0.2.7", 6: "an IPv6 address such as 2001:db8::7"}
+        expected = example.get(version or 0, "an address such as 192.0.2.7 or 2001:db8::7")
+        raise ConfigError(f"bad {what} {text!r}: expected {expected}") from None
+    if version is not None and addr.version != version:
+        raise ConfigError(
+            f"bad {what} {text!r}: an IPv{addr.version} address, but the VIP is IPv{version} "
+            "(a flow has one address family)"
+        )
+    return addr
 
 
 def parse_mac(text: str) -> str:
@@ -347,7 +391,7 @@ def parse_document(
     else:
         raise ConfigError(f"bad config {source!r}: expected [[vip]] tables")
     configs = [from_mapping(e, known_extra=known_extra, agent=agent) for e in entries]
-    seen: set[ipaddress.IPv4Address] = set()
+    seen: set[Address] = set()
     for cfg in configs:
         if cfg.vip in seen:
             raise ConfigError(f"bad config {source!r}: VIP {cfg.vip} appears twice")

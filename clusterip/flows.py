@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from clusterip.config import VipConfig
+from clusterip.config import Address, VipConfig
 from clusterip.hashing import flow_bucket
 from clusterip.nft import NftFirewall
 from clusterip.render import table_name
@@ -36,14 +36,14 @@ class FlowSource(Protocol):
 
 
 class SocketTable(Protocol):
-    def sockets(self, vip: ipaddress.IPv4Address) -> list[Sock]:
+    def sockets(self, vip: Address) -> list[Sock]:
         """This node's TCP sockets whose local address is `vip` (no listeners)."""
 
 
 class SockDiag:
     """The kernel's sockets in the current network namespace (sock_diag netlink)."""
 
-    def sockets(self, vip: ipaddress.IPv4Address) -> list[Sock]:
+    def sockets(self, vip: Address) -> list[Sock]:
         return tcp_sockets(vip)
 
 
@@ -54,7 +54,7 @@ class FakeSockets:
         self.table = dict(table or {})
         self.calls = 0
 
-    def sockets(self, vip: ipaddress.IPv4Address) -> list[Sock]:
+    def sockets(self, vip: Address) -> list[Sock]:
         self.calls += 1
         return list(self.table.get(str(vip), []))
 
@@ -69,7 +69,7 @@ def snapshot(sockets: Iterable[Sock]) -> list[TcpFlow]:
 
 
 def _bucket(cfg: VipConfig, modulus: int, src: str, sport: int, dport: int) -> int:
-    addr = ipaddress.IPv4Address(src)
+    addr = ipaddress.ip_address(src)
     return flow_bucket(cfg.hashmode, cfg.seed, modulus, addr, sport, dport)
 
 

@@ -4,8 +4,9 @@ nft_jhash_eval (net/netfilter/nft_hash.c) does
     h = reciprocal_scale(jhash(&regs->data[sreg], len, seed), modulus) + offset
 over the source registers. A concatenation (`ip saddr . th sport`) is laid out in 32-bit
 registers: every field starts on a 4-byte boundary, so a 2-byte port is followed by two zero
-bytes. The bytes are the packet's bytes (network order); jhash reads them as little-endian
-words on the machines we run on (x86-64, arm64).
+bytes. An IPv6 source (`ip6 saddr`) fills four registers: 16, 20 or 24 bytes are hashed.
+The bytes are the packet's bytes (network order); jhash reads them as little-endian words on
+the machines we run on (x86-64, arm64).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def reciprocal_scale(value: int, modulus: int) -> int:
 
 def flow_key(
     hashmode: str,
-    src: ipaddress.IPv4Address,
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address,
     sport: int | None = None,
     dport: int | None = None,
 ) -> bytes:
@@ -115,7 +116,7 @@ def flow_bucket(
     hashmode: str,
     seed: int,
     modulus: int,
-    src: ipaddress.IPv4Address,
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address,
     sport: int | None = None,
     dport: int | None = None,
     *,

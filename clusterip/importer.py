@@ -54,6 +54,10 @@ _TABLES = "filter, mangle, raw, security"
 _MATCHES = "tcp, udp, sctp, multiport, comment"
 _PROTO_NUMBERS = {"0": "all", "6": "tcp", "17": "udp", "132": "sctp"}
 _IPTABLES = ("iptables", "iptables-legacy", "iptables-nft")
+# CLUSTERIP was IPv4 only: net/ipv4/netfilter/ipt_CLUSTERIP.c, never an ip6t_ twin, and
+# iptables' extension was libipt_CLUSTERIP. No IPv6 rule can exist to import.
+_NO_IP6T = "ip6tables never had a CLUSTERIP target (CLUSTERIP was IPv4 only): no rule to import"
+_V6_BY_HAND = "write an IPv6 VIP's config for `clusterip up` directly (--vip 2001:db8::10 ...)"
 
 
 @dataclass
@@ -190,7 +194,7 @@ def _skip_command_words(rule: _Rule) -> int:
     if i < len(toks) and not toks[i].startswith("-"):
         word = toks[i].rsplit("/", 1)[-1].lower()
         if word.startswith("ip6tables"):
-            raise ConfigError(f"IPv6 is not supported: {rule.show(i)} (use iptables, not {word})")
+            raise ConfigError(f"{_NO_IP6T} in {rule.show(i)}; {_V6_BY_HAND}")
         if word not in _IPTABLES:
             raise ConfigError(
                 f"not an iptables command: {rule.show(i)} "
@@ -276,7 +280,7 @@ def _bad_option(rule: _Rule, name: str | None, shown: str, at: int, in_target: b
     if name is None and in_target:
         return ConfigError(f"unknown CLUSTERIP option {shown!r} in {where}: allowed are {_TARGET}")
     if name == "ipv6":
-        return ConfigError(f"IPv6 is not supported: {shown!r} in {where}")
+        return ConfigError(f"{_NO_IP6T} ({shown!r} in {where}); {_V6_BY_HAND}")
     if name in _COMMANDS:
         return ConfigError(f"only -A, -I or -R rules can be imported, not {shown!r} in {where}")
     kind = "unknown" if name is None else "unsupported"
@@ -333,6 +337,11 @@ def _convert(name: str, value: str) -> object:
     """Check one option value with clusterip.config's parsers; raises ConfigError."""
     if name == "destination":
         addr, prefixlen = config.parse_vip(value)
+        if addr.version == 6:
+            raise ConfigError(
+                f"bad VIP {value!r}: iptables rules match IPv4 only, and ip6tables never had a "
+                f"CLUSTERIP target; {_V6_BY_HAND}"
+            )
         if prefixlen != 32:
             raise ConfigError(f"bad VIP {value!r}: CLUSTERIP matched one address (A.B.C.D[/32])")
         return addr

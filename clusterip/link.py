@@ -1,6 +1,11 @@
-"""The link boundary: the VIP address, the cluster MAC on the interface, gratuitous ARP.
+"""The link boundary: the VIP address, the cluster MAC on the interface, gratuitous ARP (IPv4)
+or unsolicited Neighbor Advertisements (IPv6).
 
-Addresses go through pyroute2 (netlink). Linux has no netlink call for a link-layer multicast
+Addresses go through pyroute2 (netlink). An IPv6 VIP is added `nodad` (every node holds it:
+duplicate address detection would fail on all but the first) and deprecated (preferred
+lifetime 0: it still receives and answers, and a socket may bind it, but the kernel never
+picks it as the source of the node's own connections, which would then be answered to the
+cluster). Linux has no netlink call for a link-layer multicast
 address: `ip maddr` itself uses the SIOCADDMULTI/SIOCDELMULTI ioctls, and so do we. The kernel
 keeps a reference count per address, so we add it once and delete it once, and an entry someone
 else added stays.
@@ -14,23 +19,27 @@ import socket
 import struct
 from typing import Protocol
 
-from clusterip.config import ConfigError
+from clusterip import nd
+from clusterip.config import Address, ConfigError
 
 SIOCADDMULTI = 0x8931
 SIOCDELMULTI = 0x8932
 ARPHRD_ETHER = 1
 ETH_P_ARP = 0x0806
+IFA_F_NODAD = 0x02
+INFINITY_LIFE = 0xFFFFFFFF
 
 
 class Link(Protocol):
     def check_interface(self, ifname: str) -> None: ...
-    def has_address(self, ifname: str, addr: ipaddress.IPv4Address) -> bool: ...
-    def add_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None: ...
-    def del_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None: ...
+    def own_mac(self, ifname: str) -> str: ...
+    def has_address(self, ifname: str, addr: Address) -> bool: ...
+    def add_address(self, ifname: str, addr: Address, prefixlen: int) -> None: ...
+    def del_address(self, ifname: str, addr: Address, prefixlen: int) -> None: ...
     def multicast_macs(self, ifname: str) -> set[str]: ...
     def add_multicast(self, ifname: str, mac: str) -> None: ...
     def del_multicast(self, ifname: str, mac: str) -> None: ...
-    def send_garp(self, ifname: str, vip: ipaddress.IPv4Address, mac: str) -> None: ...
+    def send_garp(self, ifname: str, vip: Address, mac: str) -> None: ...
 
 
 def _mac_bytes(mac: str) -> bytes:
@@ -68,25 +77,31 @@ class NetlinkLink:
         with IPRoute() as ipr:
             self._index(ipr, ifname)
 
-    def has_address(self, ifname: str, addr: ipaddress.IPv4Address) -> bool:
+    def has_address(self, ifname: str, addr: Address) -> bool:
         from pyroute2 import IPRoute
 
+        family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
         with IPRoute() as ipr:
             index = self._index(ipr, ifname)
-            for msg in ipr.get_addr(family=socket.AF_INET, index=index):
+            for msg in ipr.get_addr(family=family, index=index):
                 if msg.get_attr("IFA_LOCAL") == str(addr) or msg.get_attr("IFA_ADDRESS") == str(
                     addr
                 ):
                     return True
         return False
 
-    def add_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None:
+    def add_address(self, ifname: str, addr: Address, prefixlen: int) -> None:
         from pyroute2 import IPRoute
 
+        extra: dict[str, object] = {}
+        if addr.version == 6:  # nodad, deprecated: see the module's doc
+            life = {"ifa_preferred": 0, "ifa_valid": INFINITY_LIFE}
+            extra = {"flags": IFA_F_NODAD, "IFA_CACHEINFO": life}
         with IPRoute() as ipr:
-            ipr.addr("add", index=self._index(ipr, ifname), address=str(addr), prefixlen=prefixlen)
+            index = self._index(ipr, ifname)
+            ipr.addr("add", index=index, address=str(addr), prefixlen=prefixlen, **extra)
 
-    def del_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None:
+    def del_address(self, ifname: str, addr: Address, prefixlen: int) -> None:
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
@@ -123,10 +138,15 @@ class NetlinkLink:
     def del_multicast(self, ifname: str, mac: str) -> None:
         self._ioctl(SIOCDELMULTI, ifname, mac)
 
-    def send_garp(self, ifname: str, vip: ipaddress.IPv4Address, mac: str) -> None:
-        frames = garp_frames(self.own_mac(ifname), vip, mac)
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
-            sock.bind((ifname, ETH_P_ARP))
+    def send_garp(self, ifname: str, vip: Address, mac: str) -> None:
+        """Announce VIP at the cluster MAC: a gratuitous ARP request and reply (IPv4), an
+        unsolicited Neighbor Advertisement to all nodes (IPv6)."""
+        if isinstance(vip, ipaddress.IPv6Address):
+            frames, proto = [nd.unsolicited_na(self.own_mac(ifname), vip, mac)], nd.ETH_P_IPV6
+        else:
+            frames, proto = garp_frames(self.own_mac(ifname), vip, mac), ETH_P_ARP
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto)) as sock:
+            sock.bind((ifname, proto))
             for frame in frames:
                 sock.send(frame)
 
@@ -144,15 +164,19 @@ class FakeLink:
         if ifname not in self.interfaces:
             raise ConfigError(f"no interface {ifname!r} in this network namespace")
 
-    def has_address(self, ifname: str, addr: ipaddress.IPv4Address) -> bool:
+    def own_mac(self, ifname: str) -> str:
+        self.check_interface(ifname)
+        return self.interfaces[ifname]
+
+    def has_address(self, ifname: str, addr: Address) -> bool:
         self.check_interface(ifname)
         return any(a == str(addr) for a, _ in self.addresses[ifname])
 
-    def add_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None:
+    def add_address(self, ifname: str, addr: Address, prefixlen: int) -> None:
         self.check_interface(ifname)
         self.addresses[ifname].add((str(addr), prefixlen))
 
-    def del_address(self, ifname: str, addr: ipaddress.IPv4Address, prefixlen: int) -> None:
+    def del_address(self, ifname: str, addr: Address, prefixlen: int) -> None:
         self.addresses[ifname].discard((str(addr), prefixlen))
 
     def multicast_macs(self, ifname: str) -> set[str]:
@@ -164,5 +188,5 @@ class FakeLink:
     def del_multicast(self, ifname: str, mac: str) -> None:
         self.mcast[ifname].remove(mac)
 
-    def send_garp(self, ifname: str, vip: ipaddress.IPv4Address, mac: str) -> None:
+    def send_garp(self, ifname: str, vip: Address, mac: str) -> None:
         self.garps.append((ifname, str(vip), mac))

@@ -8,10 +8,9 @@ gets this node's own flows of it, a sock_diag snapshot, in the same transaction.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import replace
 
-from clusterip.config import ConfigError, VipConfig
+from clusterip.config import Address, ConfigError, VipConfig
 from clusterip.core.ownership import Ownership
 from clusterip.flows import SockDiag, SocketTable, TcpFlow, snapshot
 from clusterip.link import Link
@@ -24,7 +23,7 @@ from clusterip.render import (
     render_legacy_delete,
     render_update,
 )
-from clusterip.state import VipState, parse_guards, parse_tables
+from clusterip.state import VipState, mac_shared, parse_guards, parse_tables
 
 ADDR_FLAG = "addr=1"
 
@@ -44,13 +43,13 @@ class Node:
     def states(self, *, counters: bool = False) -> list[VipState]:
         return parse_tables(self.firewall.ruleset(counters=counters))
 
-    def state(self, vip: ipaddress.IPv4Address) -> VipState | None:
+    def state(self, vip: Address) -> VipState | None:
         for st in self.states():
             if st.config.vip == vip:
                 return st
         return None
 
-    def require(self, vip: ipaddress.IPv4Address) -> VipState:
+    def require(self, vip: Address) -> VipState:
         st = self.state(vip)
         if st is None:
             up = ", ".join(str(s.config.vip) for s in self.states()) or "none"
@@ -79,7 +78,13 @@ class Node:
             guarded = owned - was.owned
         own = Ownership(cfg.total_nodes, owned, keep, guarded=guarded)
         mine = self._snapshot(cfg, own)
-        script = render(cfg, own, note_extra=ADDR_FLAG if added_addr else "", mine=mine)
+        script = render(
+            cfg,
+            own,
+            note_extra=ADDR_FLAG if added_addr else "",
+            mine=mine,
+            nic_mac=self.link.own_mac(cfg.interface),
+        )
         if old is not None and not same:
             script = render_delete(old.config) + script
         self.firewall.apply(script)
@@ -106,7 +111,7 @@ class Node:
             f"{cfg.hashmode}, mac {cfg.clustermac}"
         )
 
-    def down(self, vip: ipaddress.IPv4Address) -> str:
+    def down(self, vip: Address) -> str:
         """Stop answering at once, then remove the address and MAC, then the tables: no
         packet is answered in between (without the tables, the stack would take UDP that
         arrives at the cluster MAC)."""
@@ -122,7 +127,7 @@ class Node:
             return f"{vip} down (removed what a stopped agent left)"
         return f"{vip} down"
 
-    def _down_legacy(self, vip: ipaddress.IPv4Address) -> str:
+    def _down_legacy(self, vip: Address) -> str:
         """What a clusterip/1 agent that was killed left: its guard, the MAC, the address."""
         objects = self.firewall.ruleset(counters=False)
         fields = parse_guards(objects).get(vip)
@@ -138,11 +143,14 @@ class Node:
         return f"{vip} down (removed what a stopped agent left)"
 
     def _unlink(self, st: VipState, keep: VipConfig | None = None) -> None:
-        """Remove the old setup's MAC and address, except what `keep` still uses."""
+        """Remove the old setup's MAC and address, except what `keep` (or another VIP on the
+        interface: a dual-stack pair may share one MAC) still uses."""
         cfg = st.config
         same_if = keep is not None and keep.interface == cfg.interface
-        if not (same_if and keep is not None and keep.clustermac == cfg.clustermac) and (
-            cfg.clustermac in self.link.multicast_macs(cfg.interface)
+        if (
+            not (same_if and keep is not None and keep.clustermac == cfg.clustermac)
+            and not mac_shared(self.states(), cfg)
+            and cfg.clustermac in self.link.multicast_macs(cfg.interface)
         ):
             self.link.del_multicast(cfg.interface, cfg.clustermac)
         if (
@@ -156,7 +164,9 @@ class Node:
         cfg = st.config
         if not st.current:  # tables of clusterip/1: this version's rules, ownership kept
             extra = ADDR_FLAG if ADDR_FLAG in _extra(st) else ""
-            self.firewall.apply(render(cfg, own, note_extra=extra, mine=self._snapshot(cfg, own)))
+            mine = self._snapshot(cfg, own)
+            nic = self.link.own_mac(cfg.interface)
+            self.firewall.apply(render(cfg, own, note_extra=extra, mine=mine, nic_mac=nic))
             return
         # Buckets that start to check flows need this node's flows from their first packet.
         mine = None
@@ -166,14 +176,16 @@ class Node:
         if script:
             self.firewall.apply(script)
 
-    def take(self, vip: ipaddress.IPv4Address, bucket: int) -> str:
+    def take(self, vip: Address, bucket: int) -> str:
         st = self.require(vip)
         _check_bucket(st, bucket)
         self._static_only(st)
         self._change(st, st.ownership.take(bucket))
+        cfg = st.config  # served already; announced at the cluster MAC again, as by `up`
+        self.link.send_garp(cfg.interface, cfg.vip, cfg.clustermac)
         return f"{vip}: took {bucket}; owned {_fmt(st.ownership.take(bucket).owned)}"
 
-    def release(self, vip: ipaddress.IPv4Address, bucket: int, *, keep_flows: bool = True) -> str:
+    def release(self, vip: Address, bucket: int, *, keep_flows: bool = True) -> str:
         st = self.require(vip)
         _check_bucket(st, bucket)
         self._static_only(st)

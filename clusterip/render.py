@@ -8,8 +8,11 @@ netdev  ingress on the cluster interface, before the IP stack and conntrack: pac
         multicast MAC, which TCP would otherwise drop); everything else is dropped here. In the
         steady state that is the whole per-packet cost: one hash, one map lookup, and a check
         for a bare SYN, whose flow is remembered for SYN_TIMEOUT in the `syns` set.
-arp     output: ARP requests and replies with the VIP as sender carry the cluster MAC in the
-        payload, so no client ever learns a node's own MAC for the VIP.
+arp     (IPv4) output: ARP requests and replies with the VIP as sender carry the cluster MAC
+        in the payload, so no client ever learns a node's own MAC for the VIP.
+ip6     (IPv6) output: the same for Neighbor Discovery (clusterip.nd): every NA for the VIP
+        carries the cluster MAC as its target link-layer address, every NS from the VIP as
+        its source link-layer address, checksums kept valid.
 inet    agents only: the "live" table, owner-flagged, so it dies with the agent's process. It
         marks the VIP's packets just before the netdev table sees them; the netdev table drops
         every unmarked one unless the `lease` set holds the VIP (a planned restart). A killed
@@ -29,11 +32,13 @@ at once. No socket lookup, no conntrack: what a service binds to does not matter
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv6Address
 
-from clusterip.config import HASHMODES, ConfigError, VipConfig
+from clusterip import nd
+from clusterip.config import HASHMODES, Address, ConfigError, VipConfig
 from clusterip.core import defaults
 from clusterip.core.ownership import Ownership
+from clusterip.family import IPV4, Family, family
 
 TABLE_PREFIX = "clusterip_"
 COMMENT_MAGIC = "clusterip/2"  # the version of the rules; clusterip/1 used a socket lookup
@@ -43,15 +48,13 @@ LIVE_PRIORITY = INGRESS_PRIORITY - 1
 MAX_COMMENT = 128
 # ICMP errors about a flow name the client in their inner header, not in the outer one; the
 # owner's stack finds the flow's socket, every other node's stack finds none and ignores them.
-# Accepting them everywhere keeps path MTU discovery working.
-ICMP_ERRORS = "destination-unreachable, time-exceeded, parameter-problem"
+# Accepting them everywhere keeps path MTU discovery working (see clusterip.family).
 # Put on the VIP's packets by a live agent's owner table; reset to 0 on every accepted packet.
 LIVE_MARK = 0x0C1EA11E
 BARE_SYN = "tcp flags & (syn | ack) == syn"
-# A flow's key in `syns` and `mine`. IPv6 will need only other names here.
+# A flow's key in `syns` and `mine` (IPv4; see Family for both).
 FLOW_TYPE = "ipv4_addr . inet_service . inet_service"
 FLOW = "ip saddr . th sport . th dport"
-ADDR_TYPE = "ipv4_addr"
 SYN_TIMEOUT = defaults.SYN_TIMEOUT
 # How long a flow of `mine` lives after its last packet. Agents pass their drain timeout; in
 # static mode a move lasts until the next `up`, so a kept flow may idle this long.
@@ -61,14 +64,16 @@ FLOWS_MAX = 262144  # per set; a full set records no more (the SYN is still acce
 # that the datapath refreshes (the kernel's own conntrack UDP timeout is 30 s unreplied).
 UDP_FLOW_TIMEOUT = defaults.UDP_FLOW_TIMEOUT
 UDP_FLOWS_MAX = 65536
-# Fragments (flags MF or a fragment offset) carry ports only in the first one.
-FRAGMENT = "ip frag-off & 0x3fff != 0"
-
 TcpFlow = tuple[str, int, int]  # client address, client port, VIP port
 
 
 def table_name(cfg: VipConfig) -> str:
-    return TABLE_PREFIX + str(cfg.vip).replace(".", "_")
+    return vip_table(cfg.vip)
+
+
+def vip_table(vip: Address) -> str:
+    """`clusterip_192_0_2_10`, `clusterip_2001_db8__10`: the address with _ for . or :."""
+    return TABLE_PREFIX + str(vip).replace(".", "_").replace(":", "_")
 
 
 def comment(cfg: VipConfig, modulus: int, *, mode: str = "static", extra: str = "") -> str:
@@ -86,7 +91,7 @@ def comment(cfg: VipConfig, modulus: int, *, mode: str = "static", extra: str = 
 
 
 def _hash_expr(cfg: VipConfig, *, ports: bool, modulus: int) -> str:
-    fields = ["ip saddr"]
+    fields = [f"{family(cfg).ip} saddr"]
     if ports and cfg.hashmode != "sourceip":
         fields.append("th sport")
         if cfg.hashmode == "sourceip-sourceport-destport":
@@ -137,14 +142,17 @@ def _uses_ports(cfg: VipConfig) -> bool:
 def vip_rules(cfg: VipConfig, modulus: int, *, kept: bool, live: bool = False) -> list[str]:
     """The `vip` chain. The flows other nodes keep are looked up only while there are any."""
     rules = []
+    fam = family(cfg)
     if live:
         # No live agent (its owner table marks every VIP packet) and no lease: drop.
-        rules.append(f'meta mark != {LIVE_MARK:#010x} ip daddr != @lease counter name "down" drop')
+        rules.append(
+            f'meta mark != {LIVE_MARK:#010x} {fam.ip} daddr != @lease counter name "down" drop'
+        )
     if kept:
-        rules.append("meta l4proto { tcp, udp } ip saddr . th sport @kept drop")
+        rules.append(f"meta l4proto {{ tcp, udp }} {fam.ip} saddr . th sport @kept drop")
     # Then the hash: the common packet (ours or not) is decided without other checks.
     rules.append(f"{_l4_match(cfg)} {_lookup(cfg, modulus, ports=True)}")
-    rules.append(f"icmp type {{ {ICMP_ERRORS} }} meta mark set 0 meta pkttype set host accept")
+    rules.append(f"{fam.icmp} meta mark set 0 meta pkttype set host accept")
     if cfg.protocol == "all" and not cfg.dports:
         # Protocols without ports (ICMP, GRE, ...) are hashed by source IP. A port protocol's
         # packet whose bucket is not ours must stop here, or it would fall through to that rule.
@@ -164,15 +172,16 @@ def _accept(counter: str) -> str:
     return f'meta mark set 0 meta pkttype set host counter name "{counter}" accept'
 
 
-def _ours(counter: str) -> list[str]:
+def _ours(counter: str, fam: Family = IPV4) -> list[str]:
     """A TCP packet of one of this node's flows: a snapshot flow, or one whose SYN it took
     (which then joins `mine`, with its longer timeout). Each hit refreshes its element."""
     tcp = "meta l4proto tcp"
+    flow = fam.flow
     return [
-        f"{tcp} {FLOW} @mine update @mine {{ {FLOW} }} {_accept(counter)}",
-        f"{tcp} {FLOW} @syns update @mine {{ {FLOW} }} {_accept(counter)}",
+        f"{tcp} {flow} @mine update @mine {{ {flow} }} {_accept(counter)}",
+        f"{tcp} {flow} @syns update @mine {{ {flow} }} {_accept(counter)}",
         # `mine` is full: the update above failed, the SYN's element keeps the flow.
-        f"{tcp} {FLOW} @syns update @syns {{ {FLOW} }} {_accept(counter)}",
+        f"{tcp} {flow} @syns update @syns {{ {flow} }} {_accept(counter)}",
     ]
 
 
@@ -183,26 +192,28 @@ def _fragments(cfg: VipConfig) -> list[str]:
     if not _uses_ports(cfg):
         return []  # by source address alone, every fragment goes where its datagram goes
     ports = " meta l4proto { tcp, udp, sctp }" if cfg.protocol == "all" else ""
-    return [f'{FRAGMENT}{ports} counter name "fragments" drop']
+    return [f'{family(cfg).fragment}{ports} counter name "fragments" drop']
 
 
 def _accepting_chains(cfg: VipConfig, mode: str) -> str:
-    seen = "ip saddr . udp sport"
+    fam = family(cfg)
+    flow = fam.flow
+    seen = f"{fam.ip} saddr . udp sport"
     tcp = cfg.protocol in ("tcp", "all")
     own = _fragments(cfg)
     if tcp:
         # A separate rule: when `syns` is full the update fails and ends its rule, not this
         # packet's acceptance.
-        own.append(f"{BARE_SYN} update @syns {{ {FLOW} }}")
+        own.append(f"{BARE_SYN} update @syns {{ {flow} }}")
     keep = _fragments(cfg)
     if tcp:
         # A new connection of a bucket that moved away is the new owner's; a client that reuses
         # a port has ended the flow this node knew by it.
         keep.append(
-            f"{BARE_SYN} delete @syns {{ {FLOW} }} delete @mine {{ {FLOW} }} "
+            f"{BARE_SYN} delete @syns {{ {flow} }} delete @mine {{ {flow} }} "
             'counter name "foreign" drop'
         )
-        keep.extend(_ours("kept"))
+        keep.extend(_ours("kept", fam))
     if _tracks_udp(cfg, mode):
         own.append(f"meta l4proto udp update @udp_seen {{ {seen} }}")
         keep.append(f"{seen} @udp_seen update @udp_seen {{ {seen} }} {_accept('kept')}")
@@ -212,7 +223,7 @@ def _accepting_chains(cfg: VipConfig, mode: str) -> str:
     if tcp:
         guard += [
             f"{BARE_SYN} goto own",
-            *_ours("accepted"),
+            *_ours("accepted", fam),
             'meta l4proto tcp counter name "midflow" drop',  # the previous owner's flow
         ]
     guard.append("goto own")
@@ -241,12 +252,13 @@ def _drop_table(family: str, name: str, owner: bool = False) -> str:
 def render_live(cfg: VipConfig) -> str:
     """The agent's owner table: it lives exactly as long as the agent's netlink socket."""
     name = table_name(cfg)
+    ip = family(cfg).ip
     return f"""add table inet {name} {{ flags owner; }}
 table inet {name} {{
 	flags owner
 	chain ingress {{
 		type filter hook ingress device "{cfg.interface}" priority {LIVE_PRIORITY}; policy accept;
-		ip daddr {cfg.vip} meta mark set {LIVE_MARK:#010x}
+		{ip} daddr {cfg.vip} meta mark set {LIVE_MARK:#010x}
 	}}
 }}
 """
@@ -283,6 +295,7 @@ def render(
     mine: Collection[TcpFlow] | None = None,
     flow_timeout: int = STATIC_FLOW_TIMEOUT,
     live: bool = False,
+    nic_mac: str = "",
 ) -> str:
     """The nft script that makes the kernel's state for this VIP exactly (cfg, own).
 
@@ -290,8 +303,10 @@ def render(
     ruleset and over a previous version of the same tables (named counters keep counting, and
     so do the `syns` and `mine` sets unless `mine` replaces the snapshot). `live` adds the
     agent's owner table and its check. Later ownership changes go in as `render_update`.
+    `nic_mac`: the cluster interface's own MAC, which an IPv6 VIP's ND rewrite replaces.
     """
     name = table_name(cfg)
+    fam = family(cfg)
     vip = str(cfg.vip)
     dev = cfg.interface
     modulus = own.modulus
@@ -301,15 +316,15 @@ def render(
         ports = ", ".join(str(p) for p in cfg.dports)
         sets += _set("dports", "inet_service", f"elements = {{ {ports} }}")
     sets += f"\tmap buckets {{\n\t\ttype mark : verdict\n\t\tsize {modulus}\n\t}}\n"
-    sets += _set("kept", "ipv4_addr . inet_service")
+    sets += _set("kept", fam.pair_type)
     dyn = "flags dynamic,timeout"
-    sets += _set("syns", FLOW_TYPE, f"{dyn}\ntimeout {SYN_TIMEOUT}s\nsize {FLOWS_MAX}")
-    sets += _set("mine", FLOW_TYPE, f"{dyn}\ntimeout {flow_timeout}s\nsize {FLOWS_MAX}")
+    sets += _set("syns", fam.flow_type, f"{dyn}\ntimeout {SYN_TIMEOUT}s\nsize {FLOWS_MAX}")
+    sets += _set("mine", fam.flow_type, f"{dyn}\ntimeout {flow_timeout}s\nsize {FLOWS_MAX}")
     if _tracks_udp(cfg, mode):
         udp = f"{dyn}\ntimeout {UDP_FLOW_TIMEOUT}s\nsize {UDP_FLOWS_MAX}"
-        sets += _set("udp_seen", "ipv4_addr . inet_service", udp)
+        sets += _set("udp_seen", fam.pair_type, udp)
     if live:
-        sets += _set("lease", ADDR_TYPE, "flags timeout")
+        sets += _set("lease", fam.addr_type, "flags timeout")
     rules = "\n".join(f"\t\t{r}" for r in vip_rules(cfg, modulus, kept=bool(own.kept), live=live))
     fill = ""
     if own.owned or own.draining:
@@ -320,9 +335,7 @@ def render(
     return f"""# clusterip: VIP {vip} on {dev} (generated, do not edit)
 add table netdev {name} {{ comment "{note}"; }}
 flush table netdev {name}
-add table arp {name}
-flush table arp {name}
-{_drop_table("ip", name)}{render_live(cfg) if live else ""}table netdev {name} {{
+{_neighbour_prologue(cfg)}{render_live(cfg) if live else ""}table netdev {name} {{
 	counter accepted {{
 	}}
 	counter kept {{
@@ -336,23 +349,41 @@ flush table arp {name}
 {sets}	chain ingress {{
 		type filter hook ingress device "{dev}" priority {INGRESS_PRIORITY}; policy accept;
 		comment "{note}"
-		ip daddr {vip} jump vip
+		{fam.ip} daddr {vip} jump vip
 	}}
 	chain vip {{
 {rules}
 	}}
 {_accepting_chains(cfg, mode)}}}
-table arp {name} {{
+{_neighbour_table(cfg, nic_mac)}flush map netdev {name} buckets
+flush set netdev {name} kept
+{fill}"""
+
+
+def _neighbour_prologue(cfg: VipConfig) -> str:
+    """Create or empty the table that rewrites the VIP's ARP (IPv4) or ND (IPv6)."""
+    name = table_name(cfg)
+    if cfg.vip.version == 6:
+        return f"add table ip6 {name}\nflush table ip6 {name}\n"
+    # The ip table is clusterip/1's socket check: gone in this version.
+    return f"add table arp {name}\nflush table arp {name}\n" + _drop_table("ip", name)
+
+
+def _neighbour_table(cfg: VipConfig, nic_mac: str) -> str:
+    name = table_name(cfg)
+    if isinstance(cfg.vip, IPv6Address):
+        if not nic_mac:
+            raise ValueError(f"{cfg.vip}: the ND rewrite needs the interface's own MAC")
+        return nd.render_table(name, cfg.vip, nic_mac, cfg.clustermac)
+    return f"""table arp {name} {{
 	counter arps {{
 	}}
 	chain output {{
 		type filter hook output priority 0; policy accept;
-		arp saddr ip {vip} arp saddr ether set {cfg.clustermac} counter name "arps"
+		arp saddr ip {cfg.vip} arp saddr ether set {cfg.clustermac} counter name "arps"
 	}}
 }}
-flush map netdev {name} buckets
-flush set netdev {name} kept
-{fill}"""
+"""
 
 
 def _down_counter(live: bool) -> str:
@@ -431,8 +462,11 @@ def render_drop_all(cfg: VipConfig) -> str:
 LEGACY_GUARD_PREFIX = TABLE_PREFIX + "guard_"  # clusterip/1 agents' fail-safe tables
 
 
-def render_legacy_delete(vip: IPv4Address) -> str:
-    """Remove the guard tables a clusterip/1 agent left, if present."""
+def render_legacy_delete(vip: Address) -> str:
+    """Remove the guard tables a clusterip/1 agent left, if present (IPv4 only: clusterip/1
+    served no IPv6 VIP)."""
+    if vip.version == 6:
+        return ""
     guard = LEGACY_GUARD_PREFIX + str(vip).replace(".", "_")
     return _drop_table("netdev", guard) + _drop_table("arp", guard)
 
@@ -442,10 +476,13 @@ def render_delete(cfg: VipConfig, *, owner: bool = False) -> str:
     socket-check table and guard tables of clusterip/1. `owner`: this process owns the live
     table (otherwise it must be gone, or the kernel refuses the whole batch)."""
     name = table_name(cfg)
+    if cfg.vip.version == 6:
+        tables = _drop_table("ip6", name)
+    else:
+        tables = _drop_table("arp", name) + _drop_table("ip", name)
     return (
         _drop_table("netdev", name)
-        + _drop_table("arp", name)
-        + _drop_table("ip", name)
+        + tables
         + _drop_table("inet", name, owner)
         + render_legacy_delete(cfg.vip)
     )

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from clusterip.config import HASHMODES, VipConfig
+from clusterip.config import HASHMODES, Address, VipConfig
 from clusterip.core.ownership import Ownership
 from clusterip.render import COMMENT_MAGIC, LEGACY_GUARD_PREFIX, OLD_MAGIC, TABLE_PREFIX
 
@@ -73,6 +73,16 @@ class VipState:
         }
 
 
+def mac_shared(states: Iterable[VipState], cfg: VipConfig) -> bool:
+    """Another VIP on cfg's interface uses cfg's cluster MAC (it stays on the interface)."""
+    return any(
+        s.config.vip != cfg.vip
+        and s.config.interface == cfg.interface
+        and s.config.clustermac == cfg.clustermac
+        for s in states
+    )
+
+
 def parse_comment(text: str) -> dict[str, str]:
     parts = text.split()
     if not parts or parts[0] not in (COMMENT_MAGIC, *OLD_MAGIC):
@@ -84,9 +94,9 @@ def parse_comment(text: str) -> dict[str, str]:
     return out
 
 
-def parse_guards(objects: list[dict[str, Any]]) -> dict[ipaddress.IPv4Address, dict[str, str]]:
+def parse_guards(objects: list[dict[str, Any]]) -> dict[Address, dict[str, str]]:
     """clusterip/1 agents' guard tables (left by killed agents): VIP -> their comment's fields."""
-    out: dict[ipaddress.IPv4Address, dict[str, str]] = {}
+    out: dict[Address, dict[str, str]] = {}
     for obj in objects:
         rule = obj.get("rule")
         if not rule or not rule.get("table", "").startswith(LEGACY_GUARD_PREFIX):
@@ -98,8 +108,14 @@ def parse_guards(objects: list[dict[str, Any]]) -> dict[ipaddress.IPv4Address, d
     return out
 
 
-def _vip_of(name: str) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(name[len(TABLE_PREFIX) :].replace("_", "."))
+def _vip_of(name: str) -> Address:
+    """The VIP of a table name (clusterip.render.vip_table): IPv4 has exactly three _ and
+    digits, which no IPv6 address written with : can be."""
+    text = name[len(TABLE_PREFIX) :]
+    try:
+        return ipaddress.IPv4Address(text.replace("_", "."))
+    except ValueError:
+        return ipaddress.IPv6Address(text.replace("_", ":"))
 
 
 def _map_entries(body: dict[str, Any]) -> list[tuple[int, str]]:
@@ -114,7 +130,8 @@ def _map_entries(body: dict[str, Any]) -> list[tuple[int, str]]:
 
 
 def set_pairs(objects: Iterable[dict[str, Any]]) -> list[tuple[str, int]]:
-    """(address, port) elements of `ipv4_addr . inet_service` sets, from nft's JSON."""
+    """(address, port) elements of `ipv4_addr . inet_service` (or ipv6_addr) sets, from nft's
+    JSON."""
     out: list[tuple[str, int]] = []
     for obj in objects:
         body = obj.get("set")

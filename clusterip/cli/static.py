@@ -228,7 +228,7 @@ def which(src: str, sport: str | None, as_json: bool, **params: Any) -> None:
         cfg.hashmode,
         cfg.seed,
         agent["buckets"] if agent is not None else cfg.total_nodes,
-        cfgmod.parse_ip(src, "source address"),
+        cfgmod.parse_ip(src, "source address", cfg.vip.version),
         sport_n,
         dport_n,
     )

@@ -24,10 +24,21 @@ def write_key(path: Path, key: str = KEY) -> Path:
 class Agents:
     """One `clusterip agent` per node (started, killed, restarted), logs kept for failures."""
 
-    def __init__(self, lab: Lab, keyfile: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        keyfile: Path,
+        *extra: str,
+        vip: str | None = None,
+        config: Path | None = None,
+    ) -> None:
+        """`vip`: the VIP to serve (default the lab's IPv4 VIP); `config`: a config file
+        (`agent -c`, e.g. several VIPs) instead of --vip and --interface."""
         self.lab = lab
         self.keyfile = keyfile
         self.extra = list(extra)
+        self.vip = vip or lab.topo.vip
+        self.config = config
         self.procs: dict[int, subprocess.Popen[Any]] = {}
         self.logs: dict[int, Path] = {}
 
@@ -35,8 +46,12 @@ class Agents:
         lab = self.lab
         log = self.keyfile.parent / f"agent-n{k}.log"
         self.logs[k] = log
-        argv = [sys.executable, "-m", "clusterip", "agent", "--vip", lab.topo.vip]
-        argv += ["--interface", "eth0", "--node-id", str(k)]
+        argv = [sys.executable, "-m", "clusterip", "agent"]
+        if self.config is not None:
+            argv += ["-c", str(self.config)]
+        else:
+            argv += ["--vip", self.vip, "--interface", "eth0"]
+        argv += ["--node-id", str(k)]
         argv += ["--key-file", str(keyfile or self.keyfile), *self.extra, *args]
         with open(log, "a") as fh:
             self.procs[k] = lab.spawn(lab.topo.node_ns(k), argv, stdout=fh, stderr=fh)
@@ -66,32 +81,37 @@ class Agents:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)  # type: ignore[no-any-return]
 
-    def vip_status(self, k: int) -> dict[str, Any]:
+    def vip_status(self, k: int, vip: str | None = None) -> dict[str, Any]:
+        """The agent's report of its one VIP (or of `vip`, when it serves several)."""
         vips = self.status(k)["vips"]
+        if vip is not None:
+            vips = [v for v in vips if v["vip"] == vip]
         assert len(vips) == 1, vips
         return vips[0]  # type: ignore[no-any-return]
 
-    def wait_converged(self, nodes: list[int], timeout: float = 15.0) -> None:
+    def wait_converged(
+        self, nodes: list[int], timeout: float = 15.0, *, vip: str | None = None
+    ) -> None:
         """Until every node in `nodes` is active and counts exactly the others as members."""
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
             try:
-                views = {k: self.vip_status(k) for k in nodes}
+                views = {k: self.vip_status(k, vip) for k in nodes}
             except AssertionError as exc:
                 last = exc
                 time.sleep(0.2)
                 continue
             ok = all(
-                v["state"] == "active"
+                v.get("state") == "active"  # none: what a killed agent left, not yet replaced
                 and sorted(m["id"] for m in v["members"] if m["counted"])
                 == sorted(set(nodes) - {k})
                 for k, v in views.items()
             )
-            total = sum(v["owned_count"] for v in views.values())
+            total = sum(v.get("owned_count", 0) for v in views.values())
             if ok and total == views[nodes[0]]["buckets"]:
                 return
-            last = {k: (v["state"], v["owned_count"]) for k, v in views.items()}
+            last = {k: (v.get("state"), v.get("owned_count")) for k, v in views.items()}
             time.sleep(0.2)
         raise AssertionError(f"agents did not converge: {last}\n{self.tail()}")
 

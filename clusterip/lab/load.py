@@ -25,7 +25,7 @@ MAX_DURATION = 600.0
 
 
 def _request(vip: str, port: int, src: str, timeout: float) -> tuple[str | None, str | None]:
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET)
     sock.settimeout(timeout)
     try:
         sock.bind((src, 0))

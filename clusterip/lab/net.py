@@ -16,7 +16,10 @@ Sysctls set in the lab (everything else keeps the kernel's defaults):
 * every namespace: net.ipv6.conf.{all,default}.disable_ipv6=1 (no DAD, RS or MLD frames that
   would show up in captures and counters; the project is IPv4 only);
 * client: net.ipv4.conf.all.arp_announce=2 (ARP requests come from the gateway address, see
-  `topo`).
+  `topo`);
+* a dual-stack lab (`LabTopo(..., ipv6=True)`) turns IPv6 back on in the nodes and the client,
+  with duplicate address detection and router solicitations off (addresses usable at once, no
+  stray frames), and adds the addresses of `topo`'s IPv6 plan.
 The bridge has multicast snooping off, so frames to any multicast MAC (the cluster MAC
 03:bf:...) are flooded to every port; it otherwise learns and ages MACs like a switch (STP off,
 so ports forward at once). Node k's eth0 has the fixed MAC 02:c1:00:00:00:kk.
@@ -52,6 +55,11 @@ TERM_WAIT = 2.0
 
 # --- the lab ------------------------------------------------------------------------------------
 BRIDGE_NF = ("iptables", "ip6tables", "arptables")
+IPV6_ON = {
+    **{f"net.ipv6.conf.{c}.disable_ipv6": "0" for c in ("all", "default")},
+    **{f"net.ipv6.conf.{c}.accept_dad": "0" for c in ("all", "default")},
+    **{f"net.ipv6.conf.{c}.router_solicitations": "0" for c in ("all", "default")},
+}
 
 
 class Lab:
@@ -96,7 +104,12 @@ class Lab:
         store.create(
             {
                 "version": 1,
-                "topo": {"name": topo.name, "nodes": topo.nodes, "clients": topo.clients},
+                "topo": {
+                    "name": topo.name,
+                    "nodes": topo.nodes,
+                    "clients": topo.clients,
+                    "ipv6": topo.ipv6,
+                },
                 "created": time.time(),
                 "namespaces": [],
                 "processes": [],
@@ -126,6 +139,9 @@ class Lab:
         no_ipv6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
         for ns in topo.namespaces:
             ops.sysctls(ns, no_ipv6)
+        if topo.ipv6:
+            for ns in topo.host_namespaces:
+                ops.sysctls(ns, IPV6_ON)
         ops.sysctls(topo.client_ns, {"net.ipv4.conf.all.arp_announce": "2"})
         # A switch forwards frames; it does not filter them. With br_netfilter loaded (by
         # anything on this machine), every bridged frame would go through the IP hooks.
@@ -143,6 +159,23 @@ class Lab:
                 topo.prefixlen,
                 [] if ns == topo.client_ns else routes,
             )
+        if topo.ipv6:
+            self._build_ipv6()
+
+    def _build_ipv6(self) -> None:
+        topo = self.topo
+        for k in topo.node_indexes:
+            via = [(topo.client_subnet6(), topo.gateway6)]
+            ops_addrs = [topo.node_addr6(k)]
+            self.ops.setup_ipv6(topo.node_ns(k), topo.interface, ops_addrs, topo.prefixlen6, via)
+        self.ops.setup_ipv6(
+            topo.client_ns,
+            topo.interface,
+            [topo.gateway6],
+            topo.prefixlen6,
+            [],
+            lo_addrs=topo.client_addrs6(),
+        )
 
     @classmethod
     def load(cls, name: str, *, state_dir: str = STATE_DIR, ops: NetOps | None = None) -> Lab:
@@ -152,7 +185,12 @@ class Lab:
             raise NoSuchLab(f"no lab {name!r} (no state file {store.path})")
         try:
             t = data["topo"]
-            topo = LabTopo(name=t["name"], nodes=int(t["nodes"]), clients=int(t["clients"]))
+            topo = LabTopo(
+                name=t["name"],
+                nodes=int(t["nodes"]),
+                clients=int(t["clients"]),
+                ipv6=bool(t.get("ipv6", False)),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise LabError(f"bad lab state file {store.path}: {exc}") from None
         return cls(topo, store, ops if ops is not None else Pyroute2Ops())
@@ -325,6 +363,8 @@ class Lab:
             self._record("files", logs[k])
             argv = [sys.executable, "-m", "clusterip.lab.servers", "--name", name]
             argv += ["--listen", listen, "--vip", self.topo.vip, *args]
+            if self.topo.ipv6:
+                argv += ["--vip6", self.topo.vip6]
             with open(logs[k], "ab") as log:
                 procs[k] = self.spawn(
                     self.topo.node_ns(k),

@@ -78,6 +78,19 @@ class NetOps(Protocol):
         routes: Sequence[tuple[str, str]],
     ) -> None: ...
     def neighbour(self, ns: str, ip: str) -> str | None: ...
+    def setup_ipv6(
+        self,
+        ns: str,
+        ifname: str,
+        addrs: Sequence[str],
+        prefixlen: int,
+        routes: Sequence[tuple[str, str]],
+        *,
+        lo_addrs: Sequence[str] = (),
+    ) -> None: ...
+
+
+IFA_F_NODAD = 0x02
 
 
 class Pyroute2Ops:
@@ -166,6 +179,27 @@ class Pyroute2Ops:
             for dst, gateway in routes:
                 ipr.route("add", dst=dst, gateway=gateway, oif=idx)
 
+    def setup_ipv6(
+        self,
+        ns: str,
+        ifname: str,
+        addrs: Sequence[str],
+        prefixlen: int,
+        routes: Sequence[tuple[str, str]],
+        *,
+        lo_addrs: Sequence[str] = (),
+    ) -> None:
+        """IPv6 addresses on `ifname` (`prefixlen`) and /128s on lo, all nodad; routes."""
+        with _iproute(ns) as ipr:
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            lo = ipr.link_lookup(ifname="lo")[0]
+            for addr in addrs:
+                ipr.addr("add", index=idx, address=addr, prefixlen=prefixlen, flags=IFA_F_NODAD)
+            for addr in lo_addrs:
+                ipr.addr("add", index=lo, address=addr, prefixlen=128, flags=IFA_F_NODAD)
+            for dst, gateway in routes:
+                ipr.route("add", dst=dst, gateway=gateway, oif=idx)
+
     def neighbour(self, ns: str, ip: str) -> str | None:
 
         usable = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT
@@ -233,6 +267,22 @@ class MemoryNetOps:
         link = self.links[ns][ifname]
         link.update(mac=mac, addrs=[f"{a}/{prefixlen}" for a in addrs], up=True)
         link["routes"] = list(routes)
+
+    def setup_ipv6(
+        self,
+        ns: str,
+        ifname: str,
+        addrs: Sequence[str],
+        prefixlen: int,
+        routes: Sequence[tuple[str, str]],
+        *,
+        lo_addrs: Sequence[str] = (),
+    ) -> None:
+        self._need(ns, "setup_ipv6")
+        link = self.links[ns][ifname]
+        link.setdefault("addrs6", []).extend(f"{a}/{prefixlen}" for a in addrs)
+        link.setdefault("routes6", []).extend(routes)
+        self.links[ns]["lo"].setdefault("addrs6", []).extend(f"{a}/128" for a in lo_addrs)
 
     def neighbour(self, ns: str, ip: str) -> str | None:
         return self.neighbours.get((ns, ip))

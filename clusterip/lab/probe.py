@@ -8,7 +8,8 @@ kernel picked, then does one HTTP GET (tcp) or one datagram (udp) against the no
 `clusterip.lab.servers`. Prints JSON on stdout:
 `{"results": [{"src", "sport", "dport", "node", "error"}], "by_node": {...}, "errors": K, ...}`.
 Errors are "timeout", "refused", "reset", "closed", "unreachable", "deadline" (not attempted
-before the run's deadline) or "<errno name or exception>". Targets must lie in 198.18.0.0/16.
+before the run's deadline) or "<errno name or exception>". Targets must lie in 198.18.0.0/16
+or, for an IPv6 VIP, in fdc1::/48.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ def parse_sources(text: str) -> tuple[str, ...]:
         if not part:
             continue
         first, _, last = part.partition("-")
-        lo = ipaddress.IPv4Address(in_lab_net(first, "source address"))
-        hi = ipaddress.IPv4Address(in_lab_net(last, "source address")) if last else lo
-        if hi < lo:
+        lo = ipaddress.ip_address(in_lab_net(first, "source address"))
+        hi = ipaddress.ip_address(in_lab_net(last, "source address")) if last else lo
+        if hi.version != lo.version or hi < lo:  # type: ignore[operator]
             raise ConfigError(f"bad source range {part!r}: the first address must come first")
         if len(out) + int(hi) - int(lo) + 1 > MAX_SOURCES:
             raise ConfigError(f"bad sources {text!r}: more than {MAX_SOURCES} addresses")
-        out.extend(str(ipaddress.IPv4Address(i)) for i in range(int(lo), int(hi) + 1))
+        out.extend(str(lo + i) for i in range(int(hi) - int(lo) + 1))
     if not out:
         raise ConfigError(f"bad sources {text!r}: expected addresses such as 198.18.1.1-198.18.1.9")
     return tuple(out)
@@ -59,15 +60,15 @@ def parse_sources(text: str) -> tuple[str, ...]:
 
 def format_sources(addrs: Iterable[str]) -> str:
     """Inverse of parse_sources: consecutive runs become 'A-B'."""
-    runs: list[list[int]] = []
+    runs: list[list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = []
     for addr in addrs:
-        value = int(ipaddress.IPv4Address(addr))
-        if runs and value == runs[-1][1] + 1:
+        value = ipaddress.ip_address(addr)
+        last = runs[-1][1] if runs else None
+        if last is not None and last.version == value.version and int(value) == int(last) + 1:
             runs[-1][1] = value
         else:
             runs.append([value, value])
-    ip = ipaddress.IPv4Address
-    return ",".join(f"{ip(a)}" if a == b else f"{ip(a)}-{ip(b)}" for a, b in runs)
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,8 @@ def request_once(spec: ProbeSpec, src: str, seq: int, end: float, clock: Clock) 
         return ProbeRecord(src, None, spec.port, None, "deadline")
     kind = socket.SOCK_STREAM if spec.proto == "tcp" else socket.SOCK_DGRAM
     sport: int | None = None
-    with socket.socket(socket.AF_INET, kind) as sock:
+    family = socket.AF_INET6 if ":" in spec.vip else socket.AF_INET
+    with socket.socket(family, kind) as sock:
         try:
             sock.bind((src, 0))
             sport = int(sock.getsockname()[1])
@@ -299,7 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vip", required=True)
     parser.add_argument("--proto", default="tcp", choices=PROTOS)
     parser.add_argument("--port", type=int)
-    parser.add_argument("--sources", required=True, help="A-B,C,... inside 198.18.0.0/16")
+    parser.add_argument(
+        "--sources", required=True, help="A-B,C,... inside 198.18.0.0/16 or fdc1::/48"
+    )
     parser.add_argument("--per-source", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=32)

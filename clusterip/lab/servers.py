@@ -2,6 +2,7 @@
 
     python -m clusterip.lab.servers --name n1 [--http 80] [--udp 5300] [--echo 7]
                                     [--listen wildcard|vip|reuseport|freebind --vip ADDR]
+                                    [--vip6 ADDR6]
 
 * HTTP/1.1 (keep-alive): any GET -> 200, body "n1\\n", header "X-Node: n1".
 * UDP: any datagram -> "n1 <payload>", sent from the address the datagram was sent to
@@ -14,6 +15,9 @@ How each server binds (`--listen`), as services do it in the field:
 * reuseport  two sockets per service on the VIP's address in one SO_REUSEPORT group, each
              served by its own thread (the kernel spreads connections and datagrams);
 * freebind   the VIP's address with IP_FREEBIND, so the bind works before the VIP is up.
+
+`--vip6` serves IPv6 too, with separate IPv6-only sockets bound the same way (to `::` or to
+ADDR6), so that IPv4 flows stay on IPv4 sockets.
 
 A port of 0 turns that server off. Prints "ready" on stdout once every socket listens, then
 points stdout at /dev/null (the parent may close the pipe). Exits 0 on SIGTERM or SIGINT.
@@ -36,6 +40,7 @@ from typing import Any
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not export it
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+IPV6_FREEBIND = 78  # include/uapi/linux/in6.h
 BACKLOG = 1024
 LISTEN_MODES = ("wildcard", "vip", "reuseport", "freebind")
 
@@ -51,11 +56,25 @@ def bind_plan(mode: str, vip: str | None) -> tuple[str, int, bool, bool]:
     return vip, 2 if mode == "reuseport" else 1, mode == "reuseport", mode == "freebind"
 
 
+def bind_plan6(mode: str, vip6: str) -> tuple[str, int, bool, bool]:
+    """bind_plan for the IPv6 sockets: `::` or the IPv6 VIP."""
+    addr, count, reuseport, freebind = bind_plan(mode, vip6)
+    return ("::" if mode == "wildcard" else addr), count, reuseport, freebind
+
+
 def _prepare(sock: socket.socket, reuseport: bool, freebind: bool) -> None:
     if reuseport:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if freebind:
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if freebind:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+    elif freebind:
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+
+
+def _family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
 def tcp_servers(
@@ -66,6 +85,8 @@ def tcp_servers(
 ) -> list[socketserver.TCPServer]:
     """The listening server(s) of one TCP service, bound as `plan` says."""
     addr, count, reuseport, freebind = plan
+    if _family(addr) == socket.AF_INET6:
+        cls = type(cls.__name__ + "6", (cls,), {"address_family": socket.AF_INET6})
     out: list[socketserver.TCPServer] = []
     try:
         for _ in range(count):
@@ -86,10 +107,13 @@ def udp_sockets(port: int, plan: tuple[str, int, bool, bool]) -> list[socket.soc
     out = []
     try:
         for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(_family(addr), socket.SOCK_DGRAM)
             out.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             _prepare(sock, reuseport, freebind)
             sock.bind((addr, port))
     except BaseException:
@@ -168,7 +192,7 @@ def serve_udp(sock: socket.socket, name: str, stop: threading.Event) -> None:
     sock.settimeout(0.2)
     while not stop.is_set():
         try:
-            data, ancdata, _flags, peer = sock.recvmsg(65535, socket.CMSG_SPACE(12))
+            data, ancdata, _flags, peer = sock.recvmsg(65535, socket.CMSG_SPACE(20))
         except TimeoutError:
             continue
         except OSError:
@@ -181,6 +205,9 @@ def serve_udp(sock: socket.socket, name: str, stop: threading.Event) -> None:
                 # struct in_pktinfo {int ifindex; in_addr spec_dst; in_addr addr}: reply from
                 # addr (where it was sent), on any interface.
                 cmsgs.append((level, kind, struct.pack("=i4s4s", 0, raw[8:12], b"\0" * 4)))
+            elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(raw) >= 20:
+                # struct in6_pktinfo {in6_addr addr; int ifindex}: from addr, any interface.
+                cmsgs.append((level, kind, raw[:16] + struct.pack("=i", 0)))
         try:
             sock.sendmsg([udp_reply(name, data)], cmsgs, 0, peer)
         except OSError as exc:
@@ -192,6 +219,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", required=True, help="node name to answer with, e.g. n1")
     parser.add_argument("--listen", default="wildcard", choices=LISTEN_MODES, help="how to bind")
     parser.add_argument("--vip", help="the VIP's address (for --listen other than wildcard)")
+    parser.add_argument("--vip6", help="serve IPv6 too; the IPv6 VIP's address")
     parser.add_argument("--http", type=int, default=80, help="HTTP port (0: off)")
     parser.add_argument("--udp", type=int, default=5300, help="UDP port (0: off)")
     parser.add_argument("--echo", type=int, default=7, help="TCP line echo port (0: off)")
@@ -203,6 +231,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"bad --name {args.name!r}: expected a non-empty word such as n1")
     try:
         args.plan = bind_plan(args.listen, args.vip)
+        args.plans = [args.plan] + ([bind_plan6(args.listen, args.vip6)] if args.vip6 else [])
     except ValueError as exc:
         parser.error(str(exc))
     return args
@@ -212,12 +241,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stop = threading.Event()
     servers: list[socketserver.TCPServer] = []
-    if args.http:
-        servers += tcp_servers(HttpServer, http_handler(args.name), args.http, args.plan)
-    if args.echo:
-        servers += tcp_servers(EchoServer, echo_handler(args.name), args.echo, args.plan)
+    udp: list[socket.socket] = []
+    for plan in args.plans:
+        if args.http:
+            servers += tcp_servers(HttpServer, http_handler(args.name), args.http, plan)
+        if args.echo:
+            servers += tcp_servers(EchoServer, echo_handler(args.name), args.echo, plan)
+        udp += udp_sockets(args.udp, plan) if args.udp else []
     runners: list[Callable[[], None]] = [partial(s.serve_forever, 0.1) for s in servers]
-    udp = udp_sockets(args.udp, args.plan) if args.udp else []
     runners += [partial(serve_udp, sock, args.name, stop) for sock in udp]
 
     def on_signal(signum: int, frame: object) -> None:

@@ -17,6 +17,18 @@ entries across all namespaces) overflows with a few nodes and a few hundred clie
 
 The VIP the cluster serves is `vip` (198.18.0.100) on the same /16; nothing is configured for
 it here, that is the datapath's job.
+
+A lab built with `ipv6=True` is dual stack, with unique-local addresses only (fdc1::/48):
+
+    NAME-nK   eth0 also fdc1::K/64
+    NAME-c    eth0 also fdc1::fe/64 (gateway6); the M client addresses fdc1:0:0:1::1 ..
+              fdc1:0:0:1::M (hex) on `lo`, /128 each
+    VIP6      fdc1::100
+
+The client addresses sit on `lo` for the same reason as `arp_announce=2`: the kernel solicits
+a neighbour from the address of the packet that needs it only if that address is on the
+outgoing interface, so the client's solicitations come from the gateway address, and the
+nodes (which route fdc1:0:0:1::/64 via fdc1::fe) hold one neighbour entry, not one per client.
 """
 
 from __future__ import annotations
@@ -32,6 +44,12 @@ LAB_NET = ipaddress.IPv4Network("198.18.0.0/16")
 PREFIXLEN = LAB_NET.prefixlen
 DEFAULT_VIP = "198.18.0.100"
 GATEWAY = "198.18.0.254"
+LAB_NET6 = ipaddress.IPv6Network("fdc1::/48")  # unique local (RFC 4193): never routed out
+HOST_NET6 = ipaddress.IPv6Network("fdc1::/64")
+CLIENT_NET6 = ipaddress.IPv6Network("fdc1:0:0:1::/64")
+PREFIXLEN6 = HOST_NET6.prefixlen
+DEFAULT_VIP6 = "fdc1::100"
+GATEWAY6 = "fdc1::fe"
 INTERFACE = "eth0"
 BRIDGE = "br0"
 CLIENT_PORT = "c"
@@ -60,13 +78,16 @@ def _check_count(value: object, what: str, high: int) -> int:
 
 
 def in_lab_net(addr: str, what: str) -> str:
-    """Raise unless `addr` is an IPv4 address inside 198.18.0.0/16 (labs never leave it)."""
+    """Raise unless `addr` is inside 198.18.0.0/16 or fdc1::/48 (labs never leave them)."""
     try:
-        ip = ipaddress.IPv4Address(str(addr).strip())
+        ip = ipaddress.ip_address(str(addr).strip())
     except ValueError:
-        raise ConfigError(f"bad {what} {addr!r}: expected an IPv4 address in {LAB_NET}") from None
-    if ip not in LAB_NET:
-        raise ConfigError(f"bad {what} {addr!r}: lab traffic stays inside {LAB_NET}")
+        raise ConfigError(
+            f"bad {what} {addr!r}: expected an address in {LAB_NET} or {LAB_NET6}"
+        ) from None
+    net = LAB_NET6 if ip.version == 6 else LAB_NET
+    if ip not in net:
+        raise ConfigError(f"bad {what} {addr!r}: lab traffic stays inside {net}")
     return str(ip)
 
 
@@ -77,6 +98,7 @@ class LabTopo:
     name: str
     nodes: int
     clients: int
+    ipv6: bool = False  # dual stack (see the module's doc)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -210,6 +232,35 @@ class LabTopo:
         addrs = self.client_addrs()
         runs = [addrs[i : i + HOSTS_PER_SUBNET] for i in range(0, len(addrs), HOSTS_PER_SUBNET)]
         return ",".join(r[0] if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+    # --- IPv6 (labs built with ipv6=True) ------------------------------------------------------
+    @property
+    def prefixlen6(self) -> int:
+        return PREFIXLEN6
+
+    @property
+    def vip6(self) -> str:
+        return DEFAULT_VIP6
+
+    @property
+    def gateway6(self) -> str:
+        return GATEWAY6
+
+    def node_addr6(self, k: int) -> str:
+        return str(HOST_NET6.network_address + self._node(k))
+
+    def client_addrs6(self) -> tuple[str, ...]:
+        """fdc1:0:0:1::1 .. (hex), `clients` of them."""
+        base = CLIENT_NET6.network_address
+        return tuple(str(base + 1 + i) for i in range(self.clients))
+
+    def client_subnet6(self) -> str:
+        return str(CLIENT_NET6)
+
+    def client_range6(self) -> str:
+        """All IPv6 client addresses in the probe's `--sources` syntax."""
+        addrs = self.client_addrs6()
+        return addrs[0] if len(addrs) == 1 else f"{addrs[0]}-{addrs[-1]}"
 
     # --- cluster config ---------------------------------------------------------------------
     def vip_config(

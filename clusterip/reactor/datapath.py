@@ -37,7 +37,7 @@ from clusterip.render import (
     render_lease,
     render_update,
 )
-from clusterip.state import Lease, VipState, parse_tables
+from clusterip.state import Lease, VipState, mac_shared, parse_tables
 
 log = logging.getLogger("clusterip.core")
 ADDR_FLAG = "addr=1"
@@ -121,6 +121,7 @@ class AgentDatapath:
             live=True,
             note_extra=note,
             flow_timeout=self.flow_timeout,
+            nic_mac=self.link.own_mac(cfg.interface),
         )
         self.firewall.apply(script)
         self.current = Ownership(self.buckets)
@@ -168,6 +169,15 @@ class AgentDatapath:
             self.link.add_multicast(cfg.interface, cfg.clustermac)
         self.link.send_garp(cfg.interface, cfg.vip, cfg.clustermac)
 
+    def _announce(self) -> None:
+        """Takeover of a dead node's buckets: announce the VIP at the cluster MAC again (an
+        unsolicited NA, or gratuitous ARP), served already; a failure only costs a log line."""
+        cfg = self.cfg
+        try:
+            self.link.send_garp(cfg.interface, cfg.vip, cfg.clustermac)
+        except OSError as exc:
+            log.warning("%s: cannot announce the VIP: %s", cfg.vip, exc)
+
     def _state(self) -> VipState | None:
         for st in parse_tables(self.firewall.ruleset(counters=False)):
             if st.config.vip == self.cfg.vip:
@@ -195,8 +205,11 @@ class AgentDatapath:
         if script:
             self.firewall.apply(script)
         took = time.perf_counter() - started
+        taken_over = own.orphaned - self.current.orphaned
         self.current = own
         self.stats.changes += 1
+        if taken_over:
+            self._announce()
         self.stats.last_seconds = took
         self.stats.total_seconds += took
         return True
@@ -234,7 +247,8 @@ class AgentDatapath:
         except FirewallError as exc:  # tables already gone: go on with the rest
             log.warning("%s: %s", cfg.vip, exc)
         try:
-            if cfg.clustermac in self.link.multicast_macs(cfg.interface):
+            shared = mac_shared(parse_tables(self.firewall.ruleset(counters=False)), cfg)
+            if not shared and cfg.clustermac in self.link.multicast_macs(cfg.interface):
                 self.link.del_multicast(cfg.interface, cfg.clustermac)
             if self.added_addr and self.link.has_address(cfg.interface, cfg.vip):
                 self.link.del_address(cfg.interface, cfg.vip, cfg.prefixlen)

@@ -47,7 +47,9 @@ def _node() -> Any:
     return Node(NftFirewall(), NetlinkLink())
 
 
-def sync(vip: ipaddress.IPv4Address, mode: str, hold: bool, owned_fast: bool) -> int:
+def sync(
+    vip: ipaddress.IPv4Address | ipaddress.IPv6Address, mode: str, hold: bool, owned_fast: bool
+) -> int:
     st = _node().require(vip)
     cfg = st.config
     want = buckets_for(st.ownership, owned_fast=owned_fast)

@@ -14,10 +14,11 @@ UDP_ONCE = r"""
 import json, socket, sys, time, selectors
 vip, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 sources = sys.argv[4].split(",")
+FAMILY = socket.AF_INET6 if ":" in vip else socket.AF_INET
 sel = selectors.DefaultSelector()
 socks = {}
 for src in sources:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(FAMILY, socket.SOCK_DGRAM)
     s.bind((src, 0))
     s.setblocking(False)
     s.sendto(src.encode(), (vip, port))
@@ -50,8 +51,11 @@ for line in sys.stdin:
 """
 
 
-def udp_once(lab: Lab, sources: list[str], port: int = 5300, wait: float = 1.0) -> dict[str, Any]:
-    argv = [sys.executable, "-c", UDP_ONCE, lab.topo.vip, str(port), str(wait), ",".join(sources)]
+def udp_once(
+    lab: Lab, sources: list[str], port: int = 5300, wait: float = 1.0, vip: str | None = None
+) -> dict[str, Any]:
+    argv = [sys.executable, "-c", UDP_ONCE, vip or lab.topo.vip, str(port), str(wait)]
+    argv.append(",".join(sources))
     done = lab.run(lab.topo.client_ns, argv, timeout=wait + 20)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
@@ -63,13 +67,14 @@ def udp_once(lab: Lab, sources: list[str], port: int = 5300, wait: float = 1.0) 
 LOOP = r"""
 import json, socket, sys, threading, time
 vip, proto, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+FAMILY = socket.AF_INET6 if ":" in vip else socket.AF_INET
 duration, timeout, pause = float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
 sources = sys.argv[7].split(",")
 end = time.time() + duration
 out, lock = [], threading.Lock()
 
 def tcp(src):
-    s = socket.socket()
+    s = socket.socket(FAMILY)
     s.settimeout(timeout)
     try:
         s.bind((src, 0))
@@ -85,7 +90,7 @@ def tcp(src):
         s.close()
 
 def udp(src):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(FAMILY, socket.SOCK_DGRAM)
     s.bind((src, 0))
     s.sendto(b"ping", (vip, port))
     got, stop = [], time.time() + timeout
@@ -123,11 +128,12 @@ def start_loop(
     duration: float = 6.0,
     timeout: float = 0.2,
     pause: float = 0.05,
+    vip: str | None = None,
 ) -> Any:
     """Start LOOP in the client namespace; `finish_loop(proc)` returns its records."""
     import subprocess
 
-    argv = [sys.executable, "-c", LOOP, lab.topo.vip, proto, str(port), str(duration)]
+    argv = [sys.executable, "-c", LOOP, vip or lab.topo.vip, proto, str(port), str(duration)]
     argv += [str(timeout), str(pause), ",".join(sources)]
     return lab.spawn(lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
 
@@ -183,12 +189,13 @@ print(peek(captured).node_id)
 UDP_SESSIONS = r"""
 import json, selectors, socket, sys, time
 vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+FAMILY = socket.AF_INET6 if ":" in vip else socket.AF_INET
 period, duration = float(sys.argv[4]), float(sys.argv[5])
 sources = sys.argv[6].split(",")
 sel = selectors.DefaultSelector()
 sessions = []
 for i in range(n):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(FAMILY, socket.SOCK_DGRAM)
     s.bind((sources[i % len(sources)], 0))
     s.setblocking(False)
     sess = {"src": sources[i % len(sources)], "sport": s.getsockname()[1], "sent": 0,

@@ -55,7 +55,10 @@ def test_golden_ruleset_loads(netns: str, path: Path) -> None:
     done = nft(netns, "-f", str(path))
     assert done.returncode == 0, done.stderr
     listing = nft(netns, "list", "ruleset").stdout
-    assert "table netdev clusterip_198_18_0_100" in listing
+    name = "clusterip_2001_db8__10" if path.name.startswith("v6-") else "clusterip_198_18_0_100"
+    assert f"table netdev {name}" in listing
+    if path.name.startswith("v6-"):  # the ND rewrite, as tests/unit/test_ipv6.py renders it
+        assert f"table ip6 {name}" in listing and "@th,208,48 set 0x3b600000010" in listing
     if "flags owner" in path.read_text():
         # `nft -f` exits at once: its live table goes with it, as an agent's does.
-        assert "table inet clusterip_198_18_0_100" not in listing
+        assert f"table inet {name}" not in listing
