@@ -83,6 +83,7 @@ class MemoryNetwork:
         self._arrived: dict[str, deque[tuple[bytes, str]]] = {}
         self._group: dict[str, int] = {}
         self._cut: set[tuple[str, str]] = set()  # (from, to) pairs that lose everything
+        self.topology = 0  # grows whenever who hears whom changes (partition, heal, cut)
         self._order = 0
         self.set_loss(loss)
         self.set_delay(*delay)
@@ -110,10 +111,12 @@ class MemoryNetwork:
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Only addresses in the same group hear each other; unlisted ones form one more group."""
         self._group = {addr: i for i, group in enumerate(groups) for addr in group}
+        self.topology += 1
 
     def heal(self) -> None:
         self._group = {}
         self._cut = set()
+        self.topology += 1
 
     def cut(self, src: str, dst: str, *, on: bool = True) -> None:
         """Lose everything `src` sends to `dst` (one way), or stop losing it."""
@@ -121,6 +124,7 @@ class MemoryNetwork:
             self._cut.add((src, dst))
         else:
             self._cut.discard((src, dst))
+        self.topology += 1
 
     def connected(self, a: str, b: str) -> bool:
         """Whether `b` hears `a` (and, for a partition, the other way round)."""

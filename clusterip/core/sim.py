@@ -12,7 +12,9 @@ every event the simulation checks what clients would see (`violations`):
 - no bucket accepted for new connections by two nodes that hear each other;
 - no live node's flow accepted or reset by another node while its own node serves it;
 - no UDP datagram answered by two nodes;
-- a dead node's flows reset only after the orphan delay.
+- a dead node's flows reset only after the orphan delay;
+- no flow dropped by its own node while that node serves (unless it gave the flow up: a node
+  cut off from the majority, or passive, stops serving altogether).
 `problems()` lists what is not converged: after the network heals and settles, it is empty.
 """
 
@@ -100,6 +102,8 @@ class Simulation:
         self._order = 0
         self._incarnation_of: dict[int, int] = {}
         self._stale = True  # some datapath or client changed since the last check
+        self._holders: tuple[object, ...] = ()  # as of the last bucket check
+        self._abandoned: set[Client] = set()  # flows whose node stopped serving (isolated)
 
     # ----- node life ------------------------------------------------------------------------
 
@@ -385,12 +389,21 @@ class Simulation:
         now = self.clock.now()
         live = self._reachable_nodes()
         self._check_buckets(live)
+        # A packet is dropped by every node that neither owns nor drains its bucket: only
+        # those that do are asked.
+        wanted = {*self._clients_tcp.values(), *self._clients_udp.values()}
+        by_bucket: dict[int, list[SimNode]] = {}
+        for n in live:
+            if n.datapath is not None:
+                for b in wanted & _covered(n.datapath):
+                    by_bucket.setdefault(b, []).append(n)
+        owners = {c: n for n in self.nodes.values() for c in n.tcp}
         for client, bucket in list(self._clients_tcp.items()):
-            self._check_tcp(client, bucket, live, now)
+            self._check_tcp(client, bucket, owners.get(client), by_bucket.get(bucket, []), now)
         for client, bucket in self._clients_udp.items():
             takers = [
                 n
-                for n in live
+                for n in by_bucket.get(bucket, ())
                 if n.datapath is not None
                 and udp(n.datapath, bucket, client, seen=client in n.udp) == Verdict.ACCEPT
             ]
@@ -401,6 +414,12 @@ class Simulation:
 
     def _check_buckets(self, live: list[SimNode]) -> None:
         holders = [(n, n.datapath.owned) for n in live if n.datapath and n.datapath.owned]
+        key = (self.network.topology, *((n.node_id, o, n.running) for n, o in holders))
+        if key == self._holders:
+            return  # the same holders of the same sets, the same topology: the same verdict
+        self._holders = key
+        if sum(len(o) for _n, o in holders) == len(frozenset().union(*(o for _n, o in holders))):
+            return  # no bucket held twice at all
         for i, (a, owned_a) in enumerate(holders):
             for b, owned_b in holders[i + 1 :]:
                 both = owned_a & owned_b
@@ -410,8 +429,15 @@ class Simulation:
                         f"{len(both)} bucket(s), e.g. {min(both)}"
                     )
 
-    def _check_tcp(self, client: Client, bucket: int, live: list[SimNode], now: float) -> None:
-        owner = next((n for n in self.nodes.values() if client in n.tcp), None)
+    def _check_tcp(
+        self,
+        client: Client,
+        bucket: int,
+        owner: SimNode | None,
+        takers: list[SimNode],
+        now: float,
+    ) -> None:
+        """`takers`: the live nodes that own or drain `bucket` (no other one accepts it)."""
         if owner is None:
             return
         owner_ok = (
@@ -420,7 +446,7 @@ class Simulation:
             and owner.datapath is not None
             and tcp(owner.datapath, bucket, client, syn=False, mine=True) == Verdict.ACCEPT
         )
-        for n in live:
+        for n in takers:
             if n is owner or n.datapath is None:
                 continue
             v = tcp(n.datapath, bucket, client, syn=False, mine=False)
@@ -440,7 +466,11 @@ class Simulation:
             return
         if owner.running and owner.link and not owner_ok:
             state = owner.vip.membership.state if owner.vip is not None else None
-            if state in (NodeState.ACTIVE, NodeState.DRAINING, NodeState.RESTARTING):
+            if state not in (NodeState.ACTIVE, NodeState.DRAINING, NodeState.RESTARTING):
+                # It stopped serving (cut off, passive): its flows are given up, for whoever
+                # takes their buckets over to reset (or to serve, if it is itself).
+                self._abandoned.add(client)
+            elif client not in self._abandoned:
                 self._violation(f"flow {client} dropped by its own node {owner.node_id} ({state})")
 
     # ----- convergence ----------------------------------------------------------------------
@@ -469,6 +499,21 @@ class Simulation:
             if got != want:
                 out.append(f"node {n.node_id} holds {len(got)} buckets, its share is {len(want)}")
         return out[:20]
+
+
+_COVERED: dict[int, tuple[Ownership, frozenset[int]]] = {}
+
+
+def _covered(own: Ownership) -> frozenset[int]:
+    """The buckets whose packets `own` may accept (owned or draining), cached per object."""
+    hit = _COVERED.get(id(own))
+    if hit is not None and hit[0] is own:
+        return hit[1]
+    if len(_COVERED) > 4096:
+        _COVERED.clear()
+    covered = own.owned | own.draining
+    _COVERED[id(own)] = (own, covered)
+    return covered
 
 
 def _ids(nodes: Iterable[SimNode]) -> list[int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -469,6 +470,34 @@ def test_one_by_one_the_last_node_serves_everything() -> None:
         sim.run_until(sim.clock.now() + TAKEOVER + P.dead_after)
         assert state(sim, 1) == NodeState.ACTIVE, gone
     assert owned(sim, 1) == ALL
+
+
+def test_back_from_isolation_a_node_listens_before_it_takes_anything() -> None:
+    """Four nodes; the half holding the lowest id (1, 2) loses its carrier, so the other half
+    serves once its isolation limit passed. When the carriers come back, node 1 hears node 2
+    (cut off with it) at once, nodes 3 and 4 only two intervals later: it must not take its
+    share of what it hears meanwhile (3 and 4 serve it, and its clients would be answered
+    twice), however the two halves' heartbeats interleave."""
+    params = Params(isolation_limit=1.0)
+    sim = simulation(4, params=params)
+    rng = random.Random(4)
+    sim.run_until(READY)
+    for n in (1, 2):
+        sim.set_link(n, False)
+    sim.run_until(sim.clock.now() + params.isolation_limit + 2 * params.dead_after)
+    assert union(sim, (3, 4)) == ALL
+    for n in (3, 4):
+        sim.network.cut(sim.nodes[n].address, sim.nodes[1].address)
+    for n in (1, 2):
+        sim.set_link(n, True)
+    end = sim.clock.now() + SETTLE
+    while sim.clock.now() < end:
+        if sim.clock.now() >= end - SETTLE + 2 * P.interval:
+            sim.network.heal()
+        sim.open_flows(rng, tcp_count=2, udp_count=4)
+        sim.run_until(sim.clock.now() + 0.01)
+    assert not sim.violations
+    assert not sim.problems()
 
 
 def test_cut_off_longer_than_the_isolation_limit_serves_with_what_it_reaches() -> None:
