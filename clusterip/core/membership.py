@@ -226,17 +226,21 @@ class Membership:
         `draining`: this node keeps flows of buckets it handed over."""
         cls = Heartbeat if self._hello_sent else Hello
         unit = max(1, round(self.params.interval * 2000))  # ages in steps of two intervals
+        # A peer that announced a planned restart is vouched for until its grace ends (age 0,
+        # state RESTARTING): a node that does not know it (a successor that started since)
+        # counts it through us, and takes none of what its node still serves.
         acks = tuple(
             Ack(
                 p.node_id,
                 p.incarnation,
                 p.weight,
                 p.state,
-                p.node_id in self._assigned and p.acks_us,
-                min(AGE_MAX_MS, int((now - p.last_heard) * 1000) // unit * unit),
+                p.node_id in self._assigned and (p.acks_us or p.restart_until is not None),
+                0
+                if p.restart_until is not None
+                else min(AGE_MAX_MS, int((now - p.last_heard) * 1000) // unit * unit),
             )
             for _, p in sorted(self._table.peers.items())
-            if p.restart_until is None
         )
         msg = cls(
             **self.header_fields(),
@@ -574,8 +578,8 @@ class Membership:
         view: tuple[tuple[int, int], ...] = ()
         digest = None
         hears_us = p.acks_us
-        if p.state != NodeState.ACTIVE or not p.members:
-            pass
+        if p.state not in (NodeState.ACTIVE, NodeState.RESTARTING) or not p.members:
+            pass  # (RESTARTING: its node serves on, frozen, what its latest view gave it)
         elif losing:
             # A two-node view whose other node has not heard us for two intervals: it is
             # about to take our buckets (nobody can tell it we live): step back first.
@@ -598,12 +602,14 @@ class Membership:
 
     def _update_holdings(self, now: float) -> None:
         t = self._table
-        # A peer that has not acked us yet (it just heard us again) is no recording when a
-        # counted peer relays it with the same incarnation: what it claims is held now.
+        # A peer that has not acked us yet is no recording when a counted peer relays it with
+        # the same incarnation (it just heard us again), or when it is the successor of one we
+        # knew (a planned restart): what it claims is held now.
         peers = {}
         for n, p in t.peers.items():  # all fresh: expired ones were dropped by this tick
             relayed = t.relayed.get(n)
-            verified = p.verified or (relayed is not None and relayed.incarnation == p.incarnation)
+            verified = p.verified or p.continuing
+            verified = verified or (relayed is not None and relayed.incarnation == p.incarnation)
             peers[n] = self._status(p, verified)
         alive = t.alive
         unsure = frozenset(

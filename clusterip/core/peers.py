@@ -305,6 +305,12 @@ class PeerTable:
             self._roster_changed = True
             self.gone.pop(msg.node_id, None)
             self.events.append(PeerUp(msg.node_id, msg.incarnation, src))
+            known = self.alive.get(msg.node_id)
+            if msg.previous and known == msg.previous < msg.incarnation:
+                # The successor of a node we knew only through others (relayed): continued.
+                self.events.append(PeerContinued(msg.node_id, known, msg.incarnation))
+                self.alive[msg.node_id] = msg.incarnation
+                peer.continuing = True
         peer.state, peer.weight, peer.address, peer.last_heard = msg.state, msg.weight, src, now
         peer.interval, peer.dead_after = msg.interval_ms / 1000, dead_after
         peer.acks_us, peer.verified = acks_us, peer.verified or acks_us
@@ -321,8 +327,11 @@ class PeerTable:
         peer.draining = bool(msg.flags & FLAG_DRAINING)
         peer.kept_said = msg.kept
         peer.digest = msg.view_digest
-        # Equal values keep their objects: the caches compare them by identity.
-        if msg.members != peer.members:
+        # Equal values keep their objects: the caches compare them by identity. A successor
+        # that continues its predecessor announces no view until it has one of its own: it
+        # serves what the predecessor held meanwhile, as the predecessor's view says.
+        resuming = msg.previous != 0 and not msg.members
+        if msg.members != peer.members and not resuming:
             peer.members = msg.members
         self._relays(peer, relays, relay_by_id, now)
         peer.status = None
@@ -379,7 +388,8 @@ class PeerTable:
     def _drop(self, peer: Peer, reason: str) -> None:
         del self.peers[peer.node_id]
         self.changed = self._roster_changed = True
-        if reason in ("leave", "restarted"):  # what others still relay of it is stale
+        if reason in ("leave", "restarted", "restart timed out"):
+            # What others still relay of it is stale (a restart's grace ends everywhere alike).
             self.gone[peer.node_id] = peer.incarnation
             self.alive.pop(peer.node_id, None)
             self.events.append(PeerDown(peer.node_id, peer.incarnation, reason))
@@ -412,8 +422,8 @@ class PeerTable:
                 continue
             for n in sorted(unheard):
                 a = p.relay_by_id[n]
-                if a.state != NodeState.ACTIVE or a.weight == 0:
-                    continue
+                if a.state not in (NodeState.ACTIVE, NodeState.RESTARTING) or a.weight == 0:
+                    continue  # (RESTARTING: its node serves on until a successor continues it)
                 if self.gone.get(n) == a.incarnation:
                     continue
                 lag = a.age_ms / 1000 + margin
@@ -449,7 +459,7 @@ class PeerTable:
             if alive.get(n) != inc:
                 why = self.silent.get(n, "timeout")
                 self.events.append(PeerDown(n, inc, why))
-        self.silent = {n: r for n, r in self.silent.items() if n not in alive}
+        self.silent = {n: r for n, r in self.silent.items() if n not in self.peers}
         self.alive = alive
 
     # ----- refusals -----------------------------------------------------------------------

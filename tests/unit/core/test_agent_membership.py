@@ -575,6 +575,47 @@ def test_planned_restart_keeps_the_place_and_the_successor_continues() -> None:
     assert not sim.problems() and not sim.violations
 
 
+def test_a_successor_learns_of_a_peer_in_its_own_planned_restart_from_the_others() -> None:
+    """Node 2 stops for a restart (its datapath serves on); then node 3 restarts too. Node 3's
+    successor never heard node 2's RESTART: the others vouch for node 2 (RESTARTING, in their
+    acks) until its grace ends, so the successor takes nothing node 2 still serves."""
+    sim = simulation(3)
+    rng = random.Random(3)
+    sim.run_until(READY)
+    share = owned(sim, 2)
+    sim.planned_restart(2, gap=0.6)
+    sim.run_until(sim.clock.now() + 0.1)
+    sim.planned_restart(3, gap=0.1)
+    end = sim.clock.now() + 0.5
+    while sim.clock.now() < end:
+        sim.open_flows(rng, tcp_count=2, udp_count=4)
+        sim.run_until(sim.clock.now() + 0.01)
+        assert not share & union(sim, (1, 3))
+    sim.run_until(sim.clock.now() + SETTLE)
+    assert not sim.violations and not sim.problems()
+    assert not downs(sim.nodes[3], 2) and not downs(sim.nodes[1], 2)
+
+
+def test_a_node_in_its_planned_restart_keeps_what_it_serves_through_a_view_change() -> None:
+    """Node 2 stops for a restart (its datapath serves on, frozen); meanwhile node 1 leaves,
+    and the new view moves some of node 2's buckets to node 3. Node 3 takes none before node
+    2's successor has a view of its own and releases them: its frozen datapath, then the
+    successor holding what it adopted, still answer them."""
+    sim = simulation(3)
+    rng = random.Random(5)
+    sim.run_until(READY)
+    moving = claims({1: 1, 2: 1, 3: 1}, P.buckets, 2) - claims({2: 1, 3: 1}, P.buckets, 2)
+    assert moving, "the example needs node 2 to hand a bucket over when node 1 leaves"
+    sim.planned_restart(2, gap=0.4)
+    sim.run_until(sim.clock.now() + 0.1)
+    sim.leave(1)
+    end = sim.clock.now() + 0.5 + SETTLE
+    while sim.clock.now() < end:
+        sim.open_flows(rng, tcp_count=2, udp_count=4)
+        sim.run_until(sim.clock.now() + 0.01)
+    assert not sim.violations and not sim.problems()
+
+
 def test_no_successor_within_the_grace_is_a_restart_timed_out() -> None:
     sim = simulation(3)
     sim.run_until(READY)
