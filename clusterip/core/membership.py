@@ -577,7 +577,7 @@ class Membership:
         owns: frozenset[int] = frozenset()
         view: tuple[tuple[int, int], ...] = ()
         digest = None
-        hears_us = p.acks_us
+        hears_us = p.acks_us or p.continuing  # (a successor: the node heard us before)
         if p.state not in (NodeState.ACTIVE, NodeState.RESTARTING) or not p.members:
             pass  # (RESTARTING: its node serves on, frozen, what its latest view gave it)
         elif losing:

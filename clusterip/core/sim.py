@@ -104,6 +104,7 @@ class Simulation:
         self._stale = True  # some datapath or client changed since the last check
         self._holders: tuple[object, ...] = ()  # as of the last bucket check
         self._abandoned: set[Client] = set()  # flows whose node stopped serving (isolated)
+        self._orphaned_at: dict[Client, float] = {}  # flows of an agent that died, if restarted
 
     # ----- node life ------------------------------------------------------------------------
 
@@ -141,12 +142,21 @@ class Simulation:
             adopted=adopted,
         )
         self._incarnation_of[node_id] = self._incarnation
+        if not node.link:
+            node.vip.set_carrier(False, now)  # as the reactor's carrier watch tells it
         if node.datapath is None:
             node.datapath = Ownership(self.params.buckets)
         if node.bus is None and node.link:
             node.bus = self.network.attach(node.address)
             self._by_address[node.address] = node_id
-        self._deaths.pop(node_id, None)
+        died = self._deaths.pop(node_id, None)
+        if adopted is None and died is not None:
+            # A fresh agent serves none of its node's flows from before: they stay orphans of
+            # the agent that died or left (the others may reset them from then on, or from
+            # an orphan delay after they hear the new incarnation, if that is sooner).
+            for client in node.tcp:
+                self._orphaned_at.setdefault(client, min(died, now + ORPHAN_RESET_DELAY))
+            self._abandoned.update(node.tcp)
         self._service(node, now)
 
     def crash(self, node_id: int) -> None:
@@ -454,7 +464,11 @@ class Simulation:
                 continue
             if owner_ok:
                 self._violation(f"flow {client} of node {owner.node_id} {v.value} at {n.node_id}")
-            earliest = self._deaths.get(owner.node_id)
+            # (A flow its node gave up when it stopped serving, cut off, may be reset by
+            # whoever takes its bucket: nobody answers it any more.)
+            earliest = self._orphaned_at.get(client, self._deaths.get(owner.node_id))
+            if client in self._abandoned and client not in self._orphaned_at:
+                earliest = None
             if earliest is not None and now < earliest - 1e-9:
                 self._violation(
                     f"flow {client} of dead node {owner.node_id} reset by {n.node_id} "
@@ -464,13 +478,13 @@ class Simulation:
             del self._clients_tcp[client]
             self.resets += 1
             return
-        if owner.running and owner.link and not owner_ok:
+        if owner.running and not owner_ok:
             state = owner.vip.membership.state if owner.vip is not None else None
             if state not in (NodeState.ACTIVE, NodeState.DRAINING, NodeState.RESTARTING):
                 # It stopped serving (cut off, passive): its flows are given up, for whoever
                 # takes their buckets over to reset (or to serve, if it is itself).
                 self._abandoned.add(client)
-            elif client not in self._abandoned:
+            elif owner.link and client not in self._abandoned:
                 self._violation(f"flow {client} dropped by its own node {owner.node_id} ({state})")
 
     # ----- convergence ----------------------------------------------------------------------

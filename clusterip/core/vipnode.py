@@ -95,9 +95,10 @@ class VipNode:
         self.handover = Handover(
             node_id, params.buckets, drain_timeout + params.dead_after, drain=keep_flows
         )
+        self.kept = KeptBook()
         if adopted is not None:
             self.handover.adopt(adopted.ownership, now)
-        self.kept = KeptBook()
+            self.kept.adopt(adopted.ownership.kept, now)
         self.announcer = Announcer(self.cluster)
         self._flows: FlowReport | None = None
         self._kept_now: frozenset[tuple[str, int]] = frozenset()

@@ -167,6 +167,8 @@ class Agent:
                 drain_timeout=s.drain_timeout,
                 adopted=adopted,
             )
+            if self.carrier is not None and self.carrier.up is False:
+                node.set_carrier(False, now)
             self.units.append(Unit(node, datapath))
         self.watcher.configs = [u.node.cfg for u in self.units]
 
@@ -185,10 +187,10 @@ class Agent:
             _realtime(self.settings.realtime)
         handed_over = False
         try:
+            if self.carrier is not None:
+                self.carrier.open()  # first: a node started without carrier knows it is cut off
             self._start_units(self.configs)
             self.transport.open()
-            if self.carrier is not None:
-                self.carrier.open()
             self.watcher.start()
             if self.settings.metrics:
                 self.metrics.serve(self.settings.metrics)
