@@ -68,6 +68,7 @@ class PeerStatus:
     verified: bool  # this incarnation has acked ours at least once (not a recording)
     view: tuple[tuple[int, int], ...] = ()  # the member list it announced (empty unless active)
     digest: bytes | None = None  # view_digest(view), as its heartbeat says (None: compute)
+    forming: bool = False  # active, but no view announced yet: about to take its share
 
     def view_id(self) -> bytes:
         return self.digest if self.digest is not None else view_digest(dict(self.view))
@@ -191,7 +192,9 @@ class Holdings:
         # Views that differ from ours: while one gives a bucket to another live node, that node
         # may be taking it right now under that view (two gainers, neither has announced yet).
         elsewhere: list[tuple[int, ...]] = []
+        forming = False
         if self._pending:
+            forming = any(p.forming and p.verified for p in peers.values())
             claimed = [(n, p.claims) for n, p in peers.items() if p.claims and p.verified]
             views = {
                 d: p.view
@@ -213,11 +216,16 @@ class Holdings:
                     for n in blockers:
                         overdue[n] = overdue.get(n, 0) + 1
                 continue
-            if now < wait.since + self.handoff_time and any(
-                owners[b - 1] not in (NOBODY, self.node_id) and owners[b - 1] in alive
-                for owners in elsewhere
+            if now < wait.since + self.handoff_time and (
+                forming
+                or any(
+                    owners[b - 1] not in (NOBODY, self.node_id) and owners[b - 1] in alive
+                    for owners in elsewhere
+                )
             ):
-                continue  # views still differ: wait for them to agree (at most handoff_time)
+                # Views still differ (or a peer's is not known yet: it turned active and takes
+                # its share in a moment): wait for them to agree (at most handoff_time).
+                continue
             if unsure and now < wait.since + self.handoff_time + KEPT_TTL:
                 # A peer drains and we lack its latest announcement of what it keeps: it may
                 # keep flows of this bucket (it may have had it before the owner we know of,

@@ -578,7 +578,11 @@ class Membership:
         view: tuple[tuple[int, int], ...] = ()
         digest = None
         hears_us = p.acks_us or p.continuing  # (a successor: the node heard us before)
-        if p.state not in (NodeState.ACTIVE, NodeState.RESTARTING) or not p.members:
+        if p.view_unknown:
+            # The successor of a node we knew only through others serves what its predecessor
+            # held, which we cannot know: it blocks every take until it announces a view.
+            owns = frozenset(range(1, buckets + 1))
+        elif p.state not in (NodeState.ACTIVE, NodeState.RESTARTING) or not p.members:
             pass  # (RESTARTING: its node serves on, frozen, what its latest view gave it)
         elif losing:
             # A two-node view whose other node has not heard us for two intervals: it is
@@ -588,7 +592,8 @@ class Membership:
             digest = view_digest(alone)
         else:
             owns, view, digest = p.claims(buckets), p.members, p.digest
-        status = PeerStatus(p.incarnation, owns, hears_us, verified, view, digest)
+        forming = p.state == NodeState.ACTIVE and not p.members and not p.view_unknown
+        status = PeerStatus(p.incarnation, owns, hears_us, verified, view, digest, forming)
         p.status_key, p.status = key, status
         return p.status
 

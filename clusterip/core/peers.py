@@ -90,6 +90,7 @@ class Peer:
     relayed_at: float = 0.0  # when those relays were received
     restart_until: float | None = None  # announced a planned restart: kept until then
     continuing: bool = False  # a successor that has not acked us yet
+    view_unknown: bool = False  # a successor of a node we only knew relayed: what it holds
     kept_place: bool = False  # counted when it announced its restart
     kept_said: int = 0  # the latest KEPT announcement its heartbeat names
     kept_known: int = 0  # the latest we have whole
@@ -310,7 +311,7 @@ class PeerTable:
                 # The successor of a node we knew only through others (relayed): continued.
                 self.events.append(PeerContinued(msg.node_id, known, msg.incarnation))
                 self.alive[msg.node_id] = msg.incarnation
-                peer.continuing = True
+                peer.continuing = peer.view_unknown = True
         peer.state, peer.weight, peer.address, peer.last_heard = msg.state, msg.weight, src, now
         peer.interval, peer.dead_after = msg.interval_ms / 1000, dead_after
         peer.acks_us, peer.verified = acks_us, peer.verified or acks_us
@@ -333,6 +334,8 @@ class PeerTable:
         resuming = msg.previous != 0 and not msg.members
         if msg.members != peer.members and not resuming:
             peer.members = msg.members
+        if msg.members:
+            peer.view_unknown = False
         self._relays(peer, relays, relay_by_id, now)
         peer.status = None
         peer.fixed, peer.body = data[6:56], data[64:-MAC_BYTES]

@@ -321,3 +321,20 @@ def test_a_peer_with_our_view_never_holds_a_bucket_back() -> None:
     peers = {n: PeerStatus(i, claims(V2, B, n), True, True, same) for n, i in ((1, 10), (2, 20))}
     change = h.settle(0.1, peers, {1: 10, 2: 20}).change
     assert change is not None and h.held == moved_to_3()
+
+
+def test_a_peer_that_turned_active_without_a_view_yet_makes_takes_wait() -> None:
+    """A peer that just turned active announces its view only after gathering (hold time):
+    meanwhile it may be about to take any bucket, so ours wait (at most `handoff_time`)
+    rather than race it."""
+    h = joined_3(now=1.0)
+    peers = {1: peer(10, V2, 1), 2: peer(20, V2, 2)}
+    forming = {**peers, 4: PeerStatus(40, frozenset(), True, True, forming=True)}
+    alive = {1: 10, 2: 20, 4: 40}
+    assert h.settle(1.0, forming, alive).change is None
+    assert 1.0 + H in h.deadlines()
+    change = h.settle(1.0 + H, forming, alive).change  # not forever
+    assert change is not None and h.held == moved_to_3()
+    h = joined_3(now=1.0)
+    change = h.settle(1.0, {**forming, 4: PeerStatus(40, frozenset(), True, True)}, alive).change
+    assert change is not None and h.held == moved_to_3()  # once it has a view: at once

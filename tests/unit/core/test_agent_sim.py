@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from clusterip import config
@@ -437,7 +437,60 @@ def heal_and_settle(sim: Simulation, params: Params = SMALL) -> None:
     sim.run_until(end)
 
 
+def _s(
+    nodes: int, late: set[int], actions: tuple[tuple[float, str, int, int], ...], seed: int
+) -> Scenario:
+    return Scenario(nodes, frozenset(late), actions, seed)
+
+
+# Scenarios that once failed, each for its own reason (kept as regressions).
+REGRESSIONS = [
+    # a successor's HELLO overtakes its predecessor's RESTART
+    _s(3, set(), ((0.0, "crash", 1, 0), (0.0, "restart", 2, 0), (1.0, "planned", 2, 0)), 2),
+    # a successor never heard a peer's RESTART: the others vouch for it
+    _s(3, set(), ((0.2992, "planned", 3, 37927), (0.3907, "planned", 2, 14109),
+                  (0.5828, "flap", 1, 12909), (0.6217, "crash", 3, 55467),
+                  (0.8771, "leave", 2, 14112), (1.1335, "start", 2, 39197),
+                  (1.16, "planned", 1, 26428), (1.3187, "restart", 1, 59717)), 1745444930),
+    # a restarting node keeps claiming what its frozen datapath serves through a view change
+    _s(11, set(), ((0.028, "crash", 2, 58288), (0.4939, "leave", 9, 55000),
+                   (0.7655, "planned", 7, 54459), (0.8978, "leave", 5, 11368),
+                   (0.9783, "planned", 2, 65259)), 856166158),
+    # a second death restarts the orphan delay of buckets orphaned by the first
+    _s(12, {11}, ((1.2255, "planned", 8, 24446), (1.4493, "leave", 8, 58360),
+                  (1.4688, "leave", 9, 42073)), 303965558),
+    # a successor drops what others keep, as its predecessor's datapath did
+    _s(3, {3}, ((0.6798, "start", 3, 2510), (1.4391, "planned", 3, 12620)), 2207950512),
+    # a successor that has not acked us yet hears us all the same: buckets drain to it
+    _s(12, set(), ((0.0532, "planned", 8, 14136), (0.0945, "crash", 11, 47303),
+                   (0.1127, "planned", 6, 56669), (0.2166, "crash", 2, 54146),
+                   (1.2106, "leave", 4, 54652), (1.2403, "leave", 6, 4463),
+                   (1.3879, "flap", 7, 58179), (1.4738, "start", 10, 36952)), 2491367680),
+    # a successor started while its link is down knows it has no carrier
+    _s(3, {1}, ((0.2602, "leave", 1, 35092), (0.5082, "restart", 2, 50361),
+                (0.7424, "planned", 2, 56765), (0.8249, "restart", 2, 4083),
+                (0.9698, "flap", 2, 21542), (1.2803, "planned", 1, 39062),
+                (1.4281, "flap", 1, 46187)), 1187254610),
+    # a peer that turned active without a view yet: takes wait for its view
+    _s(5, {2, 4}, ((0.3065, "crash", 3, 30658), (0.3276, "planned", 4, 19624),
+                   (0.6172, "crash", 4, 23740), (1.04, "flap", 1, 10083),
+                   (1.1243, "crash", 4, 42154), (1.3149, "flap", 3, 40928),
+                   (1.3999, "restart", 5, 29791), (1.4822, "leave", 4, 35566)), 3279677994),
+    # the successor of a node known only through others: its view is unknown until it says
+    _s(9, {5, 7}, ((0.6963, "flap", 1, 791), (0.7857, "planned", 9, 42003)), 2381419422),
+]  # fmt: skip
+
+
 @settings(max_examples=12, deadline=None)
+@example(REGRESSIONS[0])
+@example(REGRESSIONS[1])
+@example(REGRESSIONS[2])
+@example(REGRESSIONS[3])
+@example(REGRESSIONS[4])
+@example(REGRESSIONS[5])
+@example(REGRESSIONS[6])
+@example(REGRESSIONS[7])
+@example(REGRESSIONS[8])
 @given(scenarios(3, 12, NODE_ACTIONS, 8))
 def test_healthy_network_moves_are_invisible_to_clients(s: Scenario) -> None:
     """No loss, no partition, sub-millisecond delays: joins, leaves, crashes, planned restarts

@@ -128,3 +128,17 @@ def test_a_successor_whose_hello_overtakes_the_restart_continues_its_predecessor
     t.receive(Hello(**{f: getattr(hello, f) for f in _FIELDS}).pack(KEY), "10.0.0.2", 0.01)
     assert [type(e).__name__ for e in t.events] == ["PeerContinued"]
     assert t.peers[2].incarnation == 21 and t.peers[2].continuing
+
+
+def test_the_successor_of_a_node_known_only_through_others_continues_it() -> None:
+    """We never heard node 2 ourselves (one-way loss, or it restarted while we were cut off),
+    but a peer relays it: its successor's HELLO continues it (no PeerDown), and since we
+    cannot know what its predecessor held, its view counts as unknown until it has one."""
+    t = table()
+    t.alive[2] = 20  # relayed, as the membership's last full tick found
+    hello = Heartbeat.unpack(hb(1, inc=21, previous=20, acks=(Ack(3, 30, 1),), members=()), KEY)
+    t.receive(Hello(**{f: getattr(hello, f) for f in _FIELDS}).pack(KEY), "10.0.0.2", 0.01)
+    assert [type(e).__name__ for e in t.events] == ["PeerUp", "PeerContinued"]
+    assert t.peers[2].continuing and t.peers[2].view_unknown
+    t.receive(hb(2, inc=21, acks=(Ack(3, 30, 1),)), "10.0.0.2", 0.02)  # its own view now
+    assert not t.peers[2].view_unknown
