@@ -68,7 +68,7 @@ class PeerStatus:
     verified: bool  # this incarnation has acked ours at least once (not a recording)
     view: tuple[tuple[int, int], ...] = ()  # the member list it announced (empty unless active)
     digest: bytes | None = None  # view_digest(view), as its heartbeat says (None: compute)
-    forming: bool = False  # active, but no view announced yet: about to take its share
+    forming: bool = False  # no view announced yet, but about to take or hold buckets
 
     def view_id(self) -> bytes:
         return self.digest if self.digest is not None else view_digest(dict(self.view))
@@ -194,7 +194,7 @@ class Holdings:
         elsewhere: list[tuple[int, ...]] = []
         forming = False
         if self._pending:
-            forming = any(p.forming and p.verified for p in peers.values())
+            forming = any(p.forming for p in peers.values())  # (bounded: no proof needed)
             claimed = [(n, p.claims) for n, p in peers.items() if p.claims and p.verified]
             views = {
                 d: p.view

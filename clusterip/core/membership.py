@@ -579,8 +579,9 @@ class Membership:
         digest = None
         hears_us = p.acks_us or p.continuing  # (a successor: the node heard us before)
         if p.view_unknown:
-            # The successor of a node we knew only through others serves what its predecessor
-            # held, which we cannot know: it blocks every take until it announces a view.
+            # A successor serves what its predecessor held; when we never heard what that was
+            # (we knew it only through others, or not at all), it blocks every take until it
+            # announces a view of its own.
             owns = frozenset(range(1, buckets + 1))
         elif p.state not in (NodeState.ACTIVE, NodeState.RESTARTING) or not p.members:
             pass  # (RESTARTING: its node serves on, frozen, what its latest view gave it)
@@ -592,7 +593,9 @@ class Membership:
             digest = view_digest(alone)
         else:
             owns, view, digest = p.claims(buckets), p.members, p.digest
-        forming = p.state == NodeState.ACTIVE and not p.members and not p.view_unknown
+        # Active without a view yet, or a successor holding what we never heard of: takes
+        # wait for its view (verified or not: the wait is bounded).
+        forming = p.view_unknown or (p.state == NodeState.ACTIVE and not p.members)
         status = PeerStatus(p.incarnation, owns, hears_us, verified, view, digest, forming)
         p.status_key, p.status = key, status
         return p.status

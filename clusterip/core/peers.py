@@ -90,7 +90,7 @@ class Peer:
     relayed_at: float = 0.0  # when those relays were received
     restart_until: float | None = None  # announced a planned restart: kept until then
     continuing: bool = False  # a successor that has not acked us yet
-    view_unknown: bool = False  # a successor of a node we only knew relayed: what it holds
+    view_unknown: bool = False  # a successor whose predecessor's view we never heard
     kept_place: bool = False  # counted when it announced its restart
     kept_said: int = 0  # the latest KEPT announcement its heartbeat names
     kept_known: int = 0  # the latest we have whole
@@ -311,7 +311,7 @@ class PeerTable:
                 # The successor of a node we knew only through others (relayed): continued.
                 self.events.append(PeerContinued(msg.node_id, known, msg.incarnation))
                 self.alive[msg.node_id] = msg.incarnation
-                peer.continuing = peer.view_unknown = True
+                peer.continuing = True
         peer.state, peer.weight, peer.address, peer.last_heard = msg.state, msg.weight, src, now
         peer.interval, peer.dead_after = msg.interval_ms / 1000, dead_after
         peer.acks_us, peer.verified = acks_us, peer.verified or acks_us
@@ -334,8 +334,8 @@ class PeerTable:
         resuming = msg.previous != 0 and not msg.members
         if msg.members != peer.members and not resuming:
             peer.members = msg.members
-        if msg.members:
-            peer.view_unknown = False
+        # (A successor whose predecessor's view we do not know: what it holds is unknown.)
+        peer.view_unknown = resuming and not peer.members
         self._relays(peer, relays, relay_by_id, now)
         peer.status = None
         peer.fixed, peer.body = data[6:56], data[64:-MAC_BYTES]
@@ -405,7 +405,6 @@ class PeerTable:
         ourselves are left out first, as sets: nothing is looked at per ack unless some
         peer relays a node we do not hear."""
         relayed: dict[int, Relayed] = {}
-        margin = 2 * self.params.interval  # ages come in steps of two intervals
         dead_after = self.params.dead_after
         # What we hear ourselves is fresher (a direct peer that is not active is not relayed).
         direct = frozenset(
@@ -429,7 +428,11 @@ class PeerTable:
                     continue  # (RESTARTING: its node serves on until a successor continues it)
                 if self.gone.get(n) == a.incarnation:
                     continue
-                lag = a.age_ms / 1000 + margin
+                if n in self.silent and a.age_ms > 0:
+                    continue  # silent here and there too (one-way loss shows age 0): dying
+                # Ages are rounded down (to two intervals): the latest time it may have been
+                # heard, so that nobody here declares it dead before the peer that hears it.
+                lag = a.age_ms / 1000
                 heard = p.relayed_at - lag
                 if now >= heard + dead_after:
                     continue

@@ -223,6 +223,7 @@ class Simulation:
         if node.vip is not None:
             node.vip.set_carrier(up, self.clock.now())
             self._service(node, self.clock.now())
+        self._check_now(force=True)  # what clients see at that very instant
 
     def _stop_process(self, node: SimNode) -> None:
         if node.bus is not None:

@@ -478,6 +478,15 @@ REGRESSIONS = [
                    (1.3999, "restart", 5, 29791), (1.4822, "leave", 4, 35566)), 3279677994),
     # the successor of a node known only through others: its view is unknown until it says
     _s(9, {5, 7}, ((0.6963, "flap", 1, 791), (0.7857, "planned", 9, 42003)), 2381419422),
+    # ... or not known at all (two successors meet): takes wait for its view
+    _s(4, set(), ((0.4738, "planned", 1, 45161), (0.6598, "planned", 3, 55404),
+                  (0.8013, "planned", 2, 64603), (0.8244, "flap", 4, 50265),
+                  (0.9367, "start", 2, 18749), (1.2001, "crash", 4, 52770)), 1151237875),
+    # a node known only through relays is not declared dead before those that hear it
+    _s(6, {1, 2, 4}, ((0.1789, "planned", 2, 9576), (0.2578, "restart", 6, 17327),
+                      (0.3034, "crash", 3, 36936), (0.4797, "crash", 3, 39688),
+                      (1.0545, "crash", 5, 62905), (1.1362, "start", 4, 53478),
+                      (1.2051, "flap", 4, 43304), (1.2361, "planned", 4, 8160)), 3488259671),
 ]  # fmt: skip
 
 
@@ -491,6 +500,8 @@ REGRESSIONS = [
 @example(REGRESSIONS[6])
 @example(REGRESSIONS[7])
 @example(REGRESSIONS[8])
+@example(REGRESSIONS[9])
+@example(REGRESSIONS[10])
 @given(scenarios(3, 12, NODE_ACTIONS, 8))
 def test_healthy_network_moves_are_invisible_to_clients(s: Scenario) -> None:
     """No loss, no partition, sub-millisecond delays: joins, leaves, crashes, planned restarts

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
+import pytest
+
 from clusterip.core.params import Params
 from clusterip.core.peers import PeerTable
 from clusterip.core.refusals import Refusals
@@ -142,3 +144,24 @@ def test_the_successor_of_a_node_known_only_through_others_continues_it() -> Non
     assert t.peers[2].continuing and t.peers[2].view_unknown
     t.receive(hb(2, inc=21, acks=(Ack(3, 30, 1),)), "10.0.0.2", 0.02)  # its own view now
     assert not t.peers[2].view_unknown
+
+
+def test_a_relayed_node_is_heard_as_late_as_its_relay_allows_and_no_earlier() -> None:
+    """Ages in acks are rounded down: the relayed node was heard at the latest `age` before
+    the relaying heartbeat, so it expires here no earlier than where it is heard (a node that
+    only knows it through others must not reset its flows first). A node we heard ourselves
+    until it went silent stays dead unless a relay says it is heard right now (age 0: one-way
+    loss), not that it was heard a while ago (it is going silent there too)."""
+    t = table()
+    relays = (Ack(US, OURS, 1, NodeState.ACTIVE, True), Ack(5, 50, 1, member=True, age_ms=100))
+    t.receive(hb(1, acks=relays), "10.0.0.2", 1.0)
+    t.relay(1.0)
+    assert t.relayed[5].heard == pytest.approx(0.9)
+    assert t.relay_expiries() == [pytest.approx(0.9 + P.dead_after)]
+    t.silent[5] = "timeout"  # we heard node 5 ourselves, and it went silent
+    t.relay(1.0)
+    assert 5 not in t.relayed
+    fresh = (Ack(US, OURS, 1, NodeState.ACTIVE, True), Ack(5, 50, 1, member=True))
+    t.receive(hb(2, acks=fresh), "10.0.0.2", 1.05)
+    t.relay(1.05)
+    assert t.relayed[5].heard == pytest.approx(1.05)  # one-way loss: alive
