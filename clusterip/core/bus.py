@@ -84,6 +84,7 @@ class MemoryNetwork:
         self._group: dict[str, int] = {}
         self._cut: set[tuple[str, str]] = set()  # (from, to) pairs that lose everything
         self.topology = 0  # grows whenever who hears whom changes (partition, heal, cut)
+        self.faulty = False  # there was loss, a partition or a cut at some point
         self._order = 0
         self.set_loss(loss)
         self.set_delay(*delay)
@@ -92,6 +93,7 @@ class MemoryNetwork:
         if not 0.0 <= loss <= 1.0:
             raise ValueError("loss must be a probability")
         self.loss = loss
+        self.faulty = self.faulty or loss > 0
 
     def set_delay(self, low: float, high: float) -> None:
         if not 0.0 <= low <= high:
@@ -112,6 +114,7 @@ class MemoryNetwork:
         """Only addresses in the same group hear each other; unlisted ones form one more group."""
         self._group = {addr: i for i, group in enumerate(groups) for addr in group}
         self.topology += 1
+        self.faulty = True
 
     def heal(self) -> None:
         self._group = {}
@@ -122,6 +125,7 @@ class MemoryNetwork:
         """Lose everything `src` sends to `dst` (one way), or stop losing it."""
         if on:
             self._cut.add((src, dst))
+            self.faulty = True
         else:
             self._cut.discard((src, dst))
         self.topology += 1

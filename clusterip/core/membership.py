@@ -277,6 +277,11 @@ class Membership:
     def weight(self) -> int:
         return self._weight
 
+    @property
+    def counted_peers(self) -> frozenset[int]:
+        """The other members buckets are assigned to (as of the last full tick)."""
+        return frozenset(self._others)
+
     def owned_buckets(self) -> frozenset[int]:
         """Buckets (1-based) this node accepts new connections for (as of the last `tick`)."""
         return self._holdings.held

@@ -10,7 +10,9 @@ planned stop keeps it, frozen, until the lease runs out or a successor continues
 Clients: TCP flows (a SYN, then long-lived) and UDP flows, each hashed into a bucket. After
 every event the simulation checks what clients would see (`violations`):
 - no bucket accepted for new connections by two nodes that hear each other;
-- no live node's flow accepted or reset by another node while its own node serves it;
+- no live node's flow accepted or reset by another node while its own node serves it (on a
+  faulty network, one that cannot hear it, or never met it, takes it for dead: counted as
+  `blind_resets`);
 - no UDP datagram answered by two nodes;
 - a dead node's flows reset only after the orphan delay;
 - no flow dropped by its own node while that node serves (unless it gave the flow up: a node
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 
 from clusterip.config import VipConfig
 from clusterip.core.bus import FakeClock, MemoryBus, MemoryNetwork
-from clusterip.core.events import Event
+from clusterip.core.events import Event, PeerDown
 from clusterip.core.handover import ORPHAN_RESET_DELAY
 from clusterip.core.holdings import claims
 from clusterip.core.ownership import Ownership
@@ -38,6 +40,7 @@ from clusterip.core.vipnode import Adoption, VipNode
 from clusterip.core.wire import NodeState
 
 Client = tuple[str, int]  # address, port
+DELAY_OK = ORPHAN_RESET_DELAY - 1e-9
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Simulation:
         self.violations: list[str] = []
         self.resets = 0  # flows a node answered with a RST (allowed: their node is gone)
         self.unanswered = 0  # SYNs or datagrams no node accepted
+        self.blind_resets = 0  # live flows reset by a node that cannot hear their node
         self._incarnation = 1_000_000
         self._wakes: list[tuple[float, int, int]] = []  # (when, node id, version)
         self._version: dict[int, int] = {}
@@ -105,6 +109,8 @@ class Simulation:
         self._holders: tuple[object, ...] = ()  # as of the last bucket check
         self._abandoned: set[Client] = set()  # flows whose node stopped serving (isolated)
         self._orphaned_at: dict[Client, float] = {}  # flows of an agent that died, if restarted
+        self._met: dict[tuple[int, int], set[tuple[int, int]]] = {}  # (node, inc) -> counted
+        self._down: dict[tuple[int, int, int], float] = {}  # (node, peer, inc) -> PeerDown at
 
     # ----- node life ------------------------------------------------------------------------
 
@@ -155,7 +161,8 @@ class Simulation:
             # the agent that died or left (the others may reset them from then on, or from
             # an orphan delay after they hear the new incarnation, if that is sooner).
             for client in node.tcp:
-                self._orphaned_at.setdefault(client, min(died, now + ORPHAN_RESET_DELAY))
+                if client not in self._abandoned:  # (given up before: anyone's to reset)
+                    self._orphaned_at.setdefault(client, min(died, now + ORPHAN_RESET_DELAY))
             self._abandoned.update(node.tcp)
         self._service(node, now)
 
@@ -362,6 +369,12 @@ class Simulation:
         flows = self._report(node, now) if v.wants_flows or v.wants_flows_now else None
         step = v.step(now, flows)
         node.events.extend((now, e) for e in step.events)
+        for e in step.events:
+            if isinstance(e, PeerDown):
+                self._down.setdefault((node.node_id, e.node_id, e.incarnation), now)
+        met = self._met.setdefault((node.node_id, self._inc(node)), set())
+        for n in v.membership.counted_peers:
+            met.add((n, self._incarnation_of.get(n, 0)))
         if v.wants_flows_now:  # what the reactor does: count, then step again
             node.datapath = step.ownership
             self._stale = True
@@ -440,6 +453,14 @@ class Simulation:
                         f"{len(both)} bucket(s), e.g. {min(both)}"
                     )
 
+    def _knew(self, node: SimNode, other: SimNode) -> bool:
+        """Whether `node` ever counted `other`'s current incarnation as a member."""
+        met = self._met.get((node.node_id, self._inc(node)), ())
+        return (other.node_id, self._inc(other)) in met
+
+    def _inc(self, node: SimNode) -> int:
+        return self._incarnation_of.get(node.node_id, 0)
+
     def _check_tcp(
         self,
         client: Client,
@@ -463,13 +484,30 @@ class Simulation:
             v = tcp(n.datapath, bucket, client, syn=False, mine=False)
             if v == Verdict.DROP:
                 continue
-            if owner_ok:
+            blind = self.network.faulty and (
+                not self.network.connected(owner.address, n.address)
+                or not (self._knew(n, owner) and self._knew(owner, n))
+            )
+            if owner_ok and blind:
+                # On a faulty network, a node that cannot hear the owner, or that was never a
+                # member with it (one of them started, or restarted, on the other side of a
+                # cut: with no memory of the other, each side may think itself alone), takes
+                # the owner for dead: the limit of any quorum rule, counted apart.
+                self.blind_resets += 1
+            elif owner_ok:
                 self._violation(f"flow {client} of node {owner.node_id} {v.value} at {n.node_id}")
             # (A flow its node gave up when it stopped serving, cut off, may be reset by
             # whoever takes its bucket: nobody answers it any more.)
             earliest = self._orphaned_at.get(client, self._deaths.get(owner.node_id))
             if client in self._abandoned and client not in self._orphaned_at:
                 earliest = None
+            if self.network.faulty and earliest is not None:
+                # Loss or a cut may make a node declare another dead early: that node waits
+                # the orphan delay from its own verdict (and one that never counted the owner
+                # cannot know it).
+                down = self._down.get((n.node_id, owner.node_id, self._inc(owner)))
+                if not self._knew(n, owner) or (down is not None and now >= down + DELAY_OK):
+                    earliest = None
             if earliest is not None and now < earliest - 1e-9:
                 self._violation(
                     f"flow {client} of dead node {owner.node_id} reset by {n.node_id} "
