@@ -108,6 +108,11 @@ class Holdings:
         return self._held
 
     @property
+    def target(self) -> frozenset[int]:
+        """What this node should hold (its share of the view, or what it adopted)."""
+        return self._target
+
+    @property
     def pending(self) -> frozenset[int]:
         return frozenset(self._pending)
 

@@ -477,6 +477,8 @@ class Membership:
             state, why = NodeState.DRAINING, "draining: owns no bucket"
         else:
             state, why = NodeState.ACTIVE, "active"
+        if state in (NodeState.ISOLATED, NodeState.PASSIVE, NodeState.LEAVING):
+            self._resuming = False  # a successor cut off gives up what it continued, at once
         if state == NodeState.ACTIVE:
             t.served = True
         if state != self._state:
@@ -537,7 +539,9 @@ class Membership:
         assigned = dict(self._others)
         if self._state in (NodeState.ACTIVE, NodeState.RESTARTING):
             assigned[self.node_id] = self._weight
-        if assigned == self._assigned or self._resuming or self._suspended:
+        # (An adopted holding is a target no view gave: it goes when we are out of the view.)
+        adopted = self.node_id not in assigned and self._holdings.target
+        if (assigned == self._assigned and not adopted) or self._resuming or self._suspended:
             self._hold_until = None
             return
         if self.node_id in assigned:  # gather changes; releasing everything never waits

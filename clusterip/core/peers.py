@@ -331,7 +331,11 @@ class PeerTable:
         # Equal values keep their objects: the caches compare them by identity. A successor
         # that continues its predecessor announces no view until it has one of its own: it
         # serves what the predecessor held meanwhile, as the predecessor's view says.
-        resuming = msg.previous != 0 and not msg.members
+        resuming = (
+            msg.previous != 0
+            and not msg.members
+            and msg.state in (NodeState.RESTARTING, NodeState.ACTIVE)  # (others hold nothing)
+        )
         if msg.members != peer.members and not resuming:
             peer.members = msg.members
         # (A successor whose predecessor's view we do not know: what it holds is unknown.)

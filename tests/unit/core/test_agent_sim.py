@@ -487,6 +487,14 @@ REGRESSIONS = [
                       (0.3034, "crash", 3, 36936), (0.4797, "crash", 3, 39688),
                       (1.0545, "crash", 5, 62905), (1.1362, "start", 4, 53478),
                       (1.2051, "flap", 4, 43304), (1.2361, "planned", 4, 8160)), 3488259671),
+    # a successor without carrier gives up what it continued at once
+    _s(4, set(), ((0.4623, "start", 1, 52116), (0.6592, "crash", 1, 64382),
+                  (0.7317, "planned", 2, 5208), (0.9749, "flap", 2, 20017),
+                  (0.9981, "planned", 1, 20710), (1.4581, "start", 3, 56291)), 4181232683),
+    # a successor cut off holds nothing: its empty view is no claim on everything
+    _s(4, set(), ((0.5914, "crash", 2, 11195), (0.7742, "planned", 3, 52215),
+                  (1.2481, "flap", 3, 27421), (1.3211, "leave", 1, 9127),
+                  (1.34, "restart", 2, 61956)), 1916489062),
 ]  # fmt: skip
 
 
@@ -502,6 +510,8 @@ REGRESSIONS = [
 @example(REGRESSIONS[8])
 @example(REGRESSIONS[9])
 @example(REGRESSIONS[10])
+@example(REGRESSIONS[11])
+@example(REGRESSIONS[12])
 @given(scenarios(3, 12, NODE_ACTIONS, 8))
 def test_healthy_network_moves_are_invisible_to_clients(s: Scenario) -> None:
     """No loss, no partition, sub-millisecond delays: joins, leaves, crashes, planned restarts

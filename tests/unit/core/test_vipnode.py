@@ -350,3 +350,24 @@ def test_a_successor_drops_what_others_keep_as_its_predecessor_did() -> None:
     step = node.step(10.0)
     assert step.ownership.owned == {1, 2} and step.ownership.kept == kept
     assert node.step(10.0 + KEPT_TTL + 0.01).ownership.kept == frozenset()  # not refreshed
+
+
+def test_a_successor_without_carrier_gives_up_what_it_continued_at_once() -> None:
+    """A planned restart whose successor starts while the link is down: it is cut off, so it
+    owns nothing from that instant (as any node that loses its carrier), although its
+    predecessor's datapath served and it has heard nobody yet."""
+    left = Ownership(P.buckets, frozenset({1, 2, 3}))
+    node = VipNode(
+        vip_config(),
+        node_id=1,
+        weight=1,
+        key=KEY,
+        params=P,
+        incarnation=2000,
+        now=10.0,
+        adopted=Adoption(left, 1000),
+    )
+    assert node.step(10.0).ownership.owned == {1, 2, 3}
+    node.set_carrier(False, 10.01)
+    assert node.step(10.01).ownership.owned == frozenset()
+    assert node.membership.state == NodeState.ISOLATED
