@@ -590,8 +590,8 @@ class Membership:
         if p.view_unknown:
             # A successor serves what its predecessor held; when we never heard what that was
             # (we knew it only through others, or not at all), it blocks every take until it
-            # announces a view of its own.
-            owns = frozenset(range(1, buckets + 1))
+            # announces a view of its own (a claim to wait for, no reason to step back).
+            owns, hears_us = frozenset(range(1, buckets + 1)), True
         elif p.state not in (NodeState.ACTIVE, NodeState.RESTARTING) or not p.members:
             pass  # (RESTARTING: its node serves on, frozen, what its latest view gave it)
         elif losing:
