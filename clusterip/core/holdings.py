@@ -165,6 +165,7 @@ class Holdings:
         peers: Mapping[int, PeerStatus],
         alive: Mapping[int, int],
         unsure: frozenset[int] = frozenset(),
+        frozen: bool = False,
     ) -> Settled:
         """Release what is no longer ours; take what may be taken now (see module doc).
 
@@ -172,7 +173,9 @@ class Holdings:
         directly or relayed (node id -> incarnation); `unsure`: peers that drain and whose
         latest announcement of the flows they keep we do not have whole yet: their buckets
         wait for it (for `handoff_time` + KEPT_TTL at most), so that nothing they keep is
-        answered here first.
+        answered here first. `frozen`: a node we only know through others is in a planned
+        restart, and serves on, unknown to us, what it held: buckets that nobody had in our
+        view wait for it to be heard (its successor) or gone.
         """
         lost: dict[int, int | None] = {}
         for b in self._held - self._target:
@@ -237,6 +240,8 @@ class Holdings:
                 # or while we were cut off), which we must not answer.
                 continue
             prev = wait.previous
+            if frozen and prev == NOBODY:
+                continue
             unheard = prev not in (NOBODY, self.node_id) and prev in alive and prev not in peers
             if unheard and now < wait.since + self.handoff_time:
                 continue  # a live owner we cannot hear: time to see the new view and release

@@ -310,7 +310,7 @@ class Membership:
         ]
         members += [
             MemberInfo(n, inc, "", NodeState.ACTIVE, w, heard, False, n in self._assigned, via)
-            for n, (inc, w, via, heard, _lag) in sorted(self._table.relayed.items())
+            for n, (inc, w, via, heard, _lag, _frozen) in sorted(self._table.relayed.items())
         ]
         return View(
             node_id=self.node_id,
@@ -586,7 +586,9 @@ class Membership:
         owns: frozenset[int] = frozenset()
         view: tuple[tuple[int, int], ...] = ()
         digest = None
-        hears_us = p.acks_us or p.continuing  # (a successor: the node heard us before)
+        # Deaf to us only if it acked this incarnation of ours before and no longer does (not
+        # yet having acked a new one is no deafness; a successor's node heard us before).
+        hears_us = p.acks_us or p.continuing or not p.verified
         if p.view_unknown:
             # A successor serves what its predecessor held; when we never heard what that was
             # (we knew it only through others, or not at all), it blocks every take until it
@@ -632,7 +634,8 @@ class Membership:
         unsure = frozenset(
             n for n, p in t.peers.items() if p.draining and p.kept_known < p.kept_said
         )
-        settled = self._holdings.settle(now, peers, alive, unsure)
+        frozen = any(r.frozen for r in t.relayed.values())
+        settled = self._holdings.settle(now, peers, alive, unsure, frozen)
         if settled.change is not None:
             drain = self._state in (NodeState.ACTIVE, NodeState.DRAINING)
             self._events.append(replace(settled.change, drain=drain))

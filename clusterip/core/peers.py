@@ -66,6 +66,7 @@ class Relayed(NamedTuple):
     via: int  # the peer whose heartbeat relays it
     heard: float  # when that peer last heard it (as of the relaying heartbeat)
     lag: float  # heard = the via peer's relayed_at - lag (later heartbeats move it on)
+    frozen: bool = False  # in a planned restart: its node serves on what it held, unknown here
 
 
 @dataclass
@@ -442,7 +443,8 @@ class PeerTable:
                     continue
                 best = relayed.get(n)
                 if best is None or (a.incarnation, heard) > (best.incarnation, best.heard):
-                    relayed[n] = Relayed(a.incarnation, a.weight, p.node_id, heard, lag)
+                    frozen = a.state == NodeState.RESTARTING
+                    relayed[n] = Relayed(a.incarnation, a.weight, p.node_id, heard, lag, frozen)
         self.relayed = relayed
 
     def relay_expiries(self) -> list[float]:

@@ -338,3 +338,17 @@ def test_a_peer_that_turned_active_without_a_view_yet_makes_takes_wait() -> None
     h = joined_3(now=1.0)
     change = h.settle(1.0, {**forming, 4: PeerStatus(40, frozenset(), True, True)}, alive).change
     assert change is not None and h.held == moved_to_3()  # once it has a view: at once
+
+
+def test_a_node_frozen_in_its_restart_that_we_only_know_of_blocks_what_nobody_had() -> None:
+    """We start (nobody had anything in our view) while a node we only know through others
+    is in its planned restart: its datapath serves on what it held, which we cannot know.
+    What nobody had in our view waits (until it is heard, or gone); what a node we hear had
+    follows that node's claims as usual."""
+    h = Holdings(3, B, handoff_time=H)
+    h.reassign(V2, {}, 0.0)
+    peers = {1: peer(10, V2, 1), 2: peer(20, V2, 2)}
+    alive = {1: 10, 2: 20, 4: 40}
+    assert h.settle(10.0, peers, alive, frozen=True).change is None
+    change = h.settle(10.0, peers, alive).change
+    assert change is not None and h.held == moved_to_3()

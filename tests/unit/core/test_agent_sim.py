@@ -500,6 +500,14 @@ REGRESSIONS = [
                   (0.5908, "restart", 5, 56569), (0.6586, "crash", 9, 30517),
                   (1.1115, "crash", 6, 31876), (1.3187, "start", 8, 30210),
                   (1.3586, "leave", 7, 36598), (1.3762, "start", 8, 52806)), 1975531208),
+    # a node we only know by relay, frozen in its planned restart, holds what nobody had
+    _s(8, set(), ((0.4817, "flap", 3, 18310), (0.8074, "planned", 3, 16406),
+                  (0.8626, "planned", 1, 39107), (0.983, "restart", 2, 14278)), 54820465),
+    # peers that have not acked a successor yet are not deaf to it: no step back
+    _s(12, {9, 10, 4, 6}, ((0.0373, "start", 12, 61317), (0.1508, "planned", 3, 57272),
+                           (0.2359, "leave", 11, 48226), (0.4851, "leave", 3, 33263),
+                           (0.577, "flap", 6, 56134), (0.8019, "start", 6, 35877),
+                           (1.1266, "planned", 7, 7484), (1.44, "planned", 4, 20480)), 171808810),
 ]  # fmt: skip
 
 
@@ -518,6 +526,8 @@ REGRESSIONS = [
 @example(REGRESSIONS[11])
 @example(REGRESSIONS[12])
 @example(REGRESSIONS[13])
+@example(REGRESSIONS[14])
+@example(REGRESSIONS[15])
 @given(scenarios(3, 12, NODE_ACTIONS, 8))
 def test_healthy_network_moves_are_invisible_to_clients(s: Scenario) -> None:
     """No loss, no partition, sub-millisecond delays: joins, leaves, crashes, planned restarts
