@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from operator import attrgetter
 from typing import Any
 
 from clusterip.core import defaults
@@ -60,6 +61,7 @@ from clusterip.core.wire import (
 EARLY_GAP = defaults.EARLY_GAP
 AGE_MAX_MS = 0xFFFF
 EPS = 1e-6  # a threshold "reached" at a float deadline must hold when woken for it
+_LAST_HEARD = attrgetter("last_heard")
 
 
 class Membership:
@@ -126,6 +128,8 @@ class Membership:
             self._state, self._reason = NodeState.RESTARTING, "continuing its predecessor"
             self._table.served = True
         self._others: dict[int, int] = {}  # counted members but us: node id -> weight
+        self._counted: dict[int, None] = {}  # (counted_peers, cached)
+        self._counted_set: frozenset[int] = frozenset()
         self._hold_until: float | None = None
         self._back_until = -math.inf  # back from isolation: listening until (inf: cut off)
         self._reach: frozenset[int] = frozenset({node_id})  # as of the latest full tick
@@ -279,8 +283,12 @@ class Membership:
 
     @property
     def counted_peers(self) -> frozenset[int]:
-        """The other members buckets are assigned to (as of the last full tick)."""
-        return frozenset(self._others)
+        """The other members buckets are assigned to (as of the last full tick; the same
+        object while they do not change)."""
+        if self._counted.keys() != self._others.keys():
+            self._counted = {n: None for n in self._others}
+            self._counted_set = frozenset(self._others)
+        return self._counted_set
 
     def owned_buckets(self) -> frozenset[int]:
         """Buckets (1-based) this node accepts new connections for (as of the last `tick`)."""
@@ -507,7 +515,7 @@ class Membership:
         """Counted peers heard directly, the longest silent first."""
         peers = self._table.peers
         quiet = [peers[n] for n in self._others if n in peers]
-        return sorted((p for p in quiet if p.restart_until is None), key=lambda p: p.last_heard)
+        return sorted((p for p in quiet if p.restart_until is None), key=_LAST_HEARD)
 
     def _quiet_threshold(self) -> float | None:
         """The first time `_losing_quorum` can turn true: peers turn quiet in the order they

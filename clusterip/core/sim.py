@@ -58,6 +58,9 @@ class SimNode:
     tcp: dict[Client, int] = field(default_factory=dict)  # its service's flows -> bucket
     udp: set[Client] = field(default_factory=set)  # UDP flows it answered
     wake: float = math.inf
+    counted: frozenset[int] = frozenset()  # its agent's members, as last seen
+    covered_for: tuple[object, object] = (None, None)  # (datapath, client buckets) of:
+    covered: list[int] = field(default_factory=list)  # client buckets it owns or drains
     events: list[tuple[float, Event]] = field(default_factory=list)
 
     @property
@@ -107,6 +110,7 @@ class Simulation:
         self._incarnation_of: dict[int, int] = {}
         self._stale = True  # some datapath or client changed since the last check
         self._holders: tuple[object, ...] = ()  # as of the last bucket check
+        self._wanted: frozenset[int] = frozenset()  # buckets with clients, as of the last check
         self._abandoned: set[Client] = set()  # flows whose node stopped serving (isolated)
         self._orphaned_at: dict[Client, float] = {}  # flows of an agent that died, if restarted
         self._met: dict[tuple[int, int], set[tuple[int, int]]] = {}  # (node, inc) -> counted
@@ -372,9 +376,11 @@ class Simulation:
         for e in step.events:
             if isinstance(e, PeerDown):
                 self._down.setdefault((node.node_id, e.node_id, e.incarnation), now)
-        met = self._met.setdefault((node.node_id, self._inc(node)), set())
-        for n in v.membership.counted_peers:
-            met.add((n, self._incarnation_of.get(n, 0)))
+        counted = v.membership.counted_peers
+        if counted is not node.counted:  # (the same object while it does not change)
+            node.counted = counted
+            met = self._met.setdefault((node.node_id, self._inc(node)), set())
+            met.update((n, self._incarnation_of.get(n, 0)) for n in counted)
         if v.wants_flows_now:  # what the reactor does: count, then step again
             node.datapath = step.ownership
             self._stale = True
@@ -415,11 +421,16 @@ class Simulation:
         self._check_buckets(live)
         # A packet is dropped by every node that neither owns nor drains its bucket: only
         # those that do are asked.
-        wanted = {*self._clients_tcp.values(), *self._clients_udp.values()}
+        wanted = frozenset({*self._clients_tcp.values(), *self._clients_udp.values()})
+        if wanted != self._wanted:
+            self._wanted = wanted  # (kept while equal: the per-node caches key on it)
         by_bucket: dict[int, list[SimNode]] = {}
         for n in live:
             if n.datapath is not None:
-                for b in wanted & _covered(n.datapath):
+                if n.covered_for[0] is not n.datapath or n.covered_for[1] is not self._wanted:
+                    n.covered_for = (n.datapath, self._wanted)
+                    n.covered = sorted(self._wanted & _covered(n.datapath))
+                for b in n.covered:
                     by_bucket.setdefault(b, []).append(n)
         owners = {c: n for n in self.nodes.values() for c in n.tcp}
         for client, bucket in list(self._clients_tcp.items()):

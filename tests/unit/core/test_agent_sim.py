@@ -160,7 +160,7 @@ def test_link_flap_isolates_the_cut_node_and_heals_without_double_answers() -> N
     assert sim.flows_of(1) + sim.flows_of(2) >= untouched
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=6, deadline=None, derandomize=True)
 @given(
     st.sampled_from([(3, (1,)), (4, (1,)), (4, (1, 2)), (4, (3, 4)), (5, (4, 5))]),
     st.booleans(),
@@ -433,8 +433,13 @@ def heal_and_settle(sim: Simulation, params: Params = SMALL) -> None:
     for node in sim.nodes.values():
         if not node.link:
             sim.set_link(node.node_id, True)
+    # Bounded by what the slowest way back takes (a restart's grace, the isolation limit of
+    # survivors left without quorum); done once converged and still so a settling time later.
     end = CHAOS + 0.08 + 5.0 + params.isolation_limit + settle(params)
-    sim.run_until(end)
+    sim.run_until(min(end, sim.clock.now() + settle(params)))
+    while sim.clock.now() < end and sim.problems():
+        sim.run_for(0.25)
+    sim.run_until(min(end, sim.clock.now() + settle(params)))
 
 
 def _s(
@@ -511,7 +516,7 @@ REGRESSIONS = [
 ]  # fmt: skip
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=12, deadline=None, derandomize=True)
 @example(REGRESSIONS[0])
 @example(REGRESSIONS[1])
 @example(REGRESSIONS[2])
@@ -539,7 +544,7 @@ def test_healthy_network_moves_are_invisible_to_clients(s: Scenario) -> None:
     assert sim.violations == []
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10, deadline=None, derandomize=True)
 @given(scenarios(3, 16, NODE_ACTIONS + NET_ACTIONS, 10))
 def test_converges_after_chaos(s: Scenario) -> None:
     """With loss, delay, partitions and one-way cuts too: once the network heals, every bucket
@@ -552,7 +557,7 @@ def test_converges_after_chaos(s: Scenario) -> None:
     assert tcp_breaks == []
 
 
-@settings(max_examples=2, deadline=None)
+@settings(max_examples=2, deadline=None, derandomize=True)
 @given(scenarios(33, 64, NODE_ACTIONS + NET_ACTIONS, 6))
 def test_converges_after_chaos_large(s: Scenario) -> None:
     sim = play(s)
