@@ -282,6 +282,11 @@ class Membership:
         return self._weight
 
     @property
+    def member_count(self) -> int:
+        """How many members (this node included) the buckets are assigned to."""
+        return len(self._assigned)
+
+    @property
     def counted_peers(self) -> frozenset[int]:
         """The other members buckets are assigned to (as of the last full tick; the same
         object while they do not change)."""

@@ -332,6 +332,17 @@ class VipNode:
             "failovers": list(self.failovers),
         }
 
+    def summary(self) -> dict[str, Any]:
+        """The figures metrics export every second, without building the whole status."""
+        m = self.membership
+        return {
+            "owned_count": len(self._own.owned),
+            "draining_count": len(self._own.draining),
+            "members": m.member_count,
+            "state": m.state.name.lower(),
+            "rejected": m.stats.as_dict(),
+        }
+
     def _guard_until(self, now: float) -> float | None:
         """The latest time a guard window may end (None: no bucket guarded), relative to now
         (seconds from now), for status."""

@@ -371,3 +371,16 @@ def test_a_successor_without_carrier_gives_up_what_it_continued_at_once() -> Non
     node.set_carrier(False, 10.01)
     assert node.step(10.01).ownership.owned == frozenset()
     assert node.membership.state == NodeState.ISOLATED
+
+
+def test_the_summary_for_metrics_agrees_with_the_status() -> None:
+    rig = Rig([1, 2, 3])
+    rig.run_until(READY)
+    node = rig.nodes[1]
+    now = rig.clock.now()
+    status, summary = node.status(now), node.summary()
+    assert summary["owned_count"] == status["owned_count"] > 0
+    assert summary["draining_count"] == len(status["draining"])
+    assert summary["members"] == len(status["share"]) == 3
+    assert summary["state"] == status["state"] == "active"
+    assert summary["rejected"] == status["rejected"]
