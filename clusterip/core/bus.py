@@ -83,6 +83,8 @@ class MemoryNetwork:
         self._arrived: dict[str, deque[tuple[bytes, str]]] = {}
         self._group: dict[str, int] = {}
         self._cut: set[tuple[str, str]] = set()  # (from, to) pairs that lose everything
+        self.topology = 0  # grows whenever who hears whom changes (partition, heal, cut)
+        self.faulty = False  # there was loss, a partition or a cut at some point
         self._order = 0
         self.set_loss(loss)
         self.set_delay(*delay)
@@ -91,6 +93,7 @@ class MemoryNetwork:
         if not 0.0 <= loss <= 1.0:
             raise ValueError("loss must be a probability")
         self.loss = loss
+        self.faulty = self.faulty or loss > 0
 
     def set_delay(self, low: float, high: float) -> None:
         if not 0.0 <= low <= high:
@@ -110,17 +113,22 @@ class MemoryNetwork:
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Only addresses in the same group hear each other; unlisted ones form one more group."""
         self._group = {addr: i for i, group in enumerate(groups) for addr in group}
+        self.topology += 1
+        self.faulty = True
 
     def heal(self) -> None:
         self._group = {}
         self._cut = set()
+        self.topology += 1
 
     def cut(self, src: str, dst: str, *, on: bool = True) -> None:
         """Lose everything `src` sends to `dst` (one way), or stop losing it."""
         if on:
             self._cut.add((src, dst))
+            self.faulty = True
         else:
             self._cut.discard((src, dst))
+        self.topology += 1
 
     def connected(self, a: str, b: str) -> bool:
         """Whether `b` hears `a` (and, for a partition, the other way round)."""

@@ -27,6 +27,7 @@ REALTIME = 10  # SCHED_RR priority of the agent (keepalived's vrrp_rt_priority);
 LISTEN = None  # startup listen period; None: one detection time
 HOLD_DOWN_FRACTION = 0.2  # a changed member set is gathered this x interval before it counts
 EARLY_GAP = 0.2  # an extra heartbeat (answer to a HELLO, new view) waits this x interval
+COALESCE_FRACTION = 0.1  # received changes within this x interval of the last are taken together
 ISOLATION_LIMIT = 10.0  # cut off this long with carrier: the others are gone, serve alone
 FOREIGN_WAIT = 3.0  # a new node that hears only messages it cannot accept waits this long
 ORPHAN_RESET_DELAY = 0.2  # flows of a dead node's buckets get their RST this long after

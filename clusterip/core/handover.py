@@ -31,6 +31,7 @@ ORPHAN_RESET_DELAY = defaults.ORPHAN_RESET_DELAY
 GUARD_TIME = 10.0  # a gained bucket stays guarded at least this long
 AFTER_DEATH = defaults.AFTER_DEATH
 EPS = 1e-6  # timers are floats: a deadline met "exactly" must count as met
+GONE = (0, 0)  # an orphan's cause: its previous owner is gone for good (left, or nobody)
 
 
 @dataclass
@@ -40,8 +41,10 @@ class Handover:
     drain_window: float  # drain timeout + detection time
     drain: bool = True  # keep established flows of lost buckets (False: the naive move)
     draining: dict[int, float] = field(default_factory=dict)  # bucket -> since
-    orphaned: dict[int, float] = field(default_factory=dict)  # bucket -> taken at
-    orphaned_by: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (node, inc)
+    orphaned: dict[int, float] = field(default_factory=dict)  # bucket -> its latest cause since
+    # bucket -> why: the deaths (node, incarnation) whose flows may be there, GONE when its
+    # previous owner is gone for good. A cause that turns out alive is dropped (peer_up).
+    orphaned_by: dict[int, set[tuple[int, int]]] = field(default_factory=dict)
     guarded: dict[int, float] = field(default_factory=dict)  # bucket -> gained at
     orphaned_at: float = -1e18  # when buckets were last added to `orphaned`
     death: tuple[int, int, float] = (0, 0, -1e18)  # the last node that died: (id, inc, when)
@@ -51,29 +54,34 @@ class Handover:
         self.draining = dict.fromkeys(own.draining, now)
         self.guarded = dict.fromkeys(own.guarded, now)
         self.orphaned = dict.fromkeys(own.orphaned, now - ORPHAN_RESET_DELAY)
+        self.orphaned_by = {b: {GONE} for b in own.orphaned}
 
     def peer_up(self, node: int, incarnation: int, now: float) -> None:
         # The same incarnation back (it was only silent for a while): its draining flows are
         # alive, so the buckets it handed us must not reset them after all.
-        for b, who in list(self.orphaned_by.items()):
-            if who == (node, incarnation):
+        for b, why in list(self.orphaned_by.items()):
+            why.discard((node, incarnation))
+            if not why:
                 del self.orphaned_by[b]
                 self.orphaned.pop(b, None)
+        if self.death[:2] == (node, incarnation):
+            self.death = (0, 0, -1e18)  # it did not die: what we gain next is no orphan
 
     def continued(self, node: int, old: int, new: int) -> None:
-        for b, who in list(self.orphaned_by.items()):
-            if who == (node, old):
-                self.orphaned_by[b] = (node, new)
+        for why in self.orphaned_by.values():
+            if (node, old) in why:
+                why.discard((node, old))
+                why.add((node, new))
 
     def peer_down(self, node: int, incarnation: int, now: float, owned: frozenset[int]) -> None:
         """A node died: the flows it kept anywhere (it may have been draining a bucket that
         has since moved on, through several owners) have no server now. Every bucket we own
         gets the orphan treatment: a mid-flow packet that is not ours and that no live node
-        announced as kept can only be the dead node's."""
+        announced as kept can only be the dead node's. Its delay starts now, also for buckets
+        orphaned before: the new dead node's flows may be there, and it may only be stalled."""
         for b in owned:
-            if b not in self.orphaned:
-                self.orphaned[b] = now
-                self.orphaned_by[b] = (node, incarnation)
+            self.orphaned[b] = now
+            self.orphaned_by.setdefault(b, set()).add((node, incarnation))
         self.orphaned_at = now
         self.death = (node, incarnation, now)
 
@@ -99,12 +107,13 @@ class Handover:
             self.draining.pop(b, None)
             if b in fresh:
                 self.orphaned.setdefault(b, now)
+                self.orphaned_by.setdefault(b, set()).add(GONE)
                 self.orphaned_at = now
             elif now - died <= AFTER_DEATH and b not in self.orphaned:
                 # The survivors' assignment settles in a few moves after a death: a bucket
                 # that reaches us from a live node may still carry the dead node's flows.
                 self.orphaned[b] = now
-                self.orphaned_by[b] = (node, incarnation)
+                self.orphaned_by[b] = {(node, incarnation)}
                 self.orphaned_at = now
             else:
                 self.guarded[b] = now

@@ -15,7 +15,8 @@ is the one place that converts.
   `handoff_time` first.
 - A held bucket claimed by an active peer that does not hear us is given up: that peer cannot
   know about us and keeps it (with one-way loss in a two-node cluster, the node that is not
-  heard steps back).
+  heard steps back). Its flows are not kept (lost to nobody): the peer takes the bucket as
+  from a dead node and cannot hear what we would announce as kept.
 
 A gained bucket is *orphaned* when its previous owner is gone (dead, left) or there was none:
 its established flows have no server any more. Otherwise it came from a live node, which keeps
@@ -31,6 +32,7 @@ from functools import lru_cache
 from clusterip.core.assign import assign
 from clusterip.core.defaults import KEPT_TTL
 from clusterip.core.events import OwnershipChanged
+from clusterip.core.fingerprint import view_digest
 
 NOBODY = 0  # node ids are 1..255
 
@@ -65,6 +67,11 @@ class PeerStatus:
     hears_us: bool  # its heartbeats ack our incarnation
     verified: bool  # this incarnation has acked ours at least once (not a recording)
     view: tuple[tuple[int, int], ...] = ()  # the member list it announced (empty unless active)
+    digest: bytes | None = None  # view_digest(view), as its heartbeat says (None: compute)
+    forming: bool = False  # no view announced yet, but about to take or hold buckets
+
+    def view_id(self) -> bytes:
+        return self.digest if self.digest is not None else view_digest(dict(self.view))
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class Holdings:
         self.buckets = buckets
         self.handoff_time = handoff_time
         self._members: Mapping[int, int] = {}
+        self._digest = view_digest({})
         self._target: frozenset[int] = frozenset()
         self._held: frozenset[int] = frozenset()  # replaced, never mutated
         self._pending: dict[int, _Pending] = {}
@@ -98,6 +106,11 @@ class Holdings:
     @property
     def held(self) -> frozenset[int]:
         return self._held
+
+    @property
+    def target(self) -> frozenset[int]:
+        """What this node should hold (its share of the view, or what it adopted)."""
+        return self._target
 
     @property
     def pending(self) -> frozenset[int]:
@@ -109,7 +122,10 @@ class Holdings:
         return bool(self._pending)
 
     def deadlines(self) -> list[float]:
-        return [w.since + self.handoff_time for w in self._pending.values()]
+        """When a pending bucket's waits end: the handoff time, and the longer wait for a
+        draining peer's announcement of what it keeps (`settle`'s `unsure`)."""
+        times = [w.since + self.handoff_time for w in self._pending.values()]
+        return times + [t + KEPT_TTL for t in times]
 
     def adopt(self, held: frozenset[int]) -> None:
         """Continue a predecessor (planned restart): hold what it held, as it held it."""
@@ -126,6 +142,7 @@ class Holdings:
         previous members, as they were then."""
         previous = self._members
         self._members = dict(members)
+        self._digest = view_digest(self._members)
         me = self.node_id
         self._target = claims(members, self.buckets, me) if me in members else frozenset()
         for b in [b for b in self._pending if b not in self._target]:
@@ -148,6 +165,7 @@ class Holdings:
         peers: Mapping[int, PeerStatus],
         alive: Mapping[int, int],
         unsure: frozenset[int] = frozenset(),
+        frozen: bool = False,
     ) -> Settled:
         """Release what is no longer ours; take what may be taken now (see module doc).
 
@@ -155,46 +173,74 @@ class Holdings:
         directly or relayed (node id -> incarnation); `unsure`: peers that drain and whose
         latest announcement of the flows they keep we do not have whole yet: their buckets
         wait for it (for `handoff_time` + KEPT_TTL at most), so that nothing they keep is
-        answered here first.
+        answered here first. `frozen`: a node we only know through others is in a planned
+        restart, and serves on, unknown to us, what it held: buckets that nobody had in our
+        view wait for it to be heard (its successor) or gone.
         """
         lost: dict[int, int | None] = {}
         for b in self._held - self._target:
             owner = owner_of(self._members, self.buckets, b) if self._members else NOBODY
-            lost[b] = owner or None
+            # A new owner that cannot hear us cannot hear what we keep either (step back below)
+            deaf = owner in peers and not peers[owner].hears_us
+            lost[b] = None if owner == NOBODY or deaf else owner
         for node, peer in peers.items():
             if peer.verified and not peer.hears_us and peer.claims:
                 for b in (self._held - lost.keys()) & peer.claims:
-                    lost[b] = node  # it cannot hear us, so it keeps it: we step back,
-                    self._pending[b] = _Pending(node, peer.incarnation, now)  # until it lets go
+                    # It cannot hear us, so it keeps it: we step back until it lets go. It
+                    # takes it as from a dead node (our flows are orphans there, and what we
+                    # would announce as kept never reaches it): nobody to keep flows for.
+                    lost[b] = None
+                    self._pending[b] = _Pending(node, peer.incarnation, now)
         if lost:
             self._held = self._held - frozenset(lost)
         gained: dict[int, int | None] = {}
         orphaned: set[int] = set()
         overdue: dict[int, int] = {}
-        claimed = [(n, p.claims) for n, p in peers.items() if p.claims and p.verified]
+        claimed: list[tuple[int, frozenset[int]]] = []
         # Views that differ from ours: while one gives a bucket to another live node, that node
         # may be taking it right now under that view (two gainers, neither has announced yet).
         elsewhere: list[tuple[int, ...]] = []
+        forming = False
         if self._pending:
-            mine = tuple(sorted(self._members.items()))
-            views = {p.view for p in peers.values() if p.verified and p.view and p.view != mine}
-            elsewhere = [_owners(v, self.buckets) for v in views]
+            forming = any(p.forming for p in peers.values())  # (bounded: no proof needed)
+            claimed = [(n, p.claims) for n, p in peers.items() if p.claims and p.verified]
+            views = {
+                d: p.view
+                for p in peers.values()
+                if p.verified and p.view and (d := p.view_id()) != self._digest
+            }
+            elsewhere = [_owners(v, self.buckets) for v in views.values()]
         for b, wait in list(self._pending.items()):
             if b in lost:
                 continue
             blockers = [n for n, c in claimed if b in c]
+            if blockers and wait.previous not in blockers:
+                # Our previous view says another node (or nobody) had it, but this live peer
+                # holds it now: it is the owner we take it from (it keeps its flows).
+                n = blockers[0]
+                self._pending[b] = wait = _Pending(n, peers[n].incarnation, wait.since)
             if blockers:
                 if now >= wait.since + self.handoff_time:
                     for n in blockers:
                         overdue[n] = overdue.get(n, 0) + 1
                 continue
-            if now < wait.since + self.handoff_time and any(
-                owners[b - 1] not in (NOBODY, self.node_id) and owners[b - 1] in alive
-                for owners in elsewhere
+            if now < wait.since + self.handoff_time and (
+                forming
+                or any(
+                    owners[b - 1] not in (NOBODY, self.node_id) and owners[b - 1] in alive
+                    for owners in elsewhere
+                )
             ):
-                continue  # views still differ: wait for them to agree (at most handoff_time)
+                # Views still differ (or a peer's is not known yet: it turned active and takes
+                # its share in a moment): wait for them to agree (at most handoff_time).
+                continue
+            if unsure and now < wait.since + self.handoff_time + KEPT_TTL:
+                # A peer drains and we lack its latest announcement of what it keeps: it may
+                # keep flows of this bucket (it may have had it before the owner we know of,
+                # or while we were cut off), which we must not answer.
+                continue
             prev = wait.previous
-            if prev in unsure and now < wait.since + self.handoff_time + KEPT_TTL:
+            if frozen and prev == NOBODY:
                 continue
             unheard = prev not in (NOBODY, self.node_id) and prev in alive and prev not in peers
             if unheard and now < wait.since + self.handoff_time:

@@ -24,6 +24,7 @@ REFRESH = defaults.KEPT_REFRESH
 KEPT_TTL = defaults.KEPT_TTL
 
 KeptFlow = tuple[str, int]  # client address, client port
+ADOPTED = 0  # node ids are 1..255: the flows a predecessor's datapath kept, by whoever
 Flow = tuple[str, int, int]  # client address, client port, bucket (1-based)
 
 
@@ -52,6 +53,13 @@ class KeptBook:
             self.complete[msg.node_id] = announcement
             return announcement
         return None
+
+    def adopt(self, flows: frozenset[KeptFlow], now: float) -> None:
+        """What a predecessor's datapath dropped as kept by others (planned restart): kept as
+        an announcement of its own (node 0) until it expires, by when the nodes that keep them
+        have announced them again (every KEPT_REFRESH) if they still do."""
+        if flows:
+            self.parts[ADOPTED] = {0: (frozenset(flows), now)}
 
     def forget(self, node: int) -> None:
         self.parts.pop(node, None)

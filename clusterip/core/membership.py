@@ -26,7 +26,8 @@ Rules (the why is in the docs of each piece):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from operator import attrgetter
 from typing import Any
 
 from clusterip.core import defaults
@@ -36,71 +37,31 @@ from clusterip.core.events import (
     MemberInfo,
     Notice,
     PeerContinued,
-    PeerDown,
-    PeerUp,
     StateChanged,
     View,
 )
-from clusterip.core.fingerprint import differences, view_digest
+from clusterip.core.fingerprint import view_digest
 from clusterip.core.holdings import Holdings, PeerStatus, claims
 from clusterip.core.params import Cluster, Params
+from clusterip.core.peers import Peer, PeerTable
 from clusterip.core.quorum import Quorum
 from clusterip.core.refusals import Refusals
-from clusterip.core.replay import Freshness, ReplayGuard
 from clusterip.core.wire import (
     FLAG_DRAINING,
     MAX_NODE_ID,
     Ack,
-    BadMac,
-    DuplicateNodeId,
-    ForeignFingerprint,
     Heartbeat,
     Hello,
     Leave,
-    Malformed,
     Message,
-    MsgType,
     NodeState,
-    Rejected,
     Restart,
-    authenticate,
-    config_fields,
-    decode,
-    peek,
 )
 
 EARLY_GAP = defaults.EARLY_GAP
 AGE_MAX_MS = 0xFFFF
-
-
-@dataclass
-class _Peer:
-    node_id: int
-    incarnation: int
-    address: str
-    state: NodeState
-    weight: int
-    interval: float
-    dead_after: float
-    last_heard: float
-    verified: bool = False  # this incarnation acked ours at least once
-    acks_us: bool = False  # its latest heartbeat acks ours
-    our_age: float = 0.0  # how long ago it last heard us, as its latest heartbeat says
-    draining: bool = False  # it keeps flows of buckets it handed over
-    members: tuple[tuple[int, int], ...] = ()
-    relays: tuple[Ack, ...] = ()  # whom it counts by direct contact
-    relayed_at: float = 0.0  # when those relays were received
-    raw: bytes = b""  # header fields and body of its latest heartbeat: the fast path
-    restart_until: float | None = None  # announced a planned restart: kept until then
-    continuing: bool = False  # a successor that has not acked us yet
-    kept_place: bool = False  # counted when it announced its restart
-    kept_said: int = 0  # the latest KEPT announcement its heartbeat names
-    kept_known: int = 0  # the latest we have whole
-
-    def fresh(self, now: float) -> bool:
-        if self.restart_until is not None:
-            return now < self.restart_until
-        return now < self.last_heard + self.dead_after
+EPS = 1e-6  # a threshold "reached" at a float deadline must hold when woken for it
+_LAST_HEARD = attrgetter("last_heard")
 
 
 class Membership:
@@ -132,7 +93,6 @@ class Membership:
         self._previous = previous if adopted is not None else 0
         self._resuming = adopted is not None  # holding the predecessor's buckets as they were
         self._continues = adopted is not None  # a successor: no listen period
-        self._guard = ReplayGuard(forget_after=p.forget_after)
         self._refusals = Refusals(
             dead_after=p.dead_after,
             tolerance=p.tolerance,
@@ -140,12 +100,15 @@ class Membership:
             key_id=cluster.key_id,
         )
         self.stats = self._refusals.stats
+        self._table = PeerTable(
+            node_id=node_id,
+            incarnation=incarnation,
+            cluster=cluster,
+            params=p,
+            refusals=self._refusals,
+            previous=self._previous,
+        )
         self._quorum = Quorum(node_id, settle=p.dead_after)
-        self._peers: dict[int, _Peer] = {}
-        self._relayed: dict[int, tuple[int, int, int, float]] = {}  # -> inc, weight, via, heard
-        self._gone: dict[int, int] = {}  # node -> incarnation that left or timed out
-        self._alive: dict[int, int] = {}  # node -> incarnation: heard directly or relayed
-        self._silent: dict[int, str] = {}  # expired here, maybe still relayed: why
         self._events: list[Event] = []
         self._seq = 0
         self._hello_sent = False
@@ -154,7 +117,6 @@ class Membership:
         self._leaving = False
         self._suspended = False
         self._draining = False
-        self._served = False
         self._state = NodeState.STARTING
         self._reason = "starting"
         self._assigned: dict[int, int] = {}
@@ -164,163 +126,28 @@ class Membership:
         if adopted is not None:
             self._holdings.adopt(adopted)
             self._state, self._reason = NodeState.RESTARTING, "continuing its predecessor"
-            self._served = True
+            self._table.served = True
         self._others: dict[int, int] = {}  # counted members but us: node id -> weight
+        self._counted: dict[int, None] = {}  # (counted_peers, cached)
+        self._counted_set: frozenset[int] = frozenset()
         self._hold_until: float | None = None
-        self._next_expiry = math.inf
+        self._back_until = -math.inf  # back from isolation: listening until (inf: cut off)
+        self._reach: frozenset[int] = frozenset({node_id})  # as of the latest full tick
+        self._quiet_at: float | None = None  # when quiet peers would cost quorum (ditto)
         self._dirty = True
         self._next_check = now
+        self._last_full = -math.inf  # the latest full tick
 
     # ----- inputs -------------------------------------------------------------------------
 
     def receive(self, data: bytes, src: str, now: float) -> Message | None:
-        """A datagram from the cluster interface: authenticate, check, take it in. Returns the
-        authenticated message (KEPT is for the caller) or None if it was refused or ignored."""
-        try:
-            header = peek(data)
-        except Malformed as exc:
-            self._refuse(exc, src, now)
-            return None
-        if header.vip != self.cluster.vip:
-            return None  # another VIP's cluster on the same group: not for us, not an error
-        if header.type == MsgType.CONFIG and header.fingerprint != self.cluster.fingerprint:
-            self._config(data, src, header.node_id)
-            return None
-        try:
-            authenticate(data, self.cluster.key, header)
-        except BadMac as exc:
-            self._refuse(exc, src, now)
-            return None
-        if header.fingerprint != self.cluster.fingerprint:
-            ours = self.cluster.fingerprint.hex()
-            why = f"cluster fingerprint {header.fingerprint.hex()}, ours {ours}"
-            self._refuse(ForeignFingerprint(why, header), src, now)
-            return None
-        if header.node_id == self.node_id:
-            if header.incarnation != self.incarnation:
-                self._same_id(header.incarnation, src, header.interval_ms, now)
-            return None
-        try:
-            fresh = self._guard.admit(header.node_id, header.incarnation, header.seq, now)
-        except Rejected as exc:
-            exc.header = header
-            self._refuse(exc, src, now)
-            return None
-        peer = self._peers.get(header.node_id)
-        if (
-            peer is not None
-            and header.type == MsgType.HEARTBEAT
-            and fresh is Freshness.NEXT
-            and peer.incarnation == header.incarnation
-            and peer.restart_until is None
-            and data[6 : 6 + 8] + data[64:-32] == peer.raw  # state, flags, ids..., and body
-        ):
-            peer.last_heard, peer.address = now, src  # nothing new: the common case
-            if peer.relays:
-                peer.relayed_at = now
-            return None
-        try:
-            msg = decode(header, data)
-        except Malformed as exc:
-            self._refuse(exc, src, now)
-            return None
-        if fresh is not Freshness.LATE:
-            self._take(msg, src, now, data[6:14] + data[64:-32])
-        return msg
-
-    def _take(self, msg: Message, src: str, now: float, raw: bytes) -> None:
-        peer = self._peers.get(msg.node_id)
-        if isinstance(msg, Leave):
-            if peer is not None and peer.incarnation == msg.incarnation:
-                self._drop(peer, "leave")
-            self._quorum.left(msg.node_id)
-            return
-        if isinstance(msg, Restart):
-            if peer is not None and peer.incarnation == msg.incarnation:
-                peer.kept_place = peer.node_id in self._assigned
-                peer.state = NodeState.RESTARTING
-                peer.restart_until = now + msg.grace_ms / 1000 + peer.dead_after
-                self._dirty = True
-            return
-        if not isinstance(msg, Heartbeat):
-            return
-        if peer is not None and peer.incarnation != msg.incarnation:
-            if (
-                msg.incarnation > peer.incarnation
-                and msg.previous == peer.incarnation
-                and peer.restart_until is not None
-            ):
-                self._events.append(PeerContinued(peer.node_id, peer.incarnation, msg.incarnation))
-                self._holdings.continued(peer.node_id, peer.incarnation, msg.incarnation)
-                self._incs[peer.node_id] = msg.incarnation
-                if peer.node_id in self._alive:
-                    self._alive[peer.node_id] = msg.incarnation  # the same node, continued
-                peer.incarnation, peer.verified, peer.continuing = msg.incarnation, False, True
-                peer.restart_until = None
-            else:
-                self._drop(peer, "restarted")
-                peer = None
-        acks_us = msg.acked(self.node_id) == self.incarnation
-        our_age = next((a.age_ms for a in msg.acks if a.node_id == self.node_id), 0) / 1000
-        dead_after = msg.interval_ms / 1000 * self.params.tolerance
-        relays = tuple(a for a in msg.acks if a.member)
-        if peer is None:
-            peer = _Peer(
-                msg.node_id,
-                msg.incarnation,
-                src,
-                msg.state,
-                msg.weight,
-                msg.interval_ms / 1000,
-                dead_after,
-                now,
-            )
-            self._peers[msg.node_id] = peer
-            self._gone.pop(msg.node_id, None)
-            self._events.append(PeerUp(msg.node_id, msg.incarnation, src))
-        peer.state, peer.weight, peer.address, peer.last_heard = msg.state, msg.weight, src, now
-        peer.interval, peer.dead_after = msg.interval_ms / 1000, dead_after
-        peer.acks_us, peer.verified = acks_us, peer.verified or acks_us
-        peer.our_age = our_age
-        if acks_us:
-            peer.continuing = False
-        peer.draining = bool(msg.flags & FLAG_DRAINING)
-        peer.kept_said = msg.kept
-        peer.members, peer.relays, peer.relayed_at, peer.raw = msg.members, relays, now, raw
-        self._dirty = True
-        if isinstance(msg, Hello):
-            self._send_soon = True  # answer at once, so that it learns about us quickly
-
-    def _drop(self, peer: _Peer, reason: str) -> None:
-        del self._peers[peer.node_id]
-        self._dirty = True
-        if reason in ("leave", "restarted"):  # what others still relay of it is stale
-            self._gone[peer.node_id] = peer.incarnation
-            self._alive.pop(peer.node_id, None)
-            self._events.append(PeerDown(peer.node_id, peer.incarnation, reason))
-        else:
-            # Silent here: it is dead only once nobody relays it either (see _mourn).
-            self._silent[peer.node_id] = reason
-
-    def _mourn(self, now: float) -> None:
-        """PeerDown for every node that was alive (heard directly or relayed) and is not any
-        more: a node we stop hearing while a peer still hears it (one-way loss) is alive."""
-        alive = {n: p.incarnation for n, p in self._peers.items() if p.fresh(now)}
-        for n, (inc, _w, _via, _h) in self._relayed.items():
-            alive.setdefault(n, inc)
-        for n, inc in self._alive.items():
-            if alive.get(n) != inc:
-                why = self._silent.get(n, "timeout")
-                self._events.append(PeerDown(n, inc, why))
-        self._silent = {n: r for n, r in self._silent.items() if n not in alive}
-        self._alive = alive
+        """A datagram from the cluster interface (see clusterip.core.peers): the
+        authenticated message (KEPT is for the caller), or None."""
+        return self._table.receive(data, src, now)
 
     def kept_known(self, node: int, announcement: int) -> None:
         """A peer's KEPT announcement has arrived whole (from the caller's KeptBook)."""
-        peer = self._peers.get(node)
-        if peer is not None and announcement > peer.kept_known:
-            peer.kept_known = announcement
-            self._dirty = True
+        self._table.kept_known(node, announcement)
 
     def set_carrier(self, up: bool, now: float) -> None:
         """The cluster interface gained or lost carrier (from the reactor's link watch)."""
@@ -346,6 +173,7 @@ class Membership:
     def force_quorum(self) -> None:
         """The operator says the members this node cannot reach are gone for good."""
         self._quorum.force(self._reachable())
+        self._back_until = -math.inf  # serve at once, with what it reaches
         self._dirty = True
 
     def leave(self, now: float) -> tuple[list[Event], Leave]:
@@ -402,17 +230,21 @@ class Membership:
         `draining`: this node keeps flows of buckets it handed over."""
         cls = Heartbeat if self._hello_sent else Hello
         unit = max(1, round(self.params.interval * 2000))  # ages in steps of two intervals
+        # A peer that announced a planned restart is vouched for until its grace ends (age 0,
+        # state RESTARTING): a node that does not know it (a successor that started since)
+        # counts it through us, and takes none of what its node still serves.
         acks = tuple(
             Ack(
                 p.node_id,
                 p.incarnation,
                 p.weight,
                 p.state,
-                p.node_id in self._assigned and p.acks_us,
-                min(AGE_MAX_MS, int((now - p.last_heard) * 1000) // unit * unit),
+                p.node_id in self._assigned and (p.acks_us or p.restart_until is not None),
+                0
+                if p.restart_until is not None
+                else min(AGE_MAX_MS, int((now - p.last_heard) * 1000) // unit * unit),
             )
-            for _, p in sorted(self._peers.items())
-            if p.restart_until is None
+            for _, p in sorted(self._table.peers.items())
         )
         msg = cls(
             **self.header_fields(),
@@ -433,6 +265,8 @@ class Membership:
         """When `tick` or `heartbeat` next has something to do (for the I/O loop's sleep)."""
         if self._dirty or self.due(now):
             return now
+        if self._table.changed:
+            return max(now, min(self._next_check, self._last_full + self.params.coalesce_time))
         return min(self._next_check, self._next_send())
 
     @property
@@ -447,17 +281,31 @@ class Membership:
     def weight(self) -> int:
         return self._weight
 
+    @property
+    def member_count(self) -> int:
+        """How many members (this node included) the buckets are assigned to."""
+        return len(self._assigned)
+
+    @property
+    def counted_peers(self) -> frozenset[int]:
+        """The other members buckets are assigned to (as of the last full tick; the same
+        object while they do not change)."""
+        if self._counted.keys() != self._others.keys():
+            self._counted = {n: None for n in self._others}
+            self._counted_set = frozenset(self._others)
+        return self._counted_set
+
     def owned_buckets(self) -> frozenset[int]:
         """Buckets (1-based) this node accepts new connections for (as of the last `tick`)."""
         return self._holdings.held
 
     def peers_draining(self) -> bool:
         """Whether a live peer keeps flows of buckets it handed over."""
-        return any(p.draining for p in self._peers.values())
+        return any(p.draining for p in self._table.peers.values())
 
     def draining_peers(self) -> frozenset[int]:
         """The live peers that keep flows of buckets they handed over."""
-        return frozenset(n for n, p in self._peers.items() if p.draining)
+        return frozenset(n for n, p in self._table.peers.items() if p.draining)
 
     def view(self, now: float) -> View:
         members = [
@@ -471,11 +319,11 @@ class Membership:
                 acks_us=p.acks_us,
                 counted=p.node_id in self._assigned,
             )
-            for _, p in sorted(self._peers.items())
+            for _, p in sorted(self._table.peers.items())
         ]
         members += [
             MemberInfo(n, inc, "", NodeState.ACTIVE, w, heard, False, n in self._assigned, via)
-            for n, (inc, w, via, heard) in sorted(self._relayed.items())
+            for n, (inc, w, via, heard, _lag, _frozen) in sorted(self._table.relayed.items())
         ]
         return View(
             node_id=self.node_id,
@@ -497,60 +345,163 @@ class Membership:
 
     def tick(self, now: float) -> list[Event]:
         """Advance to `now`: expire peers, update state, view and buckets; return the events
-        since the last call (cheap when nothing changed and no deadline passed)."""
-        if self._dirty or now >= self._next_check:
-            self._dirty = False
-            self._expire(now)
-            self._relay(now)
-            self._mourn(now)
-            self._update_state(now)
-            self._update_view(now)
-            self._update_holdings(now)
-            self._next_check = self._earliest_deadline(now)
-        events, self._events = self._events, []
+        since the last call. A full tick runs only when an input changed something or a
+        threshold (`_thresholds`) was crossed since the last one: unchanged heartbeats and
+        timers that turn out early (every heartbeat heard pushes thresholds later) cost a
+        look at the thresholds, no more; that look is also taken before each heartbeat we
+        send, so that timers seldom fire on their own. Received changes that follow a full
+        tick within `coalesce_time` wait for the end of it (a cluster of 64 changing its
+        view sends 63 changed heartbeats within an interval: a few full ticks, not 63);
+        local commands (carrier, weight, drain, leave) never wait."""
+        t = self._table
+        if t.changed and (
+            now >= self._last_full + self.params.coalesce_time or now >= self._next_check
+        ):
+            self._dirty = True  # inputs that arrive in a burst wait a moment, to be taken together
+        elif not (self._dirty or t.changed) and (now >= self._next_check or self.due(now)):
+            times = self._thresholds()
+            if any(self._last_full < x <= now for x in times):
+                self._dirty = True
+            else:
+                self._next_check = min((x for x in times if x > now), default=math.inf)
+        if self._dirty:
+            self._dirty = t.changed = False
+            self._last_full = now
+            self._full_tick(now)
+            times = self._thresholds(tick=True)
+            self._next_check = min((x for x in times if x > now), default=math.inf)
+        events = t.events + self._events  # what arrived, then what the tick made of it
+        self._events, t.events = [], []
         return events
 
-    def _expire(self, now: float) -> None:
-        if now < self._next_expiry:
-            return  # heartbeats only push expiries later: nobody can be due yet
-        for peer in list(self._peers.values()):
-            if not peer.fresh(now):
-                why = "restart timed out" if peer.restart_until is not None else "timeout"
-                self._drop(peer, why)
+    def _full_tick(self, now: float) -> None:
+        t = self._table
+        for event in t.events:
+            if isinstance(event, PeerContinued):
+                self._holdings.continued(event.node_id, event.old, event.new)
+                self._incs[event.node_id] = event.new
+        for node in t.left:
+            self._quorum.left(node)
+        t.left = []
+        if t.hello:
+            t.hello = False
+            self._send_soon = True
+        t.expire(now)
+        t.relay(now)
+        t.mourn(now)
+        self._update_state(now)
+        self._update_view(now)
+        self._update_holdings(now)
+        t.changed = False  # what the tick itself changed in the table is taken in
 
-    def _counted(self, p: _Peer, now: float) -> bool:
-        if not p.fresh(now):
-            return False
-        if p.restart_until is not None:
-            return p.kept_place
-        if p.continuing:
-            return p.weight > 0 and p.state in (NodeState.ACTIVE, NodeState.RESTARTING)
-        return p.verified and p.acks_us and p.state == NodeState.ACTIVE and p.weight > 0
+    def _thresholds(self, tick: bool = False) -> list[float]:
+        """Every time at which a full tick may decide otherwise with no new input: peers and
+        relays expiring, timers of the quorum, refusals, holdings, listening and gathering.
+        Suspects (two intervals silent) count only while a view change waits; quiet peers
+        only at the first instant their silence would cost quorum (`_losing_quorum`)."""
+        p = self.params
+        t = self._table
+        times = [peer.expires for peer in t.peers.values()]
+        t.next_expiry = min(times, default=math.inf)
+        times += t.relay_expiries()
+        if self._hold_until is not None:
+            times += [self._hold_until, self._hold_until + p.dead_after]
+            times += [
+                peer.last_heard + 2 * p.interval + EPS
+                for n, peer in t.peers.items()
+                if n in self._others
+            ]
+        # (Right after a full tick, its figure holds: nobody was heard since.)
+        quiet = self._quiet_at if tick else self._quiet_threshold()
+        if quiet is not None:
+            times.append(quiet)
+        times += self._refusals.deadlines(self._last_full)
+        times += self._holdings.deadlines()
+        base_move = self._quorum.deadline()
+        if base_move is not None:
+            times.append(base_move)
+        if self._quorum.isolated_since is not None:
+            times.append(self._quorum.isolated_since + p.isolation_limit)
+        listen_end = self._started + p.listen_time
+        times += [listen_end, listen_end + defaults.FOREIGN_WAIT, self._back_until]
+        return times
 
-    def _relay(self, now: float) -> None:
-        """Nodes we cannot hear that counted peers hear (one-way loss): inc, weight, via."""
-        relayed: dict[int, tuple[int, int, int, float]] = {}
-        margin = 2 * self.params.interval  # ages come in steps of two intervals
-        dead_after = self.params.dead_after
-        for p in self._peers.values():
-            if not p.relays or not self._counted(p, now):
-                continue
-            for a in p.relays:
-                n = a.node_id
-                if n == self.node_id or a.state != NodeState.ACTIVE or a.weight == 0:
-                    continue
-                direct = self._peers.get(n)
-                if direct is not None and (direct.acks_us or direct.state != NodeState.ACTIVE):
-                    continue  # what we hear ourselves is fresher
-                if self._gone.get(n) == a.incarnation:
-                    continue
-                heard = p.relayed_at - a.age_ms / 1000 - margin
-                if now >= heard + dead_after:
-                    continue
-                best = relayed.get(n)
-                if best is None or (a.incarnation, heard) > (best[0], best[3]):
-                    relayed[n] = (a.incarnation, a.weight, p.node_id, heard)
-        self._relayed = relayed
+    def _update_state(self, now: float) -> None:
+        t = self._table
+        self._others = {n: p.weight for n, p in t.peers.items() if p.counted(now)}
+        for n, r in t.relayed.items():
+            self._others.setdefault(n, r.weight)
+        has_valid_peer = any(p.verified and p.acks_us for p in t.peers.values())
+        listen_end = self._started + self.params.listen_time
+        passive = self._refusals.passive_reason(
+            now,
+            has_valid_peer=has_valid_peer,
+            served=t.served,
+            wait_until=listen_end + defaults.FOREIGN_WAIT,
+            incarnation=self.incarnation,
+        )
+        reach = self._reach = self._reachable()
+        quorum = self._quorum.judge(reach, now)
+        self._quiet_at = self._quiet_threshold()
+        if self._quiet_at is not None and now >= self._quiet_at - EPS:
+            # Counted peers that have been silent for a detection time less two intervals
+            # would, lost, cost quorum: this node is on the cut-off side, and gives up its
+            # share before the majority takes it over (at the full detection time).
+            quorum = False
+        if quorum:
+            self._quorum.isolated_since = None
+        elif self._quorum.give_up_waiting(reach, now, self.params.isolation_limit):
+            quorum = True
+            self._back_until = -math.inf  # it listened all along: what it hears is all there is
+            self._notice(
+                "isolation_limit",
+                now,
+                f"cut off for {self.params.isolation_limit:g} s with carrier: the members it "
+                "cannot reach are taken to be gone; serving with those it reaches",
+            )
+        if self._resuming and (has_valid_peer or now >= listen_end):
+            self._resuming = False
+        if not quorum:
+            self._back_until = math.inf
+        elif self._back_until == math.inf:
+            # Heard again after being cut off: the others may be serving what we had, and
+            # their heartbeats come within an interval; listen as a node that starts does,
+            # and take nothing before (the cut-off side gives up first and comes back last).
+            self._back_until = now + self.params.listen_time
+        if self._leaving:
+            state, why = NodeState.LEAVING, "leaving"
+        elif self._suspended:
+            state, why = NodeState.RESTARTING, "handing over to a successor"
+        elif passive is not None:
+            state, why = NodeState.PASSIVE, passive
+        elif not quorum:
+            state, why = NodeState.ISOLATED, self._isolation_reason()
+        elif now < self._back_until:
+            # Still ISOLATED to the others: cut-off peers that hear us count for quorum.
+            state, why = (
+                NodeState.ISOLATED,
+                "heard again: listening for peers before taking buckets",
+            )
+        elif self._resuming:
+            state, why = NodeState.RESTARTING, "continuing its predecessor"
+        elif now < listen_end and not self._continues:
+            state, why = NodeState.STARTING, "listening for peers before taking buckets"
+        elif self._draining or self._weight == 0:
+            state, why = NodeState.DRAINING, "draining: owns no bucket"
+        else:
+            state, why = NodeState.ACTIVE, "active"
+        if state in (NodeState.ISOLATED, NodeState.PASSIVE, NodeState.LEAVING):
+            self._resuming = False  # a successor cut off gives up what it continued, at once
+        if state == NodeState.ACTIVE:
+            t.served = True
+        if state != self._state:
+            self._events.append(StateChanged(self._state, state, why))
+            level: Level = "warning" if state in (NodeState.PASSIVE, NodeState.ISOLATED) else "info"
+            self._events.append(
+                Notice(level, "state", f"{self._state.name.lower()} -> {state.name.lower()}: {why}")
+            )
+            self._send_soon = True
+        self._state, self._reason = state, why
 
     def _reachable(self) -> frozenset[int]:
         # Quorum is about who we reach, not who serves: cut-off peers that hear us again count,
@@ -561,78 +512,31 @@ class Membership:
         """Isolated peers that hear us: reachable, but not serving (yet)."""
         return frozenset(
             n
-            for n, p in self._peers.items()
+            for n, p in self._table.peers.items()
             if p.state == NodeState.ISOLATED and p.verified and p.acks_us and p.weight > 0
         )
 
-    def _update_state(self, now: float) -> None:
-        self._others = {n: p.weight for n, p in self._peers.items() if self._counted(p, now)}
-        for n, (_inc, w, _via, _h) in self._relayed.items():
-            self._others.setdefault(n, w)
-        has_valid_peer = any(p.verified and p.acks_us for p in self._peers.values())
-        listen_end = self._started + self.params.listen_time
-        passive = self._refusals.passive_reason(
-            now,
-            has_valid_peer=has_valid_peer,
-            served=self._served,
-            wait_until=listen_end + defaults.FOREIGN_WAIT,
-            incarnation=self.incarnation,
-        )
-        reach = self._reachable()
-        quorum = self._quorum.judge(reach, now) and not self._losing_quorum(now)
-        if quorum:
-            self._quorum.isolated_since = None
-        elif self._quorum.give_up_waiting(reach, now, self.params.isolation_limit):
-            quorum = True
-            self._notice(
-                "isolation_limit",
-                now,
-                f"cut off for {self.params.isolation_limit:g} s with carrier: the members it "
-                "cannot reach are taken to be gone; serving with those it reaches",
-            )
-        if self._resuming and (has_valid_peer or now >= listen_end):
-            self._resuming = False
-        if self._leaving:
-            state, why = NodeState.LEAVING, "leaving"
-        elif self._suspended:
-            state, why = NodeState.RESTARTING, "handing over to a successor"
-        elif passive is not None:
-            state, why = NodeState.PASSIVE, passive
-        elif not quorum:
-            state, why = NodeState.ISOLATED, self._isolation_reason()
-        elif self._resuming:
-            state, why = NodeState.RESTARTING, "continuing its predecessor"
-        elif now < listen_end and not self._continues:
-            state, why = NodeState.STARTING, "listening for peers before taking buckets"
-        elif self._draining or self._weight == 0:
-            state, why = NodeState.DRAINING, "draining: owns no bucket"
-        else:
-            state, why = NodeState.ACTIVE, "active"
-        if state == NodeState.ACTIVE:
-            self._served = True
-        if state != self._state:
-            self._events.append(StateChanged(self._state, state, why))
-            level: Level = "warning" if state in (NodeState.PASSIVE, NodeState.ISOLATED) else "info"
-            self._events.append(
-                Notice(level, "state", f"{self._state.name.lower()} -> {state.name.lower()}: {why}")
-            )
-            self._send_soon = True
-        self._state, self._reason = state, why
+    def _quiet_peers(self) -> list[Peer]:
+        """Counted peers heard directly, the longest silent first."""
+        peers = self._table.peers
+        quiet = [peers[n] for n in self._others if n in peers]
+        return sorted((p for p in quiet if p.restart_until is None), key=_LAST_HEARD)
 
-    def _losing_quorum(self, now: float) -> bool:
-        """Counted peers that have been silent for a detection time less two intervals would,
-        lost, cost quorum: this node is on the cut-off side, and gives up its share before
-        the majority takes it over (at the full detection time)."""
-        quiet_since = now - (self.params.dead_after - 2 * self.params.interval)
-        quiet = {
-            n
-            for n, p in self._peers.items()
-            if n in self._others and p.restart_until is None and p.last_heard <= quiet_since
-        }
-        if not quiet:
-            return False
-        relayed_by_quiet = {n for n, (_i, _w, via, _h) in self._relayed.items() if via in quiet}
-        return not self._quorum.judge_only(self._reachable() - quiet - relayed_by_quiet)
+    def _quiet_threshold(self) -> float | None:
+        """The first time `_losing_quorum` can turn true: peers turn quiet in the order they
+        were last heard, so the first prefix of that order whose loss costs quorum says when."""
+        through: dict[int, set[int]] = {}  # peer -> the nodes we count through it
+        for n, r in self._table.relayed.items():
+            through.setdefault(r.via, set()).add(n)
+        order = self._quiet_peers()
+        if not order or not self._quorum.carrier:
+            return None  # nobody to lose (without carrier there is no quorum to lose either)
+        losses = ({p.node_id, *through.get(p.node_id, ())} for p in order)
+        first = self._quorum.first_loss(self._reach, losses)
+        if first is None:
+            return None
+        quiet_for = self.params.dead_after - 2 * self.params.interval
+        return order[first].last_heard + quiet_for + EPS
 
     def _isolation_reason(self) -> str:
         if not self._quorum.carrier:
@@ -648,7 +552,9 @@ class Membership:
         assigned = dict(self._others)
         if self._state in (NodeState.ACTIVE, NodeState.RESTARTING):
             assigned[self.node_id] = self._weight
-        if assigned == self._assigned or self._resuming or self._suspended:
+        # (An adopted holding is a target no view gave: it goes when we are out of the view.)
+        adopted = self.node_id not in assigned and self._holdings.target
+        if (assigned == self._assigned and not adopted) or self._resuming or self._suspended:
             self._hold_until = None
             return
         if self.node_id in assigned:  # gather changes; releasing everything never waits
@@ -657,7 +563,8 @@ class Membership:
             if now < self._hold_until:
                 return
             late = now - 2 * self.params.interval
-            suspects = [n for n, p in self._peers.items() if n in assigned and p.last_heard < late]
+            peers = self._table.peers
+            suspects = [n for n, p in peers.items() if n in assigned and p.last_heard < late]
             lost = set(self._assigned) - set(assigned)
             if lost and self._quorum.must_wait(self._reachable(), suspects):
                 return  # others may be about to go too: if so, we are the one cut off
@@ -669,55 +576,79 @@ class Membership:
         self._hold_until = None
         previous_incs = self._incs
         self._assigned = assigned
+        self._table.assigned = assigned
         self._incs = {n: self._incarnation_of(n) for n in assigned if n != self.node_id}
         self._digest = view_digest(assigned)
         self._holdings.reassign(assigned, previous_incs, now)
         self._send_soon = True  # peers waiting for our release hear about it at once
 
     def _incarnation_of(self, node: int) -> int:
-        peer = self._peers.get(node)
+        peer = self._table.peers.get(node)
         if peer is not None:
             return peer.incarnation
-        relayed = self._relayed.get(node)
-        return relayed[0] if relayed is not None else -1
+        relayed = self._table.relayed.get(node)
+        return relayed.incarnation if relayed is not None else -1
 
-    def _losing_us(self, p: _Peer) -> bool:
+    def _status(self, p: Peer, verified: bool) -> PeerStatus:
+        """What holdings need to know of a peer (cached until that changes)."""
+        losing = self._losing_us(p)
+        key = (verified, losing)  # the rest changes only with a heartbeat, which resets it
+        if p.status is not None and p.status_key == key:
+            return p.status
+        buckets = self.params.buckets
+        owns: frozenset[int] = frozenset()
+        view: tuple[tuple[int, int], ...] = ()
+        digest = None
+        # Deaf to us only if it acked this incarnation of ours before and no longer does (not
+        # yet having acked a new one is no deafness; a successor's node heard us before).
+        hears_us = p.acks_us or p.continuing or not p.verified
+        if p.view_unknown:
+            # A successor serves what its predecessor held; when we never heard what that was
+            # (we knew it only through others, or not at all), it blocks every take until it
+            # announces a view of its own (a claim to wait for, no reason to step back).
+            owns, hears_us = frozenset(range(1, buckets + 1)), True
+        elif p.state not in (NodeState.ACTIVE, NodeState.RESTARTING) or not p.members:
+            pass  # (RESTARTING: its node serves on, frozen, what its latest view gave it)
+        elif losing:
+            # A two-node view whose other node has not heard us for two intervals: it is
+            # about to take our buckets (nobody can tell it we live): step back first.
+            alone = {m: w for m, w in p.members if m != self.node_id}
+            owns, view, hears_us = claims(alone, buckets, p.node_id), tuple(alone.items()), False
+            digest = view_digest(alone)
+        else:
+            owns, view, digest = p.claims(buckets), p.members, p.digest
+        # Active without a view yet, or a successor holding what we never heard of: takes
+        # wait for its view (verified or not: the wait is bounded).
+        forming = p.view_unknown or (p.state == NodeState.ACTIVE and not p.members)
+        status = PeerStatus(p.incarnation, owns, hears_us, verified, view, digest, forming)
+        p.status_key, p.status = key, status
+        return p.status
+
+    def _losing_us(self, p: Peer) -> bool:
         return (
-            p.acks_us
+            len(p.members) == 2
+            and p.acks_us
             and p.our_age >= 2 * self.params.interval
             and {n for n, _w in p.members} == {p.node_id, self.node_id}
         )
 
     def _update_holdings(self, now: float) -> None:
-        buckets = self.params.buckets
-        # A peer that has not acked us yet (it just heard us again) is no recording when a
-        # counted peer relays it with the same incarnation: what it claims is held now.
-        vouched = {n: r[0] for n, r in self._relayed.items()}  # node -> relayed incarnation
+        t = self._table
+        # A peer that has not acked us yet is no recording when a counted peer relays it with
+        # the same incarnation (it just heard us again), or when it is the successor of one we
+        # knew (a planned restart): what it claims is held now.
         peers = {}
-        for n, p in self._peers.items():
-            if not p.fresh(now):
-                continue
-            members = dict(p.members) if p.state == NodeState.ACTIVE else {}
-            hears_us = p.acks_us
-            if members and self._losing_us(p):
-                # A two-node view whose other node has not heard us for two intervals: it is
-                # about to take our buckets (nobody can tell it we live): step back first.
-                members.pop(self.node_id)
-                hears_us = False
-            peers[n] = PeerStatus(
-                p.incarnation,
-                claims(members, buckets, n) if members else frozenset(),
-                hears_us,
-                p.verified or vouched.get(n) == p.incarnation,
-                tuple(sorted(members.items())),
-            )
-        alive = {n: p.incarnation for n, p in self._peers.items() if p.fresh(now)}
-        for n, (inc, _w, _via, _h) in self._relayed.items():
-            alive.setdefault(n, inc)
+        for n, p in t.peers.items():  # all fresh: expired ones were dropped by this tick
+            relayed = t.relayed.get(n)
+            verified = p.verified or p.continuing
+            verified = verified or (relayed is not None and relayed.incarnation == p.incarnation)
+            peers[n] = self._status(p, verified)
+        alive = t.alive
         unsure = frozenset(
-            n for n, p in self._peers.items() if p.draining and p.kept_known < p.kept_said
+            n for n, p in t.peers.items() if p.draining and p.kept_known < p.kept_said
         )
-        settled = self._holdings.settle(now, peers, alive, unsure)
+        frozen = any(r.frozen for r in t.relayed.values())
+        settled = self._holdings.settle(now, peers, alive, unsure, frozen)
         if settled.change is not None:
             drain = self._state in (NodeState.ACTIVE, NodeState.DRAINING)
             self._events.append(replace(settled.change, drain=drain))
@@ -728,61 +659,6 @@ class Membership:
                 f"{count} bucket(s) wait for node {node}, which still claims them after "
                 f"{self.params.handoff_time} s",
             )
-
-    def _earliest_deadline(self, now: float) -> float:
-        expiries = [
-            p.restart_until if p.restart_until is not None else p.last_heard + p.dead_after
-            for p in self._peers.values()
-        ]
-        self._next_expiry = min(expiries, default=math.inf)
-        times = list(expiries)
-        times += [h + self.params.dead_after for _i, _w, _v, h in self._relayed.values()]
-        # a counted peer turns into a suspect two intervals after its last heartbeat, and
-        # counts as quiet two intervals before it would be dead
-        quiet = self.params.dead_after - 2 * self.params.interval
-        for p in self._peers.values():
-            times += [p.last_heard + 2 * self.params.interval + 1e-6, p.last_heard + quiet + 1e-6]
-        times += self._refusals.deadlines(now)
-        times += self._holdings.deadlines()
-        base_move = self._quorum.deadline()
-        if base_move is not None:
-            times.append(base_move)
-        if self._quorum.isolated_since is not None:
-            times.append(self._quorum.isolated_since + self.params.isolation_limit)
-        listen_end = self._started + self.params.listen_time
-        for t in (listen_end, listen_end + defaults.FOREIGN_WAIT):
-            if now < t:
-                times.append(t)
-        if self._hold_until is not None:
-            times += [self._hold_until, self._hold_until + self.params.dead_after]
-        return min((t for t in times if t > now), default=math.inf)
-
-    # ----- refusals -----------------------------------------------------------------------
-
-    def _config(self, data: bytes, src: str, node_id: int) -> None:
-        what = differences(config_fields(data), self.cluster.fields)
-        if what:
-            self._refusals.differs(src, node_id, what)
-
-    def _same_id(self, incarnation: int, src: str, interval_ms: int, now: float) -> None:
-        why = (
-            f"node id {self.node_id} is also used by {src} (incarnation {incarnation}, "
-            f"ours {self.incarnation})"
-        )
-        if incarnation > self.incarnation and incarnation != self._previous:
-            why += ": that one is newer, so this node stays passive"
-            self._refusals.duplicate(why, interval_ms, now)
-            self._dirty = True
-        else:
-            why += ": ours is newer (or that is a replay of our previous run)"
-        self._refuse(DuplicateNodeId(why), src, now, self.node_id)
-
-    def _refuse(self, exc: Rejected, src: str, now: float, node_id: int | None = None) -> None:
-        passive, notice = self._refusals.refuse(exc, src, now, node_id)
-        if passive and not self._served:
-            self._dirty = True  # a serving node is never silenced: nothing to recompute
-        if notice is not None:
-            self._events.append(notice)
 
     def _notice(self, cause: str, now: float, text: str) -> None:
         notice = self._refusals.notice(cause, now, text)

@@ -23,6 +23,7 @@ class Params:
     listen: float | None = d.LISTEN  # startup listen period; None: one detection time
     handoff_timeout: float | None = None  # wait for a live owner's release; None: detection
     hold_down: float | None = None  # gather view changes this long; None: interval / 5
+    coalesce: float | None = None  # received changes taken together; None: interval / 10
     isolation_limit: float = d.ISOLATION_LIMIT  # see clusterip.core.quorum
     forget_after: float = d.REPLAY_FORGET_AFTER  # replay state of a silent sender
     log_every: float = d.LOG_EVERY  # at most one log line per cause per this period
@@ -34,7 +35,7 @@ class Params:
             raise ValueError(f"interval {self.interval} s not in 0.001..65.535")
         if self.tolerance < 2:
             raise ValueError(f"tolerance {self.tolerance} below 2: one lost heartbeat = dead")
-        for name in ("listen", "handoff_timeout", "hold_down"):
+        for name in ("listen", "handoff_timeout", "hold_down", "coalesce"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -57,6 +58,12 @@ class Params:
         that arrive together (a cold start, a partition healing) make one reassignment, and
         nodes that turn active at the same instant hear each other before taking buckets."""
         return self.interval * d.HOLD_DOWN_FRACTION if self.hold_down is None else self.hold_down
+
+    @property
+    def coalesce_time(self) -> float:
+        """Received changes that follow a full tick within this wait for its end, to be taken
+        in together (clusterip.core.membership.tick)."""
+        return self.interval * d.COALESCE_FRACTION if self.coalesce is None else self.coalesce
 
     @property
     def handoff_time(self) -> float:

@@ -101,6 +101,33 @@ class Quorum:
         """Quorum for `reachable`, without moving the base."""
         return has_quorum(reachable, self.base, carrier=self.carrier, was_cut=self.was_cut)
 
+    def first_loss(self, reachable: frozenset[int], losses: Iterable[Iterable[int]]) -> int | None:
+        """The index of the first of `losses` (each lost on top of those before it) after
+        which `reachable` no longer has quorum; None if it keeps it throughout. Counts, so
+        that a long list costs one pass (`judge_only` after each loss would be quadratic)."""
+        if not self.carrier:
+            return 0
+        base = self.base
+        if not base:
+            return None
+        reach = set(reachable)
+        alive = len(reach & base)
+        lowest = min(base)
+        has_lowest = lowest in reach
+        for i, lost in enumerate(losses):
+            for n in lost:
+                if n in reach:
+                    reach.discard(n)
+                    if n in base:
+                        alive -= 1
+                    if n == lowest:
+                        has_lowest = False
+            tie_kept = (not self.was_cut) if len(base) == 2 else has_lowest
+            if alive * 2 > len(base) or (alive * 2 == len(base) and tie_kept):
+                continue
+            return i
+        return None
+
     def deadline(self) -> float | None:
         """When the base may next move (for the caller's timer), if it may."""
         if self._candidate != self.base:

@@ -90,6 +90,17 @@ class ReplayGuard:
             known.seq, known.last_seen = seq, now
         return fresh
 
+    def advance(self, sender: int, incarnation: int, seq: int, now: float) -> bool:
+        """Record `seq` if it is the next of the incarnation we know (the fast path); False
+        (recording nothing) for anything else, which `admit` must judge."""
+        known = self._senders.get(sender)
+        if known is None or incarnation != known.incarnation or seq <= known.seq:
+            return False
+        shift = seq - known.seq
+        known.seen = ((known.seen << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
+        known.seq, known.last_seen = seq, now
+        return True
+
     def current(self, sender: int) -> tuple[int, int] | None:
         """(incarnation, highest seq) accepted from `sender`, if any."""
         known = self._senders.get(sender)

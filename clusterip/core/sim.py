@@ -10,9 +10,13 @@ planned stop keeps it, frozen, until the lease runs out or a successor continues
 Clients: TCP flows (a SYN, then long-lived) and UDP flows, each hashed into a bucket. After
 every event the simulation checks what clients would see (`violations`):
 - no bucket accepted for new connections by two nodes that hear each other;
-- no live node's flow accepted or reset by another node while its own node serves it;
+- no live node's flow accepted or reset by another node while its own node serves it (on a
+  faulty network, one that cannot hear it, or never met it, takes it for dead: counted as
+  `blind_resets`);
 - no UDP datagram answered by two nodes;
-- a dead node's flows reset only after the orphan delay.
+- a dead node's flows reset only after the orphan delay;
+- no flow dropped by its own node while that node serves (unless it gave the flow up: a node
+  cut off from the majority, or passive, stops serving altogether).
 `problems()` lists what is not converged: after the network heals and settles, it is empty.
 """
 
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 
 from clusterip.config import VipConfig
 from clusterip.core.bus import FakeClock, MemoryBus, MemoryNetwork
-from clusterip.core.events import Event
+from clusterip.core.events import Event, PeerDown
 from clusterip.core.handover import ORPHAN_RESET_DELAY
 from clusterip.core.holdings import claims
 from clusterip.core.ownership import Ownership
@@ -36,6 +40,7 @@ from clusterip.core.vipnode import Adoption, VipNode
 from clusterip.core.wire import NodeState
 
 Client = tuple[str, int]  # address, port
+DELAY_OK = ORPHAN_RESET_DELAY - 1e-9
 
 
 @dataclass
@@ -53,6 +58,9 @@ class SimNode:
     tcp: dict[Client, int] = field(default_factory=dict)  # its service's flows -> bucket
     udp: set[Client] = field(default_factory=set)  # UDP flows it answered
     wake: float = math.inf
+    counted: frozenset[int] = frozenset()  # its agent's members, as last seen
+    covered_for: tuple[object, object] = (None, None)  # (datapath, client buckets) of:
+    covered: list[int] = field(default_factory=list)  # client buckets it owns or drains
     events: list[tuple[float, Event]] = field(default_factory=list)
 
     @property
@@ -89,6 +97,7 @@ class Simulation:
         self.violations: list[str] = []
         self.resets = 0  # flows a node answered with a RST (allowed: their node is gone)
         self.unanswered = 0  # SYNs or datagrams no node accepted
+        self.blind_resets = 0  # live flows reset by a node that cannot hear their node
         self._incarnation = 1_000_000
         self._wakes: list[tuple[float, int, int]] = []  # (when, node id, version)
         self._version: dict[int, int] = {}
@@ -100,6 +109,12 @@ class Simulation:
         self._order = 0
         self._incarnation_of: dict[int, int] = {}
         self._stale = True  # some datapath or client changed since the last check
+        self._holders: tuple[object, ...] = ()  # as of the last bucket check
+        self._wanted: frozenset[int] = frozenset()  # buckets with clients, as of the last check
+        self._abandoned: set[Client] = set()  # flows whose node stopped serving (isolated)
+        self._orphaned_at: dict[Client, float] = {}  # flows of an agent that died, if restarted
+        self._met: dict[tuple[int, int], set[tuple[int, int]]] = {}  # (node, inc) -> counted
+        self._down: dict[tuple[int, int, int], float] = {}  # (node, peer, inc) -> PeerDown at
 
     # ----- node life ------------------------------------------------------------------------
 
@@ -137,12 +152,22 @@ class Simulation:
             adopted=adopted,
         )
         self._incarnation_of[node_id] = self._incarnation
+        if not node.link:
+            node.vip.set_carrier(False, now)  # as the reactor's carrier watch tells it
         if node.datapath is None:
             node.datapath = Ownership(self.params.buckets)
         if node.bus is None and node.link:
             node.bus = self.network.attach(node.address)
             self._by_address[node.address] = node_id
-        self._deaths.pop(node_id, None)
+        died = self._deaths.pop(node_id, None)
+        if adopted is None and died is not None:
+            # A fresh agent serves none of its node's flows from before: they stay orphans of
+            # the agent that died or left (the others may reset them from then on, or from
+            # an orphan delay after they hear the new incarnation, if that is sooner).
+            for client in node.tcp:
+                if client not in self._abandoned:  # (given up before: anyone's to reset)
+                    self._orphaned_at.setdefault(client, min(died, now + ORPHAN_RESET_DELAY))
+            self._abandoned.update(node.tcp)
         self._service(node, now)
 
     def crash(self, node_id: int) -> None:
@@ -209,6 +234,7 @@ class Simulation:
         if node.vip is not None:
             node.vip.set_carrier(up, self.clock.now())
             self._service(node, self.clock.now())
+        self._check_now(force=True)  # what clients see at that very instant
 
     def _stop_process(self, node: SimNode) -> None:
         if node.bus is not None:
@@ -347,6 +373,14 @@ class Simulation:
         flows = self._report(node, now) if v.wants_flows or v.wants_flows_now else None
         step = v.step(now, flows)
         node.events.extend((now, e) for e in step.events)
+        for e in step.events:
+            if isinstance(e, PeerDown):
+                self._down.setdefault((node.node_id, e.node_id, e.incarnation), now)
+        counted = v.membership.counted_peers
+        if counted is not node.counted:  # (the same object while it does not change)
+            node.counted = counted
+            met = self._met.setdefault((node.node_id, self._inc(node)), set())
+            met.update((n, self._incarnation_of.get(n, 0)) for n in counted)
         if v.wants_flows_now:  # what the reactor does: count, then step again
             node.datapath = step.ownership
             self._stale = True
@@ -385,12 +419,26 @@ class Simulation:
         now = self.clock.now()
         live = self._reachable_nodes()
         self._check_buckets(live)
+        # A packet is dropped by every node that neither owns nor drains its bucket: only
+        # those that do are asked.
+        wanted = frozenset({*self._clients_tcp.values(), *self._clients_udp.values()})
+        if wanted != self._wanted:
+            self._wanted = wanted  # (kept while equal: the per-node caches key on it)
+        by_bucket: dict[int, list[SimNode]] = {}
+        for n in live:
+            if n.datapath is not None:
+                if n.covered_for[0] is not n.datapath or n.covered_for[1] is not self._wanted:
+                    n.covered_for = (n.datapath, self._wanted)
+                    n.covered = sorted(self._wanted & _covered(n.datapath))
+                for b in n.covered:
+                    by_bucket.setdefault(b, []).append(n)
+        owners = {c: n for n in self.nodes.values() for c in n.tcp}
         for client, bucket in list(self._clients_tcp.items()):
-            self._check_tcp(client, bucket, live, now)
+            self._check_tcp(client, bucket, owners.get(client), by_bucket.get(bucket, []), now)
         for client, bucket in self._clients_udp.items():
             takers = [
                 n
-                for n in live
+                for n in by_bucket.get(bucket, ())
                 if n.datapath is not None
                 and udp(n.datapath, bucket, client, seen=client in n.udp) == Verdict.ACCEPT
             ]
@@ -401,6 +449,12 @@ class Simulation:
 
     def _check_buckets(self, live: list[SimNode]) -> None:
         holders = [(n, n.datapath.owned) for n in live if n.datapath and n.datapath.owned]
+        key = (self.network.topology, *((n.node_id, o, n.running) for n, o in holders))
+        if key == self._holders:
+            return  # the same holders of the same sets, the same topology: the same verdict
+        self._holders = key
+        if sum(len(o) for _n, o in holders) == len(frozenset().union(*(o for _n, o in holders))):
+            return  # no bucket held twice at all
         for i, (a, owned_a) in enumerate(holders):
             for b, owned_b in holders[i + 1 :]:
                 both = owned_a & owned_b
@@ -410,8 +464,23 @@ class Simulation:
                         f"{len(both)} bucket(s), e.g. {min(both)}"
                     )
 
-    def _check_tcp(self, client: Client, bucket: int, live: list[SimNode], now: float) -> None:
-        owner = next((n for n in self.nodes.values() if client in n.tcp), None)
+    def _knew(self, node: SimNode, other: SimNode) -> bool:
+        """Whether `node` ever counted `other`'s current incarnation as a member."""
+        met = self._met.get((node.node_id, self._inc(node)), ())
+        return (other.node_id, self._inc(other)) in met
+
+    def _inc(self, node: SimNode) -> int:
+        return self._incarnation_of.get(node.node_id, 0)
+
+    def _check_tcp(
+        self,
+        client: Client,
+        bucket: int,
+        owner: SimNode | None,
+        takers: list[SimNode],
+        now: float,
+    ) -> None:
+        """`takers`: the live nodes that own or drain `bucket` (no other one accepts it)."""
         if owner is None:
             return
         owner_ok = (
@@ -420,15 +489,36 @@ class Simulation:
             and owner.datapath is not None
             and tcp(owner.datapath, bucket, client, syn=False, mine=True) == Verdict.ACCEPT
         )
-        for n in live:
+        for n in takers:
             if n is owner or n.datapath is None:
                 continue
             v = tcp(n.datapath, bucket, client, syn=False, mine=False)
             if v == Verdict.DROP:
                 continue
-            if owner_ok:
+            blind = self.network.faulty and (
+                not self.network.connected(owner.address, n.address)
+                or not (self._knew(n, owner) and self._knew(owner, n))
+            )
+            if owner_ok and blind:
+                # On a faulty network, a node that cannot hear the owner, or that was never a
+                # member with it (one of them started, or restarted, on the other side of a
+                # cut: with no memory of the other, each side may think itself alone), takes
+                # the owner for dead: the limit of any quorum rule, counted apart.
+                self.blind_resets += 1
+            elif owner_ok:
                 self._violation(f"flow {client} of node {owner.node_id} {v.value} at {n.node_id}")
-            earliest = self._deaths.get(owner.node_id)
+            # (A flow its node gave up when it stopped serving, cut off, may be reset by
+            # whoever takes its bucket: nobody answers it any more.)
+            earliest = self._orphaned_at.get(client, self._deaths.get(owner.node_id))
+            if client in self._abandoned and client not in self._orphaned_at:
+                earliest = None
+            if self.network.faulty and earliest is not None:
+                # Loss or a cut may make a node declare another dead early: that node waits
+                # the orphan delay from its own verdict (and one that never counted the owner
+                # cannot know it).
+                down = self._down.get((n.node_id, owner.node_id, self._inc(owner)))
+                if not self._knew(n, owner) or (down is not None and now >= down + DELAY_OK):
+                    earliest = None
             if earliest is not None and now < earliest - 1e-9:
                 self._violation(
                     f"flow {client} of dead node {owner.node_id} reset by {n.node_id} "
@@ -438,9 +528,13 @@ class Simulation:
             del self._clients_tcp[client]
             self.resets += 1
             return
-        if owner.running and owner.link and not owner_ok:
+        if owner.running and not owner_ok:
             state = owner.vip.membership.state if owner.vip is not None else None
-            if state in (NodeState.ACTIVE, NodeState.DRAINING, NodeState.RESTARTING):
+            if state not in (NodeState.ACTIVE, NodeState.DRAINING, NodeState.RESTARTING):
+                # It stopped serving (cut off, passive): its flows are given up, for whoever
+                # takes their buckets over to reset (or to serve, if it is itself).
+                self._abandoned.add(client)
+            elif owner.link and client not in self._abandoned:
                 self._violation(f"flow {client} dropped by its own node {owner.node_id} ({state})")
 
     # ----- convergence ----------------------------------------------------------------------
@@ -469,6 +563,21 @@ class Simulation:
             if got != want:
                 out.append(f"node {n.node_id} holds {len(got)} buckets, its share is {len(want)}")
         return out[:20]
+
+
+_COVERED: dict[int, tuple[Ownership, frozenset[int]]] = {}
+
+
+def _covered(own: Ownership) -> frozenset[int]:
+    """The buckets whose packets `own` may accept (owned or draining), cached per object."""
+    hit = _COVERED.get(id(own))
+    if hit is not None and hit[0] is own:
+        return hit[1]
+    if len(_COVERED) > 4096:
+        _COVERED.clear()
+    covered = own.owned | own.draining
+    _COVERED[id(own)] = (own, covered)
+    return covered
 
 
 def _ids(nodes: Iterable[SimNode]) -> list[int]:

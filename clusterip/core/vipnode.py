@@ -95,9 +95,10 @@ class VipNode:
         self.handover = Handover(
             node_id, params.buckets, drain_timeout + params.dead_after, drain=keep_flows
         )
+        self.kept = KeptBook()
         if adopted is not None:
             self.handover.adopt(adopted.ownership, now)
-        self.kept = KeptBook()
+            self.kept.adopt(adopted.ownership.kept, now)
         self.announcer = Announcer(self.cluster)
         self._flows: FlowReport | None = None
         self._kept_now: frozenset[tuple[str, int]] = frozenset()
@@ -329,6 +330,17 @@ class VipNode:
             ],
             "rejected": dict(v.rejected),
             "failovers": list(self.failovers),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The figures metrics export every second, without building the whole status."""
+        m = self.membership
+        return {
+            "owned_count": len(self._own.owned),
+            "draining_count": len(self._own.draining),
+            "members": m.member_count,
+            "state": m.state.name.lower(),
+            "rejected": m.stats.as_dict(),
         }
 
     def _guard_until(self, now: float) -> float | None:

@@ -107,6 +107,9 @@ class NodeState(IntEnum):
     RESTARTING = 6  # its process stops; the node serves as it was until a successor continues
 
 
+_STATES = {s.value: s for s in NodeState}
+
+
 class Rejected(Exception):
     """A received datagram that was refused; `cause` names why (one counter per cause)."""
 
@@ -261,14 +264,23 @@ class Heartbeat(Message):
         _require(0 <= self.previous <= U64, "previous incarnation must fit in 64 bits")
         _require(0 <= self.kept <= U64, "kept announcement must fit in 64 bits")
         _require(len(self.acks) <= MAX_NODE_ID and len(self.members) <= MAX_NODE_ID, "too long")
-        for node, weight in self.members:
-            _require(1 <= node <= MAX_NODE_ID, f"member id {node} not in 1..255")
-            _require(0 <= weight <= U16, f"member weight {weight} not in 0..65535")
-        for ack in self.acks:
-            _require(1 <= ack.node_id <= MAX_NODE_ID, f"ack node id {ack.node_id} not in 1..255")
-            _require(0 <= ack.incarnation <= U64, "ack incarnation must fit in 64 bits")
-            _require(0 <= ack.weight <= U16, "ack weight must fit in 16 bits")
-            _require(0 <= ack.age_ms <= U16, "ack age must fit in 16 bits")
+        # One pass each when all is well (decoding checks every heartbeat); the details only
+        # when something is out of range.
+        if not all(1 <= n <= MAX_NODE_ID and 0 <= w <= U16 for n, w in self.members):
+            for node, weight in self.members:
+                _require(1 <= node <= MAX_NODE_ID, f"member id {node} not in 1..255")
+                _require(0 <= weight <= U16, f"member weight {weight} not in 0..65535")
+        if not all(
+            1 <= n <= MAX_NODE_ID and 0 <= i <= U64 and 0 <= w <= U16 and 0 <= age <= U16
+            for n, i, w, _s, _m, age in self.acks
+        ):
+            for ack in self.acks:
+                _require(
+                    1 <= ack.node_id <= MAX_NODE_ID, f"ack node id {ack.node_id} not in 1..255"
+                )
+                _require(0 <= ack.incarnation <= U64, "ack incarnation must fit in 64 bits")
+                _require(0 <= ack.weight <= U16, "ack weight must fit in 16 bits")
+                _require(0 <= ack.age_ms <= U16, "ack age must fit in 16 bits")
         object.__setattr__(self, "_acked", {a.node_id: a.incarnation for a in self.acks})
 
     def acked(self, node_id: int) -> int | None:
@@ -535,10 +547,13 @@ def _heartbeat(header: Header, body: bytes) -> Heartbeat:
     rest = body[end + _COUNT.size :]
     if len(rest) != nacks * _ACK.size:
         raise Malformed(f"{nacks} acks announced, {len(rest)} bytes follow", header)
-    acks = tuple(
-        Ack(n, i, w, NodeState(s), bool(f & 1), age)
-        for n, i, w, s, f, age in _ACK.iter_unpack(rest)
-    )
+    try:
+        acks = tuple(
+            Ack(n, i, w, _STATES[s], bool(f & 1), age)
+            for n, i, w, s, f, age in _ACK.iter_unpack(rest)
+        )
+    except KeyError as exc:
+        raise Malformed(f"bad field: {exc.args[0]} is not a valid NodeState", header) from None
     cls = Hello if header.type == MsgType.HELLO else Heartbeat
     return cls(
         **_common(header),

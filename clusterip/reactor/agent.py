@@ -47,7 +47,7 @@ from clusterip.core.events import (
 )
 from clusterip.core.params import Params
 from clusterip.core.vipnode import Adoption, Step, VipNode
-from clusterip.core.wire import Malformed, peek
+from clusterip.core.wire import vip_bytes
 from clusterip.flows import FlowSource, SocketTable
 from clusterip.link import Link
 from clusterip.nft import Firewall
@@ -125,6 +125,8 @@ class Agent:
         self.watchdog = Watchdog(self.systemd, watchdog_period())
         self.ready_sent = False
         self._states: dict[str, str] = {}
+        self._states_changed = True  # a VIP's state changed since systemd was last told
+        self._routes: tuple[tuple[int, ...], dict[bytes, Unit]] = ((), {})
         self.watcher = FlowWatcher(
             flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock
         )
@@ -167,6 +169,8 @@ class Agent:
                 drain_timeout=s.drain_timeout,
                 adopted=adopted,
             )
+            if self.carrier is not None and self.carrier.up is False:
+                node.set_carrier(False, now)
             self.units.append(Unit(node, datapath))
         self.watcher.configs = [u.node.cfg for u in self.units]
 
@@ -185,10 +189,10 @@ class Agent:
             _realtime(self.settings.realtime)
         handed_over = False
         try:
+            if self.carrier is not None:
+                self.carrier.open()  # first: a node started without carrier knows it is cut off
             self._start_units(self.configs)
             self.transport.open()
-            if self.carrier is not None:
-                self.carrier.open()
             self.watcher.start()
             if self.settings.metrics:
                 self.metrics.serve(self.settings.metrics)
@@ -262,8 +266,11 @@ class Agent:
             while self.stopping is None:
                 now = self.clock()
                 deadline = min(u.node.next_deadline(now) for u in self.units)
+                ready = False
                 for key, _ in sel.select(timeout=max(0.0, deadline - now)):
-                    if key.data == "control":
+                    if key.data == "net":
+                        ready = True
+                    elif key.data == "control":
                         self.control.serve_one(self.commands.handle)
                     elif key.data == "wake":  # a signal arrived; "net" is read in step()
                         with contextlib.suppress(BlockingIOError):
@@ -274,9 +281,10 @@ class Agent:
                     self.reload_wanted = False
                     self._reload(sel)
                 began = self.clock()
-                self.step(began)
+                self.step(began, receive=ready)
                 self.watchdog.tick(began)
-                self._tell_systemd()
+                if self._states_changed or not self.ready_sent:
+                    self._tell_systemd()
                 took = self.clock() - began
                 if took > self.settings.interval:
                     log.warning("a loop step took %.0f ms (heartbeat every %.0f ms)",
@@ -285,6 +293,7 @@ class Agent:
             sel.close()
 
     def _tell_systemd(self) -> None:
+        self._states_changed = False
         states = {u.vip: u.node.membership.state.name.lower() for u in self.units}
         if states == self._states:
             return
@@ -346,7 +355,7 @@ class Agent:
             self.transport.open()
             sel.register(self.transport.fileno(), selectors.EVENT_READ, "net")
         log.info("reload: %d VIP(s): %s", len(self.units), ", ".join(u.vip for u in self.units))
-        self._states = {}
+        self._states, self._states_changed = {}, True
         self.systemd.ready("reloaded")
 
     def _carrier(self, up: bool | None) -> None:
@@ -359,21 +368,25 @@ class Agent:
 
     # ----- one step -------------------------------------------------------------------------
 
-    def step(self, now: float) -> None:
-        """Receive, then for every VIP: step, apply, send (release before announce)."""
+    def _by_vip(self) -> dict[bytes, Unit]:
+        """Units by the VIP as a datagram's header carries it (bytes 16..31)."""
+        key = tuple(map(id, self.units))
+        if key != self._routes[0]:
+            self._routes = (key, {vip_bytes(u.node.cfg.vip): u for u in self.units})
+        return self._routes[1]
+
+    def step(self, now: float, *, receive: bool = True) -> None:
+        """Receive (when the socket has data), then for every VIP: step, apply, send (release
+        before announce)."""
         # Whatever arrived while this process was busy counts before any peer is judged: a
         # stall of our own must not look like the silence of everyone else.
-        by_vip = {u.vip: u for u in self.units}
-        for _ in range(RECV_BATCH):
+        by_vip = self._by_vip()
+        for _ in range(RECV_BATCH if receive else 0):
             got = self.transport.recv()
             if got is None:
                 break
             data, src = got
-            try:
-                vip = str(peek(data).vip)
-            except Malformed:
-                vip = ""
-            unit = by_vip.get(vip)
+            unit = by_vip.get(data[16:32])  # (no unit: malformed, or another VIP's cluster)
             for target in [unit] if unit is not None else self.units:
                 target.node.receive(data, src, now)  # counted as malformed or foreign there
         self.watcher.active = any(u.node.wants_flows for u in self.units)
@@ -397,6 +410,8 @@ class Agent:
                 self._export(unit, now)
 
     def _apply(self, unit: Unit, step: Step) -> None:
+        if step.ownership is unit.datapath.current:
+            return  # the core returns the very same object while nothing changed
         if unit.datapath.apply(step.ownership):
             self.metrics.changes.labels(unit.vip).inc()
 
@@ -420,6 +435,7 @@ class Agent:
                 )
                 log.log(level, "%s: %s", vip, event.text)
             elif isinstance(event, StateChanged):
+                self._states_changed = True
                 log.warning("%s: %s -> %s (%s)", vip, event.old.name, event.new.name, event.reason)
             elif isinstance(event, PeerUp):
                 log.info("%s: node %d up at %s", vip, event.node_id, event.address)
@@ -429,12 +445,12 @@ class Agent:
                 log.warning("%s: node %d down (%s)", vip, event.node_id, event.reason)
 
     def _export(self, unit: Unit, now: float) -> None:
-        st = unit.node.status(now)
+        st = unit.node.summary()  # (not the whole status: it is built every second)
         self.metrics.update(
             unit.vip,
             owned=st["owned_count"],
-            draining=len(st["draining"]),
-            members=len(st["share"]),
+            draining=st["draining_count"],
+            members=st["members"],
             passive=st["state"] == "passive",
             rejected=st["rejected"],
             apply_seconds=unit.datapath.stats.last_seconds,

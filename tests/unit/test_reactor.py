@@ -13,7 +13,7 @@ from clusterip.config import ConfigError
 from clusterip.core.bus import FakeClock, MemoryNetwork
 from clusterip.core.handover import ORPHAN_RESET_DELAY
 from clusterip.core.ownership import Ownership
-from clusterip.core.wire import unpack
+from clusterip.core.wire import NodeState, unpack
 from clusterip.flows import FakeFlows, FakeSockets
 from clusterip.link import FakeLink
 from clusterip.nft import RecordingFirewall
@@ -299,3 +299,19 @@ def test_flow_watcher_never_measures_twice_at_once() -> None:
     assert src.overlaps == 0
     report = watcher.latest_flows("198.18.0.100")
     assert report is not None and report[1] == [("198.18.1.1", 1000, 1)]
+
+
+def test_a_node_started_without_carrier_knows_it_is_cut_off() -> None:
+    """The carrier watch is read before the VIPs start: an agent started while its link is
+    down owns nothing and takes nothing (not even alone after listening), until carrier."""
+    net, clock = net_and_clock()
+
+    class NoCarrier:
+        up = False
+
+    node = Node(net, 1, clock)
+    node.agent.units.clear()
+    node.agent.carrier = NoCarrier()  # type: ignore[assignment]
+    node.agent._start_units(node.agent.configs)
+    run_for([node], clock, 2.0)
+    assert node.agent.units[0].node.membership.state == NodeState.ISOLATED and not node.owned

@@ -130,15 +130,45 @@ def test_a_live_owner_we_cannot_hear_gets_the_handoff_time_to_let_go() -> None:
     assert change is not None and set(change.gained) == was(2) and not change.orphaned
 
 
-def test_a_draining_owner_whose_kept_flows_are_unknown_makes_its_buckets_wait() -> None:
+def test_a_draining_peer_whose_kept_flows_are_unknown_makes_every_take_wait() -> None:
+    """Changed: not only the buckets its previous owner had in our view wait. A draining peer
+    may keep flows of any bucket it had (before the owner we know of, or while we were cut
+    off): until its announcement is whole, nothing pending is taken (at most H + KEPT_TTL)."""
     h = joined_3(now=1.0)
     peers = {1: peer(10, V2, 1), 2: peer(20, V2, 2)}
     alive = {1: 10, 2: 20}
-    change = h.settle(1.0, peers, alive, unsure=frozenset({2})).change
-    assert change is not None and set(change.gained) == was(1)
+    assert h.settle(1.0, peers, alive, unsure=frozenset({2})).change is None
     assert h.settle(1.0 + H + KEPT_TTL - 0.01, peers, alive, frozenset({2})).change is None
+    assert 1.0 + H + KEPT_TTL in h.deadlines()
     change = h.settle(1.0 + H + KEPT_TTL, peers, alive, frozenset({2})).change
-    assert change is not None and set(change.gained) == was(2)
+    assert change is not None and set(change.gained) == moved_to_3()
+
+
+def test_the_wait_for_a_draining_peer_ends_when_its_announcement_is_whole() -> None:
+    h = joined_3(now=1.0)
+    peers = {1: peer(10, V2, 1), 2: peer(20, V2, 2)}
+    alive = {1: 10, 2: 20}
+    assert h.settle(1.0, peers, alive, unsure=frozenset({1})).change is None
+    change = h.settle(1.001, peers, alive).change
+    assert change is not None and set(change.gained) == moved_to_3()
+
+
+def test_the_peer_that_claims_a_bucket_is_the_owner_it_is_taken_from() -> None:
+    """Back from isolation, our previous view gave a bucket to nobody (or to another node);
+    the live peer seen claiming it is where its flows are: it is taken from that peer (not
+    orphaned), and only once that peer's announcement of what it keeps is whole."""
+    h = Holdings(3, B, handoff_time=H)
+    h.reassign({}, {}, 0.0)  # cut off: nothing assigned, to anybody
+    h.reassign(V2, {}, 1.0)
+    alive = {1: 10, 2: 20}
+    old = {1: peer(10, V1, 1), 2: peer(20, V1, 2)}
+    assert h.settle(1.0, old, alive).change is None  # both still claim their V1 shares
+    new = {1: peer(10, V2, 1), 2: peer(20, V2, 2)}
+    assert h.settle(1.01, new, alive, unsure=frozenset({1})).change is None  # 1 drains
+    change = h.settle(1.02, new, alive).change
+    assert change is not None and h.held == moved_to_3()
+    assert not change.orphaned
+    assert {b: o for b, o in change.gained.items() if b in was(1)} == dict.fromkeys(was(1), 1)
 
 
 def test_losing_is_immediate() -> None:
@@ -166,7 +196,9 @@ def test_yield_to_a_peer_that_does_not_hear_us_and_take_back_later() -> None:
     deaf = {2: peer(7, {2: 1}, 2, hears_us=False)}
     change = h.settle(1.0, deaf, {2: 7}).change
     assert change is not None and not h.held and not change.gained
-    assert set(change.lost.values()) == {2} and len(change.lost) == B
+    # Lost to nobody: node 2 takes them as from a dead node and cannot hear what we would
+    # announce as kept, so keeping our flows (draining) would answer them twice.
+    assert set(change.lost.values()) == {None} and len(change.lost) == B
     assert h.pending == claims(V1, B, 1)  # our share waits for 2 to let go
     assert h.settle(1.5, deaf, {2: 7}).change is None  # whatever the time
     hears = {2: peer(7, V1, 2)}
@@ -288,4 +320,35 @@ def test_a_peer_with_our_view_never_holds_a_bucket_back() -> None:
     same = tuple(sorted(V2.items()))
     peers = {n: PeerStatus(i, claims(V2, B, n), True, True, same) for n, i in ((1, 10), (2, 20))}
     change = h.settle(0.1, peers, {1: 10, 2: 20}).change
+    assert change is not None and h.held == moved_to_3()
+
+
+def test_a_peer_that_turned_active_without_a_view_yet_makes_takes_wait() -> None:
+    """A peer that just turned active announces its view only after gathering (hold time):
+    meanwhile it may be about to take any bucket, so ours wait (at most `handoff_time`)
+    rather than race it."""
+    h = joined_3(now=1.0)
+    peers = {1: peer(10, V2, 1), 2: peer(20, V2, 2)}
+    forming = {**peers, 4: PeerStatus(40, frozenset(), True, True, forming=True)}
+    alive = {1: 10, 2: 20, 4: 40}
+    assert h.settle(1.0, forming, alive).change is None
+    assert 1.0 + H in h.deadlines()
+    change = h.settle(1.0 + H, forming, alive).change  # not forever
+    assert change is not None and h.held == moved_to_3()
+    h = joined_3(now=1.0)
+    change = h.settle(1.0, {**forming, 4: PeerStatus(40, frozenset(), True, True)}, alive).change
+    assert change is not None and h.held == moved_to_3()  # once it has a view: at once
+
+
+def test_a_node_frozen_in_its_restart_that_we_only_know_of_blocks_what_nobody_had() -> None:
+    """We start (nobody had anything in our view) while a node we only know through others
+    is in its planned restart: its datapath serves on what it held, which we cannot know.
+    What nobody had in our view waits (until it is heard, or gone); what a node we hear had
+    follows that node's claims as usual."""
+    h = Holdings(3, B, handoff_time=H)
+    h.reassign(V2, {}, 0.0)
+    peers = {1: peer(10, V2, 1), 2: peer(20, V2, 2)}
+    alive = {1: 10, 2: 20, 4: 40}
+    assert h.settle(10.0, peers, alive, frozen=True).change is None
+    change = h.settle(10.0, peers, alive).change
     assert change is not None and h.held == moved_to_3()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -471,6 +472,34 @@ def test_one_by_one_the_last_node_serves_everything() -> None:
     assert owned(sim, 1) == ALL
 
 
+def test_back_from_isolation_a_node_listens_before_it_takes_anything() -> None:
+    """Four nodes; the half holding the lowest id (1, 2) loses its carrier, so the other half
+    serves once its isolation limit passed. When the carriers come back, node 1 hears node 2
+    (cut off with it) at once, nodes 3 and 4 only two intervals later: it must not take its
+    share of what it hears meanwhile (3 and 4 serve it, and its clients would be answered
+    twice), however the two halves' heartbeats interleave."""
+    params = Params(isolation_limit=1.0)
+    sim = simulation(4, params=params)
+    rng = random.Random(4)
+    sim.run_until(READY)
+    for n in (1, 2):
+        sim.set_link(n, False)
+    sim.run_until(sim.clock.now() + params.isolation_limit + 2 * params.dead_after)
+    assert union(sim, (3, 4)) == ALL
+    for n in (3, 4):
+        sim.network.cut(sim.nodes[n].address, sim.nodes[1].address)
+    for n in (1, 2):
+        sim.set_link(n, True)
+    end = sim.clock.now() + SETTLE
+    while sim.clock.now() < end:
+        if sim.clock.now() >= end - SETTLE + 2 * P.interval:
+            sim.network.heal()
+        sim.open_flows(rng, tcp_count=2, udp_count=4)
+        sim.run_until(sim.clock.now() + 0.01)
+    assert not sim.violations
+    assert not sim.problems()
+
+
 def test_cut_off_longer_than_the_isolation_limit_serves_with_what_it_reaches() -> None:
     params = Params(isolation_limit=1.0)
     sim = simulation(3, params=params)
@@ -544,6 +573,47 @@ def test_planned_restart_keeps_the_place_and_the_successor_continues() -> None:
         later = [e for t, e in events_of(sim.nodes[n], OwnershipChanged) if t >= t0]
         assert not any(e.orphaned for e in later)
     assert not sim.problems() and not sim.violations
+
+
+def test_a_successor_learns_of_a_peer_in_its_own_planned_restart_from_the_others() -> None:
+    """Node 2 stops for a restart (its datapath serves on); then node 3 restarts too. Node 3's
+    successor never heard node 2's RESTART: the others vouch for node 2 (RESTARTING, in their
+    acks) until its grace ends, so the successor takes nothing node 2 still serves."""
+    sim = simulation(3)
+    rng = random.Random(3)
+    sim.run_until(READY)
+    share = owned(sim, 2)
+    sim.planned_restart(2, gap=0.6)
+    sim.run_until(sim.clock.now() + 0.1)
+    sim.planned_restart(3, gap=0.1)
+    end = sim.clock.now() + 0.5
+    while sim.clock.now() < end:
+        sim.open_flows(rng, tcp_count=2, udp_count=4)
+        sim.run_until(sim.clock.now() + 0.01)
+        assert not share & union(sim, (1, 3))
+    sim.run_until(sim.clock.now() + SETTLE)
+    assert not sim.violations and not sim.problems()
+    assert not downs(sim.nodes[3], 2) and not downs(sim.nodes[1], 2)
+
+
+def test_a_node_in_its_planned_restart_keeps_what_it_serves_through_a_view_change() -> None:
+    """Node 2 stops for a restart (its datapath serves on, frozen); meanwhile node 1 leaves,
+    and the new view moves some of node 2's buckets to node 3. Node 3 takes none before node
+    2's successor has a view of its own and releases them: its frozen datapath, then the
+    successor holding what it adopted, still answer them."""
+    sim = simulation(3)
+    rng = random.Random(5)
+    sim.run_until(READY)
+    moving = claims({1: 1, 2: 1, 3: 1}, P.buckets, 2) - claims({2: 1, 3: 1}, P.buckets, 2)
+    assert moving, "the example needs node 2 to hand a bucket over when node 1 leaves"
+    sim.planned_restart(2, gap=0.4)
+    sim.run_until(sim.clock.now() + 0.1)
+    sim.leave(1)
+    end = sim.clock.now() + 0.5 + SETTLE
+    while sim.clock.now() < end:
+        sim.open_flows(rng, tcp_count=2, udp_count=4)
+        sim.run_until(sim.clock.now() + 0.01)
+    assert not sim.violations and not sim.problems()
 
 
 def test_no_successor_within_the_grace_is_a_restart_timed_out() -> None:

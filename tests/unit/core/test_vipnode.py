@@ -16,10 +16,10 @@ from clusterip.core.events import OwnershipChanged, StateChanged
 from clusterip.core.fingerprint import canonical
 from clusterip.core.handover import GUARD_TIME
 from clusterip.core.holdings import claims
-from clusterip.core.kept import Flow
+from clusterip.core.kept import KEPT_TTL, Flow
 from clusterip.core.ownership import Ownership
 from clusterip.core.params import Params
-from clusterip.core.vipnode import CONFIG_EVERY, Step, VipNode
+from clusterip.core.vipnode import CONFIG_EVERY, Adoption, Step, VipNode
 from clusterip.core.wire import (
     Config,
     Heartbeat,
@@ -329,3 +329,58 @@ def test_set_weight_is_announced_at_once(weight: int) -> None:
     rig.run_until(t0 + 1.0)
     expected = claims({1: weight, 2: 1} if weight else {2: 1}, P.buckets, 2)
     assert rig.owned(2) == expected
+
+
+def test_a_successor_drops_what_others_keep_as_its_predecessor_did() -> None:
+    """A planned restart while peers drain: the successor has heard no KEPT yet, but its
+    predecessor's datapath dropped those flows. It goes on dropping them (until the peers'
+    refreshed announcements take over), rather than answering flows another node keeps."""
+    kept = frozenset({("198.51.100.7", 40312)})
+    left = Ownership(P.buckets, frozenset({1, 2}), kept=kept)
+    node = VipNode(
+        vip_config(),
+        node_id=1,
+        weight=1,
+        key=KEY,
+        params=P,
+        incarnation=2000,
+        now=10.0,
+        adopted=Adoption(left, 1000),
+    )
+    step = node.step(10.0)
+    assert step.ownership.owned == {1, 2} and step.ownership.kept == kept
+    assert node.step(10.0 + KEPT_TTL + 0.01).ownership.kept == frozenset()  # not refreshed
+
+
+def test_a_successor_without_carrier_gives_up_what_it_continued_at_once() -> None:
+    """A planned restart whose successor starts while the link is down: it is cut off, so it
+    owns nothing from that instant (as any node that loses its carrier), although its
+    predecessor's datapath served and it has heard nobody yet."""
+    left = Ownership(P.buckets, frozenset({1, 2, 3}))
+    node = VipNode(
+        vip_config(),
+        node_id=1,
+        weight=1,
+        key=KEY,
+        params=P,
+        incarnation=2000,
+        now=10.0,
+        adopted=Adoption(left, 1000),
+    )
+    assert node.step(10.0).ownership.owned == {1, 2, 3}
+    node.set_carrier(False, 10.01)
+    assert node.step(10.01).ownership.owned == frozenset()
+    assert node.membership.state == NodeState.ISOLATED
+
+
+def test_the_summary_for_metrics_agrees_with_the_status() -> None:
+    rig = Rig([1, 2, 3])
+    rig.run_until(READY)
+    node = rig.nodes[1]
+    now = rig.clock.now()
+    status, summary = node.status(now), node.summary()
+    assert summary["owned_count"] == status["owned_count"] > 0
+    assert summary["draining_count"] == len(status["draining"])
+    assert summary["members"] == len(status["share"]) == 3
+    assert summary["state"] == status["state"] == "active"
+    assert summary["rejected"] == status["rejected"]
