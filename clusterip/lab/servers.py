@@ -2,6 +2,7 @@
 
     python -m clusterip.lab.servers --name n1 [--http 80] [--udp 5300] [--echo 7]
                                     [--listen wildcard|vip|reuseport|freebind --vip ADDR]
+                                    [--wait-vip SECONDS]
 
 * HTTP/1.1 (keep-alive): any GET -> 200, body "n1\\n", header "X-Node: n1".
 * UDP: any datagram -> "n1 <payload>", sent from the address the datagram was sent to
@@ -15,6 +16,9 @@ How each server binds (`--listen`), as services do it in the field:
              served by its own thread (the kernel spreads connections and datagrams);
 * freebind   the VIP's address with IP_FREEBIND, so the bind works before the VIP is up.
 
+`--wait-vip S`: a bind to the VIP retries every 5 ms for up to S seconds while the address is
+not there yet (a service started with the agent, which adds the VIP before it owns a bucket).
+
 A port of 0 turns that server off. Prints "ready" on stdout once every socket listens, then
 points stdout at /dev/null (the parent may close the pipe). Exits 0 on SIGTERM or SIGINT.
 """
@@ -22,6 +26,7 @@ points stdout at /dev/null (the parent may close the pipe). Exits 0 on SIGTERM o
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import socket
@@ -29,15 +34,17 @@ import socketserver
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not export it
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 BACKLOG = 1024
 LISTEN_MODES = ("wildcard", "vip", "reuseport", "freebind")
+_T = TypeVar("_T")
 
 
 def bind_plan(mode: str, vip: str | None) -> tuple[str, int, bool, bool]:
@@ -195,6 +202,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--http", type=int, default=80, help="HTTP port (0: off)")
     parser.add_argument("--udp", type=int, default=5300, help="UDP port (0: off)")
     parser.add_argument("--echo", type=int, default=7, help="TCP line echo port (0: off)")
+    parser.add_argument("--wait-vip", type=float, default=0.0, help="retry binding the VIP (s)")
     args = parser.parse_args(argv)
     for opt in ("http", "udp", "echo"):
         if not 0 <= getattr(args, opt) <= 65535:
@@ -208,16 +216,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _bound(make: Callable[[], _T], wait: float) -> _T:
+    """make(), retried while the address to bind is not there yet, for up to `wait` s."""
+    end = time.monotonic() + wait
+    while True:
+        try:
+            return make()
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL or time.monotonic() >= end:
+                raise
+        time.sleep(0.005)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stop = threading.Event()
     servers: list[socketserver.TCPServer] = []
+    plan, wait = args.plan, args.wait_vip
     if args.http:
-        servers += tcp_servers(HttpServer, http_handler(args.name), args.http, args.plan)
+        handler = http_handler(args.name)
+        servers += _bound(lambda: tcp_servers(HttpServer, handler, args.http, plan), wait)
     if args.echo:
-        servers += tcp_servers(EchoServer, echo_handler(args.name), args.echo, args.plan)
+        echo = echo_handler(args.name)
+        servers += _bound(lambda: tcp_servers(EchoServer, echo, args.echo, plan), wait)
     runners: list[Callable[[], None]] = [partial(s.serve_forever, 0.1) for s in servers]
-    udp = udp_sockets(args.udp, args.plan) if args.udp else []
+    udp = _bound(lambda: udp_sockets(args.udp, plan), wait) if args.udp else []
     runners += [partial(serve_udp, sock, args.name, stop) for sock in udp]
 
     def on_signal(signum: int, frame: object) -> None:

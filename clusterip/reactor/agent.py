@@ -53,7 +53,7 @@ from clusterip.link import Link
 from clusterip.nft import Firewall
 from clusterip.reactor.carrier import CarrierWatch
 from clusterip.reactor.commands import Commands
-from clusterip.reactor.control import ControlServer
+from clusterip.reactor.control import ControlServer, Later
 from clusterip.reactor.datapath import AgentDatapath
 from clusterip.reactor.flowwatch import FlowWatcher
 from clusterip.reactor.metrics import Metrics
@@ -169,6 +169,7 @@ class Agent:
             )
             self.units.append(Unit(node, datapath))
         self.watcher.configs = [u.node.cfg for u in self.units]
+        self.watcher.snappers = {u.vip: u.datapath.snapshot for u in self.units}
 
     # ----- life cycle ---------------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class Agent:
                 deadline = min(u.node.next_deadline(now) for u in self.units)
                 for key, _ in sel.select(timeout=max(0.0, deadline - now)):
                     if key.data == "control":
-                        self.control.serve_one(self.commands.handle)
+                        self.control.serve_one(self.commands.handle_later)
                     elif key.data == "wake":  # a signal arrived; "net" is read in step()
                         with contextlib.suppress(BlockingIOError):
                             wake.recv(64)
@@ -397,7 +398,9 @@ class Agent:
                 self._export(unit, now)
 
     def _apply(self, unit: Unit, step: Step) -> None:
-        if unit.datapath.apply(step.ownership):
+        # A move that starts uses the watcher's latest snapshot (if fresh enough): sock_diag
+        # stays off the loop.
+        if unit.datapath.apply(step.ownership, flows=self.watcher.snapshot(unit.vip)):
             self.metrics.changes.labels(unit.vip).inc()
 
     def _log(self, unit: Unit, events: Sequence[Event], now: float) -> None:
@@ -443,18 +446,30 @@ class Agent:
     # ----- report -------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        return self.status_later().compute()
+
+    def status_later(self) -> Later:
+        """What `clusterip status` shows: the nodes' part now (in the loop), the kernel's
+        part (flows, counters) when the returned `Later` is computed (in another thread)."""
         now = self.clock()
-        vips = []
-        for unit in self.units:
-            doc = unit.node.status(now)
-            if not self.watcher.active:
+        docs = [(unit, unit.node.status(now)) for unit in self.units]
+        measure = not self.watcher.active
+
+        def kernel() -> dict[str, Any]:
+            if measure:
                 self.watcher.measure()
-            latest = self.watcher.latest(unit.vip) or (0.0, {})
-            doc["flows"] = {str(b): n for b, n in sorted(latest[1].items())}
-            doc["last_apply_ms"] = round(unit.datapath.stats.last_seconds * 1000, 3)
-            doc["changes"] = unit.datapath.stats.changes
-            doc["counters"] = unit.datapath.counters()
-            vips.append(doc)
+            for unit, doc in docs:
+                latest = self.watcher.latest(unit.vip) or (0.0, {})
+                doc["flows"] = {str(b): n for b, n in sorted(latest[1].items())}
+                doc["last_apply_ms"] = round(unit.datapath.stats.last_seconds * 1000, 3)
+                doc["changes"] = unit.datapath.stats.changes
+                doc["counters"] = unit.datapath.counters()
+            return {**head, "vips": [doc for _unit, doc in docs]}
+
+        head = self._status_head(now)
+        return Later(kernel)
+
+    def _status_head(self, now: float) -> dict[str, Any]:
         return {
             "agent": {
                 "node_id": self.settings.node_id,
@@ -467,7 +482,6 @@ class Agent:
                 "weight_zero": bool(self.units) and self.units[0].node.membership.weight == 0,
                 "pid": os.getpid(),
             },
-            "vips": vips,
         }
 
 

@@ -4,6 +4,11 @@ Reading the sockets and UDP flows of a busy node takes milliseconds of Python: d
 it would delay heartbeats and get healthy nodes declared dead. A worker thread measures every
 `every` seconds; the loop reads the latest counts with the time they were taken, and trusts a
 zero only when it was measured after the bucket started draining.
+
+The same thread takes each VIP's snapshot of this node's TCP flows (`snappers`) every
+SNAPSHOT_EVERY seconds, so that a move that starts needs none of its own: the datapath takes a
+snapshot up to clusterip.reactor.datapath.SNAPSHOT_MAX_AGE old (flows younger than that are in
+its `syns` set).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from clusterip.config import VipConfig
 from clusterip.flows import Flow, FlowSource
@@ -19,6 +25,7 @@ from clusterip.flows import Flow, FlowSource
 log = logging.getLogger("clusterip.core")
 
 Measurement = tuple[float, dict[int, int]]  # (taken at, live flows per bucket)
+SNAPSHOT_EVERY = 3.0
 
 
 class FlowWatcher:
@@ -46,6 +53,9 @@ class FlowWatcher:
         # Measure only while someone needs the counts (the agent sets this while any bucket
         # drains): an idle agent reads no socket table and lists no set.
         self.active = True
+        self.snappers: dict[str, Callable[[], Any]] = {}  # VIP -> take its snapshot
+        self._snaps: dict[str, Any] = {}
+        self._next_snap = 0.0
 
     def measure(self) -> None:
         """Take one measurement of every VIP now (in the calling thread)."""
@@ -80,9 +90,29 @@ class FlowWatcher:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every):
+        self._snapshots()
+        while not self._stop.wait(min(self.every, SNAPSHOT_EVERY)):
             if self.active:
                 self.measure()
+            self._snapshots()
+
+    def _snapshots(self) -> None:
+        if self.clock() < self._next_snap:
+            return
+        self._next_snap = self.clock() + SNAPSHOT_EVERY
+        for vip, take in list(self.snappers.items()):
+            try:
+                snap = take()
+            except Exception as exc:  # the move will take its own
+                log.warning("cannot take a snapshot of the flows of %s: %s", vip, exc)
+                continue
+            with self._lock:
+                self._snaps[vip] = snap
+
+    def snapshot(self, vip: str) -> Any:
+        """The latest snapshot of `vip`'s TCP flows that the thread took (None: none yet)."""
+        with self._lock:
+            return self._snaps.get(vip)
 
     def stop(self) -> None:
         self._stop.set()
