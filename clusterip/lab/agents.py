@@ -24,6 +24,16 @@ def write_key(path: Path, key: str = KEY) -> Path:
     return path
 
 
+def log_time(line: str) -> float:
+    """The time of an agent's log line ("2026-11-30 14:17:13,686 ..."; 0: none), truncated to
+    the millisecond as logging writes it."""
+    try:
+        whole = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+        return whole + int(line[20:23]) / 1000
+    except ValueError:
+        return 0.0
+
+
 class AgentError(AssertionError):
     """An agent did not do what a lab step expected (with the agents' log tails)."""
 
@@ -158,6 +168,14 @@ class Agents:
             self.wait_for(done, "convergence", timeout, every=0.1)
         except AgentError:
             raise AgentError(f"agents did not converge: {last}\n{self.tail()}") from None
+
+    def log_times(self, k: int, text: str, since: float = 0.0) -> list[float]:
+        """Wall-clock times (ms precision) of node k's log lines containing `text`, from
+        `since` on."""
+        path = self.logs.get(k)
+        lines = path.read_text().splitlines() if path is not None and path.exists() else []
+        times = [log_time(line) for line in lines if text in line]
+        return [t for t in times if t >= since]
 
     def tail(self, lines: int = 15) -> str:
         return "\n".join(

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterip.core import defaults
-from clusterip.lab.agents import Agents, write_key
+from clusterip.lab.agents import Agents, log_time, write_key
 from clusterip.lab.net import Lab
 from clusterip.lab.traffic import SLOW, PortPicker, Seen, Traffic, udp_gaps
 from clusterip.reactor.transport import DEFAULT_GROUP, DEFAULT_PORT
@@ -376,13 +376,6 @@ def down_events(agents: Agents, since: float) -> list[str]:
     out = []
     for k, path in agents.logs.items():
         for line in path.read_text().splitlines():
-            if " down (" in line and _log_time(line) >= since:
+            if " down (" in line and log_time(line) >= since:
                 out.append(f"n{k}: {line}")
     return out
-
-
-def _log_time(line: str) -> float:
-    try:
-        return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
-    except ValueError:
-        return 0.0

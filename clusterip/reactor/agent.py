@@ -18,7 +18,15 @@ Ways out:
   With `restart_grace = 0` it is a graceful leave instead.
 - `clusterip stop --leave` (control socket): graceful leave; peers take the buckets at once.
 - kill -9 or a crash: the agent's liveness table dies with the process, and the node answers
-  nothing for the VIP from that instant; the survivors take over after detection.
+  nothing for the VIP from that instant; the survivors take over after detection. An exception
+  in the loop ends like a graceful removal (stop answering first, then address and tables).
+- A failed start: nothing was served yet, the removal answers nothing. A successor that adopted
+  its predecessor's datapath and then fails hands it back for what is left of the lease, so the
+  node serves on exactly as if the successor had never started.
+
+For tests only, CLUSTERIP_TEST_FAULT makes the agent fail on purpose: `start` right after its
+datapaths are up (adopted or new), `loop:SECONDS` with an exception in the loop that long
+after the start.
 """
 
 from __future__ import annotations
@@ -62,8 +70,10 @@ from clusterip.reactor.settings import AgentSettings
 from clusterip.reactor.transport import Transport, UdpTransport
 from clusterip.sdnotify import Notifier as SystemdNotifier
 from clusterip.sdnotify import Watchdog, watchdog_period
+from clusterip.state import Lease
 
 log = logging.getLogger("clusterip.agent")
+FAULT_ENV = "CLUSTERIP_TEST_FAULT"  # tests only: "start" or "loop:SECONDS" (see the module doc)
 RECV_BATCH = 256  # datagrams read per step at most: a flood must not delay our heartbeats
 Reloader = Callable[[], tuple[list[VipConfig], AgentSettings]]
 
@@ -75,6 +85,7 @@ class Unit:
     node: VipNode
     datapath: AgentDatapath
     metrics_due: float = 0.0
+    adopted: Lease | None = None  # the predecessor's lease this unit took over
 
     @property
     def vip(self) -> str:
@@ -125,6 +136,7 @@ class Agent:
         self.watchdog = Watchdog(self.systemd, watchdog_period())
         self.ready_sent = False
         self._states: dict[str, str] = {}
+        self._fault_in_loop = os.environ.get(FAULT_ENV, "").startswith("loop:")
         self.watcher = FlowWatcher(
             flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock
         )
@@ -167,7 +179,7 @@ class Agent:
                 drain_timeout=s.drain_timeout,
                 adopted=adopted,
             )
-            self.units.append(Unit(node, datapath))
+            self.units.append(Unit(node, datapath, adopted=left.lease if left else None))
         self.watcher.configs = [u.node.cfg for u in self.units]
         self.watcher.snappers = {u.vip: u.datapath.snapshot for u in self.units}
 
@@ -185,6 +197,7 @@ class Agent:
         if self.settings.realtime:
             _realtime(self.settings.realtime)
         handed_over = False
+        running = False
         try:
             self._start_units(self.configs)
             self.transport.open()
@@ -193,6 +206,7 @@ class Agent:
             self.watcher.start()
             if self.settings.metrics:
                 self.metrics.serve(self.settings.metrics)
+            self._injected("start")
             log.info(
                 "agent up: node %d, %d VIP(s), heartbeat every %d ms, dead after %d ms",
                 self.settings.node_id,
@@ -200,6 +214,7 @@ class Agent:
                 round(self.settings.interval * 1000),
                 round(self.settings.detection_time * 1000),
             )
+            running = True
             self._loop(wake_r)
             handed_over = self._stop()
             return 0
@@ -208,7 +223,7 @@ class Agent:
             if not handed_over:
                 for unit in self.units:
                     try:
-                        unit.datapath.stop()
+                        self._give_back(unit, running)
                     except Exception as exc:  # best effort on the way out
                         log.error("cleanup of %s failed: %s", unit.vip, exc)
             self.transport.close()
@@ -220,6 +235,29 @@ class Agent:
                 signal.signal(s, h)
             wake_r.close()
             wake_w.close()
+
+    def _give_back(self, unit: Unit, running: bool) -> None:
+        """On a way out that is not a planned stop: remove the datapath (it answers nothing
+        from its first step), unless this agent failed to start after adopting a suspended
+        predecessor's: then the lease goes back for the time it had left, with the
+        predecessor's incarnation, as if this agent had never started."""
+        lease = unit.adopted
+        left = lease.until - time.time() if lease is not None else 0.0
+        if lease is not None and not running and left > 0.05:
+            unit.datapath.suspend(left, node_id=lease.node_id, incarnation=lease.incarnation)
+            log.error("%s: failed to start: the datapath serves on for the %.1f s left of its "
+                      "lease", unit.vip, left)  # fmt: skip
+            return
+        unit.datapath.stop()
+
+    def _injected(self, point: str) -> None:
+        """A failure on purpose, for tests (FAULT_ENV)."""
+        spec = os.environ.get(FAULT_ENV, "")
+        if spec == point == "start":
+            raise RuntimeError(f"{FAULT_ENV}=start: failing at start, as asked")
+        late = point == "loop" and self.clock() - self.started >= float(spec[5:] or "inf")
+        if late and spec.startswith("loop:"):
+            raise RuntimeError(f"{FAULT_ENV}={spec}: failing in the loop, as asked")
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -247,6 +285,7 @@ class Agent:
         for unit in self.units:
             step = unit.node.leave(now)
             self._apply(unit, step)
+            log.info("%s: answers nothing from here on (leaving)", unit.vip)
             for data in step.datagrams:
                 self.transport.send(data)
         log.info("left the cluster gracefully")
@@ -275,6 +314,8 @@ class Agent:
                     self.reload_wanted = False
                     self._reload(sel)
                 began = self.clock()
+                if self._fault_in_loop:
+                    self._injected("loop")
                 self.step(began)
                 self.watchdog.tick(began)
                 self._tell_systemd()

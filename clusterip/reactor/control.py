@@ -20,7 +20,6 @@ SOCKET_NAME = "\0clusterip-agent"
 MAX_REQUEST = 4096
 
 
-
 @dataclass(frozen=True)
 class Later:
     """A reply that reads the kernel (sockets, counters): computed in a thread of its own, so
