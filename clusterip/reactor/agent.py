@@ -44,15 +44,7 @@ from typing import Any
 
 from clusterip.config import VipConfig
 from clusterip.core import defaults
-from clusterip.core.events import (
-    Event,
-    Notice,
-    OwnershipChanged,
-    PeerContinued,
-    PeerDown,
-    PeerUp,
-    StateChanged,
-)
+from clusterip.core.events import Event
 from clusterip.core.params import Params
 from clusterip.core.vipnode import Adoption, Step, VipNode
 from clusterip.core.wire import Malformed, peek
@@ -66,6 +58,7 @@ from clusterip.reactor.datapath import AgentDatapath
 from clusterip.reactor.flowwatch import FlowWatcher
 from clusterip.reactor.metrics import Metrics
 from clusterip.reactor.notify import Notifier
+from clusterip.reactor.report import log_events, status_later
 from clusterip.reactor.settings import AgentSettings
 from clusterip.reactor.transport import Transport, UdpTransport
 from clusterip.sdnotify import Notifier as SystemdNotifier
@@ -102,6 +95,7 @@ class Agent:
         firewall: Firewall,
         link: Link,
         flows: FlowSource,
+        loop_flows: FlowSource | None = None,
         transport: Transport | None = None,
         carrier: CarrierWatch | None = None,
         sockets: SocketTable | None = None,
@@ -138,7 +132,7 @@ class Agent:
         self._states: dict[str, str] = {}
         self._fault_in_loop = os.environ.get(FAULT_ENV, "").startswith("loop:")
         self.watcher = FlowWatcher(
-            flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock
+            flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock, loop_flows
         )
 
     def _start_units(self, configs: Sequence[VipConfig]) -> None:
@@ -429,7 +423,7 @@ class Agent:
                 for data in step.datagrams:
                     self.transport.send(data)
                 self._log(unit, step.events, now)
-                step = node.step(now, self.watcher.measure_now(unit.node.cfg))
+                step = node.step(now, self.watcher.measure_now(unit.node.cfg, loop=True))
             self._apply(unit, step)
             for data in step.datagrams:
                 self.transport.send(data)
@@ -445,32 +439,7 @@ class Agent:
             self.metrics.changes.labels(unit.vip).inc()
 
     def _log(self, unit: Unit, events: Sequence[Event], now: float) -> None:
-        vip = unit.vip
-        for event in events:
-            if isinstance(event, OwnershipChanged):
-                log.info(
-                    "%s: %d buckets now (+%d, %d from dead nodes, -%d)",
-                    vip,
-                    len(event.owned),
-                    len(event.gained),
-                    len(event.orphaned),
-                    len(event.lost),
-                )
-                self.notify("owned" if event.owned else "none", vip, sorted(event.owned),
-                            self.settings.buckets)  # fmt: skip
-            elif isinstance(event, Notice):
-                level = {"info": logging.INFO, "warning": logging.WARNING}.get(
-                    event.level, logging.ERROR
-                )
-                log.log(level, "%s: %s", vip, event.text)
-            elif isinstance(event, StateChanged):
-                log.warning("%s: %s -> %s (%s)", vip, event.old.name, event.new.name, event.reason)
-            elif isinstance(event, PeerUp):
-                log.info("%s: node %d up at %s", vip, event.node_id, event.address)
-            elif isinstance(event, PeerContinued):
-                log.info("%s: node %d restarted, continued by its successor", vip, event.node_id)
-            elif isinstance(event, PeerDown):
-                log.warning("%s: node %d down (%s)", vip, event.node_id, event.reason)
+        log_events(self, unit.vip, events)
 
     def _export(self, unit: Unit, now: float) -> None:
         st = unit.node.status(now)
@@ -484,46 +453,12 @@ class Agent:
             apply_seconds=unit.datapath.stats.last_seconds,
         )
 
-    # ----- report -------------------------------------------------------------------------
-
     def status(self) -> dict[str, Any]:
         return self.status_later().compute()
 
     def status_later(self) -> Later:
-        """What `clusterip status` shows: the nodes' part now (in the loop), the kernel's
-        part (flows, counters) when the returned `Later` is computed (in another thread)."""
-        now = self.clock()
-        docs = [(unit, unit.node.status(now)) for unit in self.units]
-        measure = not self.watcher.active
-
-        def kernel() -> dict[str, Any]:
-            if measure:
-                self.watcher.measure()
-            for unit, doc in docs:
-                latest = self.watcher.latest(unit.vip) or (0.0, {})
-                doc["flows"] = {str(b): n for b, n in sorted(latest[1].items())}
-                doc["last_apply_ms"] = round(unit.datapath.stats.last_seconds * 1000, 3)
-                doc["changes"] = unit.datapath.stats.changes
-                doc["counters"] = unit.datapath.counters()
-            return {**head, "vips": [doc for _unit, doc in docs]}
-
-        head = self._status_head(now)
-        return Later(kernel)
-
-    def _status_head(self, now: float) -> dict[str, Any]:
-        return {
-            "agent": {
-                "node_id": self.settings.node_id,
-                "weight": self.units[0].node.membership.weight if self.units else 0,
-                "uptime_s": round(now - self.started, 1),
-                "interval_ms": round(self.settings.interval * 1000),
-                "detection_ms": round(self.settings.detection_time * 1000),
-                "restart_grace_s": self.settings.restart_grace,
-                "draining": self.commands.draining,
-                "weight_zero": bool(self.units) and self.units[0].node.membership.weight == 0,
-                "pid": os.getpid(),
-            },
-        }
+        """What `clusterip status` shows (clusterip.reactor.report)."""
+        return status_later(self)
 
 
 def _realtime(priority: int) -> None:

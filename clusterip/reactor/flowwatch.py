@@ -13,6 +13,7 @@ its `syns` set).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import Counter
@@ -36,8 +37,12 @@ class FlowWatcher:
         modulus: int,
         every: float,
         clock: Callable[[], float],
+        loop_source: FlowSource | None = None,
     ) -> None:
         self.source = source
+        # The loop's own reader (its own netlink socket and memo), so that a count the loop
+        # needs now never waits for one the thread or a status request is taking.
+        self.loop_source = loop_source
         self.configs = list(configs)
         self.modulus = modulus
         self.every = every
@@ -62,13 +67,16 @@ class FlowWatcher:
         for cfg in self.configs:
             self.measure_now(cfg)
 
-    def measure_now(self, cfg: VipConfig) -> tuple[float, list[Flow]] | None:
+    def measure_now(self, cfg: VipConfig, *, loop: bool = False) -> tuple[float, list[Flow]] | None:
         """Measure one VIP now, in the calling thread (the worker may be measuring too: the
-        source is used by one thread at a time). None if the flows cannot be read."""
-        with self._measuring:
+        source is used by one thread at a time; `loop`: the loop's own source, if any). None
+        if the flows cannot be read."""
+        own = loop and self.loop_source is not None
+        with contextlib.nullcontext() if own else self._measuring:
             taken = self.clock()
             try:
-                flows = self.source.flows(cfg, self.modulus)
+                source = self.loop_source if own and self.loop_source else self.source
+                flows = source.flows(cfg, self.modulus)
             except Exception as exc:  # cannot read them: keep draining until the timeout
                 log.warning("cannot count flows of %s: %s", cfg.vip, exc)
                 return None
@@ -78,6 +86,17 @@ class FlowWatcher:
             self._flows[str(cfg.vip)] = flows
             self._reports[str(cfg.vip)] = (taken, flows)
         return taken, flows
+
+    def fresh(self, max_age: float) -> None:
+        """Measure every VIP unless each was measured within `max_age` s (status requests:
+        a client polling status must not make the agent read its flows at every request)."""
+        now = self.clock()
+        with self._lock:
+            stale = [
+                c for c in self.configs if now - self._latest.get(str(c.vip), (-1e18,))[0] > max_age
+            ]
+        for cfg in stale:
+            self.measure_now(cfg)
 
     def poll(self, now: float) -> None:
         """Without a thread (tests, simulations): measure inline when due."""
