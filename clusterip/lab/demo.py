@@ -42,7 +42,10 @@ NODES = 3
 CLIENTS = 50
 WINDOW = 1.0  # seconds of requests the live rates are computed over
 LOAD_SECONDS = 90
-CLIENT_TIMEOUT = 2.0  # a client waits this long for an answer: a lost SYN's retransmit (1 s)
+# A client waits this long for an answer: a SYN lost in a move's hand-over instant is sent
+# again after 1 s. The demo used 0.2 s, and so counted those as failures (issue 10's "4 outside
+# the kill window"): CLUSTERIP_DEMO_TIMEOUT=0.2 shows them again.
+CLIENT_TIMEOUT = float(os.environ.get("CLUSTERIP_DEMO_TIMEOUT", "2.0"))
 RETRANSMIT = 0.9  # a request this slow waited for a SYN retransmit
 KILL_WINDOW = 2.0  # requests started this long after the kill -9 may fail
 
@@ -162,9 +165,16 @@ class Demo:
                 out.append(min(after) - killed)
         return out
 
-    def window(self, since: float, until: float) -> list[tuple[float, str, str | None, float]]:
-        """Requests that started in [since, until)."""
-        return [r for r in self.feed.records if since <= r[0] - r[3] < until]
+    def window(
+        self, since: float, until: float, *, slow: bool = False
+    ) -> list[tuple[float, str, str | None, float]]:
+        """Requests that started in [since, until) (`slow`: those that waited for a SYN
+        retransmit)."""
+        return [
+            r
+            for r in self.feed.records
+            if since <= r[0] - r[3] < until and (not slow or r[3] >= RETRANSMIT)
+        ]
 
 
 def run(argv: Sequence[str] = ()) -> int:
@@ -200,10 +210,11 @@ def run(argv: Sequence[str] = ()) -> int:
                 demo.hold(lab, live, 2)
                 times = demo.failover_times(killed, before)
                 if times:
+                    waited = len(demo.window(killed, killed + 1.0, slow=True))
                     demo.say(
                         f"survivors took over by themselves: {len(times)} clients of n3 served "
-                        f"again after {1000 * sorted(times)[len(times) // 2]:.0f} ms (median), "
-                        f"{1000 * max(times):.0f} ms (max)"
+                        f"again after {1000 * sorted(times)[len(times) // 2]:.0f} ms (median); "
+                        f"{waited} had sent a SYN in between and waited for its retransmit"
                     )
                 demo.hold(lab, live, 3)
                 demo.say("n3 comes back: it rejoins and gets a third back")
