@@ -210,9 +210,14 @@ class MoveLab:
             raise
         return traffic
 
-    def run(self, spec: Spec) -> Outcome:
+    def run(self, spec: Spec, *, unguarded: bool = False) -> Outcome:
+        """One move under load. `unguarded`: first wait for the guard windows of the start to
+        end (10 s), so that the status after the move shows only the move's own."""
         self.prepare(spec)
         a = self.agents
+        if unguarded:
+            a.wait_for(lambda: all(a.vip_status(k)["guard_until"] is None for k in (1, 2, 3)),
+                       "the start's guard windows to end", timeout=20, every=0.5)  # fmt: skip
         before_status = {k: a.vip_status(k) for k in (1, 2, 3)}
         before = {k: frozenset(st["owned"]) for k, st in before_status.items()}
         traffic = self.traffic = self.start_traffic(spec)

@@ -48,6 +48,7 @@ UDP_PER_NODE = 15
 BEFORE = 1.5
 AFTER = 2.5
 HEAL_GRACE = 1.0  # every client answered again within this of the heal
+DURING_BEFORE = 1.5  # connections opened during a fault: this long before the heal
 FAULT_TABLE = "clusterip_lab_fault"  # the switch namespace's nft table (bridge family)
 WRONG_KEY = "a-different-secret-of-sufficient-length\n"
 FLOOD_RATE = 10_000
@@ -265,7 +266,9 @@ class FaultLab:
             raise
         return t
 
-    def run(self, sc: Scenario) -> FaultOutcome:
+    def run(self, sc: Scenario, *, during: int = 0) -> FaultOutcome:
+        """One scenario under load. `during`: that many more long-lived connections, opened
+        late in the fault (to the nodes that serve then) and held across the heal."""
         self.prepare(sc)
         a = self.agents
         nodes = list(range(1, sc.nodes + 1))
@@ -277,6 +280,10 @@ class FaultLab:
             time.sleep(BEFORE)
             marks["fault"] = time.time()
             healer = self._fault(sc, extra)
+            if during:
+                time.sleep(max(0.0, marks["fault"] + sc.seconds - DURING_BEFORE - time.time()))
+                addrs = self.lab.topo.client_addrs()
+                traffic.hold("during", [addrs[i % len(addrs)] for i in range(during)], http=False)
             time.sleep(max(0.0, marks["fault"] + sc.seconds - time.time()))
             marks["heal"] = time.time()
             healer()

@@ -83,6 +83,7 @@ class Traffic:
     """The three clients, running; `finish()` stops them and returns what they saw."""
 
     lab: Lab
+    vip: str | None = None  # another address than the lab's VIP (a baseline's)
     held: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
     udp: subprocess.Popen[str] | None = None
     new: subprocess.Popen[str] | None = None
@@ -93,8 +94,13 @@ class Traffic:
         """Long-lived connections from exactly these "addr:port"s (a group `label`, which
         `close(label)` can end by client choice)."""
         self.held[label] = start_conns(
-            self.lab, len(sources), period=period, duration=300, http=http, sources=sources
-        )
+            self.lab, len(sources), period=period, duration=300, http=http, sources=sources,
+            vip=self.target,
+        )  # fmt: skip
+
+    @property
+    def target(self) -> str:
+        return self.vip or self.lab.topo.vip
 
     def close(self, label: str) -> list[dict[str, Any]]:
         """End group `label` by client choice; returns its report (`finish` includes it)."""
@@ -102,7 +108,7 @@ class Traffic:
         return self.closed[label]
 
     def flows(self, sessions: list[str], period: float = 0.1, duration: float = 300) -> None:
-        argv = [sys.executable, "-m", "clusterip.lab.udpflows", self.lab.topo.vip]
+        argv = [sys.executable, "-m", "clusterip.lab.udpflows", self.target]
         argv += [str(UDP_PORT), str(period), str(duration), ",".join(sessions)]
         self.udp = self.lab.spawn(self.lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
         _ready(self.udp, "udp flows")
@@ -116,7 +122,7 @@ class Traffic:
         pause: float = NEW_PAUSE,
     ) -> None:
         """New connections in a loop from each of `sources`, `pause` s apart (per address)."""
-        argv = [sys.executable, "-m", "clusterip.lab.newconns", self.lab.topo.vip, str(port)]
+        argv = [sys.executable, "-m", "clusterip.lab.newconns", self.target, str(port)]
         argv += ["300", str(timeout), ",".join(sources), "--pause", str(pause)]
         self.new = self.lab.spawn(self.lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
         _ready(self.new, "new connections")
