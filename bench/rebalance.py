@@ -62,7 +62,7 @@ def static_move(m: MoveLab, listen: str, naive: bool) -> dict[str, Any]:
     for k in (1, 2, 3):
         _cip(m, k, "up", "--vip", vip, "--interface", "eth0", "--total-nodes", "3",
              "--local-node", str(k))  # fmt: skip
-    m._serve(spec, [1, 2, 3])
+    m.serve(spec, [1, 2, 3])
     moved = frozenset({STATIC_BUCKET})
     rest = frozenset({1, 2})
     traffic = Traffic(m.lab)

@@ -146,7 +146,7 @@ class MoveLab:
             return ("--restart-grace", "0")
         return ()
 
-    def _serve(self, spec: Spec, nodes: list[int], *, vip_up: bool = True) -> list[Any]:
+    def serve(self, spec: Spec, nodes: list[int], *, vip_up: bool = True) -> list[Any]:
         """Servers on `nodes`; `vip_up=False`: the VIP is not there yet (a joining node)."""
         lab = self.lab
         if spec.server == "lab":
@@ -171,7 +171,7 @@ class MoveLab:
         for k in (1, 2, 3):
             self.agents.start(k)
         self.agents.wait_converged([1, 2, 3])
-        self._serve(spec, [1, 2, 3])
+        self.serve(spec, [1, 2, 3])
 
     # ----- the move -----------------------------------------------------------------------
 
@@ -243,7 +243,7 @@ class MoveLab:
         return Outcome(spec, self.cfg, before, after, touched, marks, seen, statuses, before_status)
 
     def _join(self, spec: Spec, marks: dict[str, float]) -> list[int]:
-        waiting = self._serve(spec, [4], vip_up=False)
+        waiting = self.serve(spec, [4], vip_up=False)
         self.agents.start(4)
         if waiting:
             self.lab.servers_ready({4: waiting[0]}, timeout=10)

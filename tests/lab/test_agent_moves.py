@@ -21,13 +21,14 @@ grace (the behaviour before planned restarts) break connections, and `check` say
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from clusterip.core.holdings import claims
 from clusterip.lab.agentmoves import BUCKETS, LISTENS, MOVER, MOVES, MoveLab, Outcome, Spec
-from clusterip.lab.traffic import SLOW
+from clusterip.lab.traffic import SLOW, Traffic
 from tests.lab.conftest import MakeLab
 
 NEW_IN_MOVED = 200
@@ -127,3 +128,49 @@ def test_the_checks_see_a_naive_move(moves: MoveLab) -> None:
     assert any("long-lived (held)" in p for p in problems(join)), problems(join)
     restart = moves.run(Spec("restart", "wildcard", 1, naive=True))  # --restart-grace 0
     assert any("long-lived (held)" in p for p in problems(restart)), problems(restart)
+
+
+def test_no_bucket_hangs_after_start_join_or_move(moves: MoveLab) -> None:
+    """Issue 10, item 4, with every handshake a SYN cookie and VIP-bound servers: clients
+    connect all along while three agents start, a fourth joins and one drains; from the first
+    answer on, no new connection fails or waits for more than one SYN retransmit. The guard
+    window a join leaves on the gaining node shows in its status with its end time."""
+    spec = Spec("join", "vip", 2)
+    moves.cells += 1
+    moves.reset(spec)
+    a = moves.agents
+    a.extra = []
+    waiting = moves.serve(spec, [1, 2, 3, 4], vip_up=False)  # they bind once the VIP is up
+    traffic = Traffic(moves.lab)
+    try:
+        traffic.connect(moves.lab.topo.client_addrs())
+        time.sleep(0.5)  # no agent yet: nothing answers
+        for k in (1, 2, 3):
+            a.start(k)
+        moves.lab.servers_ready(dict(enumerate(waiting[:3], start=1)), timeout=15)
+        a.wait_converged([1, 2, 3])
+        time.sleep(1.0)
+        a.start(4)
+        moves.lab.servers_ready({4: waiting[3]}, timeout=15)
+        a.wait_converged([1, 2, 3, 4])
+        st = a.vip_status(4)
+        now = time.time()
+        time.sleep(1.0)
+        a.drain(2)
+        a.wait_for(lambda: a.vip_status(2)["owned_count"] == 0, "the drain")
+        time.sleep(1.5)
+        seen = traffic.finish()
+    except BaseException:
+        traffic.kill()
+        raise
+    assert st["guarded"] and st["guard_until"] > 0, st  # gained from live nodes: guarded
+    assert st["guard_ends_at"] == pytest.approx(now + st["guard_until"], abs=1.0), st
+    served = [r for r in seen.new if r["node"]]
+    first = min(r["start"] for r in served)
+    after = [r for r in seen.new if r["start"] >= first]
+    bad = [(round(r["start"] - first, 2), r["error"], round(r["took"], 2)) for r in after
+           if r["error"] or r["took"] > SLOW]  # fmt: skip
+    print(f" [{len(after)} new connections from the first answer on, "
+          f"longest {max(r['took'] for r in after):.2f} s]", end="")  # fmt: skip
+    assert not bad, bad[:10]
+    assert len(after) > 1000 and {r["node"] for r in after} == {"n1", "n2", "n3", "n4"}
