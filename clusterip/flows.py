@@ -11,6 +11,7 @@ bucket. The bucket of each flow is computed with the same kernel-exact jhash as 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -20,7 +21,6 @@ from clusterip.hashing import flow_bucket
 from clusterip.nft import NftFirewall
 from clusterip.render import table_name
 from clusterip.sockdiag import Sock, tcp_sockets
-from clusterip.state import set_pairs
 
 Flow = tuple[str, int, int]  # client address, client port, bucket (1-based)
 TcpFlow = tuple[str, int, int]  # client address, client port, VIP port: the `mine` set's key
@@ -79,40 +79,63 @@ class SocketFlows:
     def __init__(self, *, udp: bool = True, table: SocketTable | None = None) -> None:
         self.udp = udp
         self.table: SocketTable = table if table is not None else SockDiag()
-        self._memo: dict[tuple[str, int, str, int, int], int] = {}
+        # (VIP, modulus, VIP port) -> (client address, client port) -> bucket
+        self._memo: dict[tuple[str, int, int], dict[tuple[str, int], int]] = {}
         self._nft: NftFirewall | None = None  # its own netlink socket: used by a thread
 
     def per_bucket(self, cfg: VipConfig, modulus: int) -> dict[int, int]:
         return dict(Counter(b for _s, _p, b in self.flows(cfg, modulus)))
 
     def flows(self, cfg: VipConfig, modulus: int) -> list[Flow]:
-        if len(self._memo) > 200_000:  # flows come and go: forget now and then
+        """Every live flow with its bucket. The agent measures this in its loop when a drain
+        begins: a busy UDP service has tens of thousands of flows in `udp_seen`, so the set
+        is read as text (half the time of nft's JSON) and each flow is hashed once."""
+        if sum(map(len, self._memo.values())) > 200_000:  # flows come and go: forget them
             self._memo.clear()
-        memo = self._memo
         vip = str(cfg.vip)
-
-        def bucket_of(src: str, sport: int, dport: int) -> int:
-            key = (vip, modulus, src, sport, dport)
-            b = memo.get(key)
-            if b is None:
-                b = memo[key] = _bucket(cfg, modulus, src, sport, dport)
-            return b
-
         # Live flows only: a TIME_WAIT socket's flow is over.
         tcp = [s for s in self.table.sockets(cfg.vip) if not s.over]
-        out = [(s.raddr, s.rport, bucket_of(s.raddr, s.rport, s.lport)) for s in tcp]
+        out: list[Flow] = []
+        for dport in sorted({s.lport for s in tcp}):
+            memo = self._memo.setdefault((vip, modulus, dport), {})
+            out.extend(
+                (s.raddr, s.rport, _memo_bucket(memo, cfg, modulus, s.raddr, s.rport, dport))
+                for s in tcp
+                if s.lport == dport
+            )
         if self.udp and cfg.protocol in ("udp", "all"):
             # The set holds no destination port: in the dport hashmode the port is that of
             # the configured service when there is exactly one (else the flow counts as 0).
             dport = cfg.dports[0] if len(cfg.dports) == 1 else 0
-            out.extend((a, p, bucket_of(a, p, dport)) for a, p in self._udp(cfg))
+            memo = self._memo.setdefault((vip, modulus, dport), {})
+            get = memo.get
+            for pair in self._udp(cfg):
+                b = get(pair)
+                if b is None:
+                    b = memo[pair] = _bucket(cfg, modulus, pair[0], pair[1], dport)
+                out.append((pair[0], pair[1], b))
         return out
 
     def _udp(self, cfg: VipConfig) -> list[tuple[str, int]]:
         if self._nft is None:
             self._nft = NftFirewall()
-        # None when there are no agent tables (static mode), or they are being replaced.
-        return set_pairs(self._nft.list_objects(f"set netdev {table_name(cfg)} udp_seen"))
+        # Empty when there are no agent tables (static mode), or they are being replaced.
+        text = self._nft.list_text(f"set netdev {table_name(cfg)} udp_seen")
+        return [(a, int(p)) for a, p in _PAIR.findall(text)]
+
+
+# An element of an `ipv4_addr . inet_service` set in nft's text ("198.18.1.7 . 40312 timeout
+# 30s expires 29s1ms"); nft prints ports as numbers unless asked for service names.
+_PAIR = re.compile(r"(\d+\.\d+\.\d+\.\d+) \. (\d+)")
+
+
+def _memo_bucket(
+    memo: dict[tuple[str, int], int], cfg: VipConfig, modulus: int, src: str, sport: int, dport: int
+) -> int:
+    b = memo.get((src, sport))
+    if b is None:
+        b = memo[(src, sport)] = _bucket(cfg, modulus, src, sport, dport)
+    return b
 
 
 class FakeFlows:

@@ -89,6 +89,11 @@ class NftFirewall:
                 objects.extend(self.list_objects(what.format(family=family, name=name)))
         return objects
 
+    def list_text(self, what: str) -> str:
+        """`nft list WHAT` as text ("" when it is absent)."""
+        rc, out, _err = _reader(json=False).cmd(f"list {what}")
+        return str(out) if rc == 0 and out else ""
+
     def list_objects(self, what: str) -> list[dict[str, Any]]:
         """`nft -j list WHAT` as objects; none when it is absent (no port set, or the table
         vanished meanwhile)."""

@@ -83,6 +83,7 @@ def agent(verbose: bool, **params: Any) -> None:
         firewall=NftFirewall(),
         link=NetlinkLink(),
         flows=SocketFlows(),
+        loop_flows=SocketFlows(),
         carrier=CarrierWatch(configs[0].interface),
         reload=load if params.get("config_file") else None,
     )

@@ -61,10 +61,13 @@ class KeptBook:
         if flows:
             self.parts[ADOPTED] = {0: (frozenset(flows), now)}
 
-    def forget(self, node: int) -> None:
-        self.parts.pop(node, None)
+    def forget(self, node: int, at: float | None = None) -> None:
+        """Forget what `node` keeps: now, or its flows only at `at` (they expire then)."""
         self._incoming.pop(node, None)
         self.complete.pop(node, None)
+        book = self.parts.pop(node, None)
+        if at is not None and book:
+            self.parts[node] = {p: (f, min(t, at - KEPT_TTL)) for p, (f, t) in book.items()}
 
     def announcers(self) -> frozenset[int]:
         """The nodes whose kept flows are known."""
@@ -74,7 +77,8 @@ class KeptBook:
         out: set[KeptFlow] = set()
         for node in list(self.parts):
             book = self.parts[node]
-            for part in [p for p, (_f, t) in book.items() if now - t > KEPT_TTL]:
+            # The same sum as deadline(): an entry is gone at the very time it says.
+            for part in [p for p, (_f, t) in book.items() if now >= t + KEPT_TTL]:
                 del book[part]
             if not book:
                 del self.parts[node]

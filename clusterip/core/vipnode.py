@@ -245,7 +245,10 @@ class VipNode:
             self.handover.continued(event.node_id, event.old, event.new)
         elif isinstance(event, PeerDown):
             self.handover.peer_down(event.node_id, event.incarnation, now, m.owned_buckets())
-            self.kept.forget(event.node_id)  # a dead node keeps nothing: its flows are orphans
+            # A dead node keeps nothing: its flows are orphans, forgotten when their RST is due
+            # (a node declared dead by a stalled machine is back before then, still serving
+            # its kept UDP flows: they must not be answered here too meanwhile).
+            self.kept.forget(event.node_id, at=now + defaults.ORPHAN_RESET_DELAY)
 
     # ----- the planned ways out -----------------------------------------------------------
 

@@ -122,14 +122,16 @@ def start_conns(
     duration: float = 20.0,
     http: bool = False,
     sources: list[str] | None = None,
+    vip: str | None = None,
 ) -> subprocess.Popen[str]:
     """Open `n` connections from the client namespace; returns once all are up. `http`:
     keep-alive HTTP requests (to port 80 by default) instead of echoed lines. `sources`:
-    "ADDR" or "ADDR:PORT" (a chosen client port), used in turn (default: every client)."""
+    "ADDR" or "ADDR:PORT" (a chosen client port), used in turn (default: every client). `vip`:
+    another address than the lab's VIP (a VRRP baseline's)."""
     if http and port == 7:
         port = 80
     chosen = ",".join(sources or lab.topo.client_addrs())
-    argv = [sys.executable, "-c", SCRIPT, lab.topo.vip, str(port), str(n), str(period)]
+    argv = [sys.executable, "-c", SCRIPT, vip or lab.topo.vip, str(port), str(n), str(period)]
     argv += [str(duration), chosen, "http" if http else "echo"]
     proc = lab.spawn(lab.topo.client_ns, argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -1,10 +1,14 @@
-"""`make demo`: the whole story on one machine, unattended, in about a minute.
+"""`make demo`: the whole story on one machine, unattended, in about a minute and a half.
 
-A 3-node cluster run by agents in the lab; clients on 50 addresses send requests all the time;
-a live view shows how many requests each node serves and how many buckets it owns. Then:
-node 3 is killed (kill -9) and the survivors take over by themselves (failover time shown);
-node 3 comes back and gets its share back; node 2 drains (no new connections) and resumes.
-Finally a summary, and a teardown that removes exactly what was created.
+A 3-node cluster run by agents in the lab; clients on 50 addresses send requests all the time
+(each a new connection; a client waits up to 2 s, as real ones wait for a lost SYN's
+retransmit); a live view shows how many requests each node serves and how many buckets it
+owns. Then: node 3 is killed (kill -9) and the survivors take over by themselves (failover
+time shown); node 3 comes back and gets its share back; node 1's agent is restarted the way
+`systemctl restart` does it (SIGTERM, then a new agent) and no request notices; node 2 drains
+(no new connections) and resumes. Finally a summary, and a teardown that removes exactly what
+was created. Only the kill may cost requests: the summary counts those in the 2 s after it
+apart, and the demo fails if any other request failed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ from clusterip.reactor.control import NoAgent, request
 NODES = 3
 CLIENTS = 50
 WINDOW = 1.0  # seconds of requests the live rates are computed over
+LOAD_SECONDS = 90
+# A client waits this long for an answer: a SYN lost in a move's hand-over instant is sent
+# again after 1 s. The demo used 0.2 s, and so counted those as failures (issue 10's "4 outside
+# the kill window"): CLUSTERIP_DEMO_TIMEOUT=0.2 shows them again.
+CLIENT_TIMEOUT = float(os.environ.get("CLUSTERIP_DEMO_TIMEOUT", "2.0"))
+RETRANSMIT = 0.9  # a request this slow waited for a SYN retransmit
+KILL_WINDOW = 2.0  # requests started this long after the kill -9 may fail
 
 
 @dataclass
@@ -45,14 +56,14 @@ class Feed:
 
     recent: deque[tuple[float, str | None, str]] = field(default_factory=deque)
     totals: Counter[str] = field(default_factory=Counter)
-    records: list[tuple[float, str, str | None]] = field(default_factory=list)
+    records: list[tuple[float, str, str | None, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, t: float, src: str, node: str | None) -> None:
+    def add(self, t: float, src: str, node: str | None, took: float) -> None:
         with self.lock:
             self.recent.append((t, node, src))
             self.totals[node or "failed"] += 1
-            self.records.append((t, src, node))
+            self.records.append((t, src, node, took))
 
     def rates(self, now: float) -> Counter[str]:
         with self.lock:
@@ -68,7 +79,7 @@ def _read(proc: subprocess.Popen[str], feed: Feed) -> None:
             d = json.loads(line)
         except ValueError:
             continue
-        feed.add(d["t"], d["src"], d["node"])
+        feed.add(d["t"], d["src"], d["node"], d.get("took", 0.0))
 
 
 def _agent_status(lab: Lab, k: int) -> dict[str, Any] | None:
@@ -143,13 +154,27 @@ class Demo:
         return sum(counts) == 4096 and max(counts) - min(counts) <= 1
 
     def failover_times(self, killed: float, victims: set[str]) -> list[float]:
-        """Per client that lost its server: kill -> its first answered request after it."""
+        """Per client that lost its server: kill -> the end of its first request after it that
+        needed no SYN retransmit (one sent in the second after the kill waits for its
+        retransmit, which says when the client retried, not when the survivors took over)."""
         out = []
         for src in victims:
-            after = [t for t, s, n in self.feed.records if s == src and t > killed and n]
+            after = [t for t, s, n, took in self.feed.records
+                     if s == src and t - took > killed and n and took < RETRANSMIT]  # fmt: skip
             if after:
                 out.append(min(after) - killed)
         return out
+
+    def window(
+        self, since: float, until: float, *, slow: bool = False
+    ) -> list[tuple[float, str, str | None, float]]:
+        """Requests that started in [since, until) (`slow`: those that waited for a SYN
+        retransmit)."""
+        return [
+            r
+            for r in self.feed.records
+            if since <= r[0] - r[3] < until and (not slow or r[3] >= RETRANSMIT)
+        ]
 
 
 def run(argv: Sequence[str] = ()) -> int:
@@ -167,7 +192,8 @@ def run(argv: Sequence[str] = ()) -> int:
             for k in topo.node_indexes:
                 demo.start_agent(lab, k, key, work)
             load_argv = [sys.executable, "-m", "clusterip.lab.load", "--vip", topo.vip]
-            load_argv += ["--sources", topo.client_range(), "--duration", "75", "--pause", "0.2"]
+            load_argv += ["--sources", topo.client_range(), "--duration", str(LOAD_SECONDS)]
+            load_argv += ["--pause", "0.2", "--timeout", str(CLIENT_TIMEOUT)]
             with Live(demo.view(lab), console=console, refresh_per_second=4) as live:
                 demo.say("3 agents start: they find each other and split 4096 buckets")
                 ok &= demo.wait_for(lab, live, lambda: demo.converged(lab, [1, 2, 3]), 20)
@@ -175,7 +201,7 @@ def run(argv: Sequence[str] = ()) -> int:
                 load = lab.spawn(topo.client_ns, load_argv, stdout=subprocess.PIPE, text=True)
                 threading.Thread(target=_read, args=(load, demo.feed), daemon=True).start()
                 demo.hold(lab, live, 5)
-                before = {s for t, s, n in demo.feed.records[-600:] if n == "n3"}
+                before = {s for _t, s, n, _d in demo.feed.records[-600:] if n == "n3"}
                 demo.say("kill -9 the agent of n3: its tables vanish with it")
                 killed = time.time()
                 demo.procs[3].kill()
@@ -184,16 +210,33 @@ def run(argv: Sequence[str] = ()) -> int:
                 demo.hold(lab, live, 2)
                 times = demo.failover_times(killed, before)
                 if times:
+                    waited = len(demo.window(killed, killed + 1.0, slow=True))
                     demo.say(
                         f"survivors took over by themselves: {len(times)} clients of n3 served "
-                        f"again after {1000 * sorted(times)[len(times) // 2]:.0f} ms (median), "
-                        f"{1000 * max(times):.0f} ms (max)"
+                        f"again after {1000 * sorted(times)[len(times) // 2]:.0f} ms (median); "
+                        f"{waited} had sent a SYN in between and waited for its retransmit"
                     )
                 demo.hold(lab, live, 3)
                 demo.say("n3 comes back: it rejoins and gets a third back")
                 demo.start_agent(lab, 3, key, work)
                 ok &= demo.wait_for(lab, live, lambda: demo.converged(lab, [1, 2, 3]), 15)
                 demo.hold(lab, live, 4)
+                demo.say("restart n1's agent as systemctl does (SIGTERM, then a new one)")
+                restart = time.time()
+                demo.procs[1].terminate()  # a planned stop: its datapath serves on, alone
+                demo.procs[1].wait()
+                demo.hold(lab, live, 1)
+                demo.start_agent(lab, 1, key, work)  # adopts the datapath where it stands
+                ok &= demo.wait_for(lab, live, lambda: demo.converged(lab, [1, 2, 3]), 15)
+                restarted = time.time()
+                demo.hold(lab, live, 2)
+                during = demo.window(restart, restarted)
+                demo.say(
+                    f"restart done in {restarted - restart:.1f} s: {len(during)} requests "
+                    f"meanwhile, {sum(1 for r in during if r[2] is None)} failed, slowest "
+                    f"{max((r[3] for r in during), default=0) * 1000:.0f} ms"
+                )
+                demo.hold(lab, live, 2)
                 demo.say("drain n2: no new connections there, established ones stay")
                 in_netns(topo.node_ns(2), lambda: request("drain"))
                 ok &= demo.wait_for(lab, live, lambda: demo.owned(lab, 2) == 0, 10)
@@ -208,25 +251,39 @@ def run(argv: Sequence[str] = ()) -> int:
                 proc.terminate()
             for proc in demo.procs.values():
                 proc.wait(timeout=10)
-            total = sum(demo.feed.totals.values())
-            failed = [t for t, _s, n in demo.feed.records if n is None]
-            in_window = sum(1 for t in failed if killed <= t <= killed + 2.0)
-            served = ", ".join(
-                f"{n} {c}" for n, c in sorted(demo.feed.totals.items()) if n != "failed"
-            )
-            console.print(
-                f"summary: {total} requests, {len(failed)} failed "
-                f"({100 * len(failed) / max(total, 1):.2f}%), {in_window} of them in the 2 s "
-                f"after the kill -9; served by: {served}"
-            )
-            ok &= len(failed) - in_window <= total // 100
-            if os.environ.get("CLUSTERIP_DEMO_DEBUG"):
-                bins = Counter(int(t - demo.started) for t in failed)
-                console.print(f"failures per second of the demo: {sorted(bins.items())}")
+            ok &= summary(console, demo, killed, during)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     console.rule(f"torn down: lab {topo.name} removed ({time.time() - demo.started:.0f} s)")
     return 0 if ok else 1
+
+
+def summary(
+    console: Console,
+    demo: Demo,
+    killed: float,
+    restart: list[tuple[float, str, str | None, float]],
+) -> bool:
+    """Print the summary; True when no request failed outside the 2 s after the kill -9."""
+    records = demo.feed.records
+    total = len(records)
+    failed = [r for r in records if r[2] is None]
+    in_window = [r for r in failed if killed <= r[0] - r[3] <= killed + KILL_WINDOW]
+    outside = len(failed) - len(in_window)
+    waited = sum(1 for r in records if r[2] and r[3] >= RETRANSMIT)
+    served = ", ".join(f"{n} {c}" for n, c in sorted(demo.feed.totals.items()) if n != "failed")
+    console.print(
+        f"summary: {total} requests, {len(failed)} failed "
+        f"({100 * len(failed) / max(total, 1):.2f}%): {len(in_window)} in the "
+        f"{KILL_WINDOW:g} s after the kill -9, {outside} outside it; the planned restart: "
+        f"{len(restart)} requests, {sum(1 for r in restart if r[2] is None)} failed; "
+        f"{waited} requests waited for a SYN retransmit (a move's hand-over instant, or the "
+        f"kill); served by: {served}"
+    )
+    if os.environ.get("CLUSTERIP_DEMO_DEBUG"):
+        bins = Counter(int(r[0] - demo.started) for r in failed)
+        console.print(f"failures per second of the demo: {sorted(bins.items())}")
+    return outside == 0 and not any(r[2] is None for r in restart)
 
 
 def main(argv: Sequence[str]) -> int:

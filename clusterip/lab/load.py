@@ -5,7 +5,7 @@
 
 Every source address loops on its own thread: a new TCP connection, one HTTP GET, the node's
 name from the answer. Lines: {"t": wall clock at the end, "src": ..., "node": "n2" | null,
-"error": null | "timeout" | ...}. Bounded in time; targets only the lab's network.
+"error": null | "timeout" | ..., "took": seconds}. Bounded in time; targets only the lab's network.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ MAX_DURATION = 600.0
 
 
 def _request(vip: str, port: int, src: str, timeout: float) -> tuple[str | None, str | None]:
+    """(node, error) of one request."""
     sock = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET)
     sock.settimeout(timeout)
     try:
@@ -63,8 +64,12 @@ def run(argv: Sequence[str]) -> int:
 
     def worker(src: str) -> None:
         while time.time() < end:
+            began = time.monotonic()
             node, error = _request(vip, args.port, src, args.timeout)
-            line = json.dumps({"t": time.time(), "src": src, "node": node, "error": error})
+            took = round(time.monotonic() - began, 4)
+            line = json.dumps(
+                {"t": time.time(), "src": src, "node": node, "error": error, "took": took}
+            )
             with lock:
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()

@@ -70,6 +70,7 @@ class Lab:
         self.store = store
         self.ops = ops
         self._children: dict[int, subprocess.Popen[Any]] = {}
+        self._server_logs: dict[int, str] = {}
         self._lock = threading.Lock()
 
     @property
@@ -350,10 +351,12 @@ class Lab:
         timeout: float | None = None,
         listen: str = "wildcard",
         args: Sequence[str] = (),
+        wait: bool = True,
     ) -> dict[int, subprocess.Popen[Any]]:
-        """Start `clusterip.lab.servers` in each node and wait until every one is listening.
-        `listen`: how they bind (see that module; all but wildcard bind the lab's VIP);
-        `args`: more of its flags (e.g. `--http 0`)."""
+        """Start `clusterip.lab.servers` in each node and wait until every one is listening
+        (`wait=False`: the caller calls `servers_ready` later). `listen`: how they bind (see
+        that module; all but wildcard bind the lab's VIP); `args`: more of its flags (e.g.
+        `--http 0`, `--wait-vip 10`)."""
         ks = list(nodes) if nodes is not None else list(self.topo.node_indexes)
         procs: dict[int, subprocess.Popen[Any]] = {}
         logs: dict[int, str] = {}
@@ -374,9 +377,18 @@ class Lab:
                     stdout=subprocess.PIPE,
                     stderr=log,
                 )
-        limit = timeout if timeout is not None else 10.0 + 0.5 * len(ks)
-        _wait_ready(procs, logs, time.monotonic() + limit)
+        self._server_logs.update({procs[k].pid: logs[k] for k in ks})
+        if wait:
+            self.servers_ready(procs, timeout)
         return procs
+
+    def servers_ready(
+        self, procs: Mapping[int, subprocess.Popen[Any]], timeout: float | None = None
+    ) -> None:
+        """Wait for servers that `start_servers(wait=False)` started (LabError if one fails)."""
+        limit = timeout if timeout is not None else 10.0 + 0.5 * len(procs)
+        logs = {k: self._server_logs[p.pid] for k, p in procs.items()}
+        _wait_ready(procs, logs, time.monotonic() + limit)
 
     def probe(
         self,

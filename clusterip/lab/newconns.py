@@ -1,13 +1,15 @@
 """New TCP connections in a loop, from many sources at once, each timed (client side).
 
     python -m clusterip.lab.newconns VIP PORT DURATION TIMEOUT SRC[,SRC...] [--workers N]
+                                     [--pause S]
 
 Each worker (one per source, or N spread over them) opens a connection from (src, any port),
 sends one HTTP GET, reads the whole answer and records: src, sport, start (wall clock), took
 (seconds), node (who answered, from X-Node or the body) and error (null, or "timeout",
 "reset", ...). A handshake whose first SYN was lost takes the client's SYN retransmit time
-(1 s, then 3 s): `took` shows it. Prints "ready" when the workers start, then after DURATION
-(or SIGTERM) one JSON list of records.
+(1 s, then 3 s): `took` shows it. `--pause`: each worker waits this long between two
+connections (default 0: as fast as the servers answer). Prints "ready" when the workers
+start, then after DURATION (or SIGTERM) one JSON list of records.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("timeout", type=float)
     parser.add_argument("sources")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--pause", type=float, default=0.0)
     args = parser.parse_args(argv)
     sources = args.sources.split(",")
     workers = args.workers or len(sources)
@@ -71,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             n += 1
             with lock:
                 out.append(rec)
+            if args.pause:
+                stop.wait(args.pause)
 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]

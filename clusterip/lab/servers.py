@@ -2,7 +2,7 @@
 
     python -m clusterip.lab.servers --name n1 [--http 80] [--udp 5300] [--echo 7]
                                     [--listen wildcard|vip|reuseport|freebind --vip ADDR]
-                                    [--vip6 ADDR6]
+                                    [--vip6 ADDR6] [--wait-vip SECONDS]
 
 * HTTP/1.1 (keep-alive): any GET -> 200, body "n1\\n", header "X-Node: n1".
 * UDP: any datagram -> "n1 <payload>", sent from the address the datagram was sent to
@@ -19,6 +19,9 @@ How each server binds (`--listen`), as services do it in the field:
 `--vip6` serves IPv6 too, with separate IPv6-only sockets bound the same way (to `::` or to
 ADDR6), so that IPv4 flows stay on IPv4 sockets.
 
+`--wait-vip S`: a bind to the VIP retries every 5 ms for up to S seconds while the address is
+not there yet (a service started with the agent, which adds the VIP before it owns a bucket).
+
 A port of 0 turns that server off. Prints "ready" on stdout once every socket listens, then
 points stdout at /dev/null (the parent may close the pipe). Exits 0 on SIGTERM or SIGINT.
 """
@@ -26,6 +29,7 @@ points stdout at /dev/null (the parent may close the pipe). Exits 0 on SIGTERM o
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import socket
@@ -33,16 +37,18 @@ import socketserver
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not export it
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 IPV6_FREEBIND = 78  # include/uapi/linux/in6.h
 BACKLOG = 1024
 LISTEN_MODES = ("wildcard", "vip", "reuseport", "freebind")
+_T = TypeVar("_T")
 
 
 def bind_plan(mode: str, vip: str | None) -> tuple[str, int, bool, bool]:
@@ -223,6 +229,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--http", type=int, default=80, help="HTTP port (0: off)")
     parser.add_argument("--udp", type=int, default=5300, help="UDP port (0: off)")
     parser.add_argument("--echo", type=int, default=7, help="TCP line echo port (0: off)")
+    parser.add_argument("--wait-vip", type=float, default=0.0, help="retry binding the VIP (s)")
     args = parser.parse_args(argv)
     for opt in ("http", "udp", "echo"):
         if not 0 <= getattr(args, opt) <= 65535:
@@ -237,17 +244,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _bound(make: Callable[[], _T], wait: float) -> _T:
+    """make(), retried while the address to bind is not there yet, for up to `wait` s."""
+    end = time.monotonic() + wait
+    while True:
+        try:
+            return make()
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL or time.monotonic() >= end:
+                raise
+        time.sleep(0.005)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stop = threading.Event()
     servers: list[socketserver.TCPServer] = []
     udp: list[socket.socket] = []
+    wait = args.wait_vip
     for plan in args.plans:
         if args.http:
-            servers += tcp_servers(HttpServer, http_handler(args.name), args.http, plan)
+            handler = http_handler(args.name)
+            servers += _bound(partial(tcp_servers, HttpServer, handler, args.http, plan), wait)
         if args.echo:
-            servers += tcp_servers(EchoServer, echo_handler(args.name), args.echo, plan)
-        udp += udp_sockets(args.udp, plan) if args.udp else []
+            echo = echo_handler(args.name)
+            servers += _bound(partial(tcp_servers, EchoServer, echo, args.echo, plan), wait)
+        if args.udp:
+            udp += _bound(partial(udp_sockets, args.udp, plan), wait)
     runners: list[Callable[[], None]] = [partial(s.serve_forever, 0.1) for s in servers]
     runners += [partial(serve_udp, sock, args.name, stop) for sock in udp]
 

@@ -74,9 +74,11 @@ frontend fe
 
 
 def start(
-    lab: Lab, server: str, nodes: list[int], workdir: str, bind: str
+    lab: Lab, server: str, nodes: list[int], workdir: str, bind: str, *, vip_up: bool = True
 ) -> list[subprocess.Popen[bytes]]:
-    """Start `server` ("nginx" or "haproxy") on each node; returns once each answers."""
+    """Start `server` ("nginx" or "haproxy") on each node; returns once each answers (or,
+    with `vip_up=False`, once it listens: the VIP is not there yet, and a VIP-bound server
+    then needs `net.ipv4.ip_nonlocal_bind=1` on its node, as behind keepalived)."""
     listen = _address(lab, bind)
     if server not in ("nginx", "haproxy"):
         raise LabError(f"bad server {server!r}: allowed are nginx, haproxy")
@@ -105,11 +107,13 @@ def start(
                 stderr=err,
             )
         procs.append(proc)
-        _wait(lab, k, proc, f"{server} on {name}", log)
+        _wait(lab, k, proc, f"{server} on {name}", log, vip_up)
     return procs
 
 
-def _wait(lab: Lab, k: int, proc: subprocess.Popen[bytes], what: str, log: str) -> None:
+def _wait(
+    lab: Lab, k: int, proc: subprocess.Popen[bytes], what: str, log: str, vip_up: bool
+) -> None:
     # From inside the node its own stack answers for the VIP, whatever the buckets say.
     url = f"http://{lab.topo.vip}:{PORT}/"
     end = time.monotonic() + 10
@@ -118,8 +122,13 @@ def _wait(lab: Lab, k: int, proc: subprocess.Popen[bytes], what: str, log: str) 
             with open(log, errors="replace") as fh:
                 tail = " | ".join(fh.read().strip().splitlines()[-5:])
             raise LabError(f"{what} exited with status {proc.returncode}: {tail}")
-        argv = ["curl", "-s", "-o", "/dev/null", "-m", "1", url]
-        if lab.run(lab.topo.node_ns(k), argv, timeout=5).returncode == 0:
-            return
+        if vip_up:
+            argv = ["curl", "-s", "-o", "/dev/null", "-m", "1", url]
+            if lab.run(lab.topo.node_ns(k), argv, timeout=5).returncode == 0:
+                return
+        else:
+            argv = ["ss", "-Hltn", f"sport = :{PORT}"]
+            if lab.run(lab.topo.node_ns(k), argv, timeout=5).stdout.strip():
+                return
         time.sleep(0.1)
     raise LabError(f"{what} does not answer at {url}")

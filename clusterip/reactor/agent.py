@@ -18,7 +18,15 @@ Ways out:
   With `restart_grace = 0` it is a graceful leave instead.
 - `clusterip stop --leave` (control socket): graceful leave; peers take the buckets at once.
 - kill -9 or a crash: the agent's liveness table dies with the process, and the node answers
-  nothing for the VIP from that instant; the survivors take over after detection.
+  nothing for the VIP from that instant; the survivors take over after detection. An exception
+  in the loop ends like a graceful removal (stop answering first, then address and tables).
+- A failed start: nothing was served yet, the removal answers nothing. A successor that adopted
+  its predecessor's datapath and then fails hands it back for what is left of the lease, so the
+  node serves on exactly as if the successor had never started.
+
+For tests only, CLUSTERIP_TEST_FAULT makes the agent fail on purpose: `start` right after its
+datapaths are up (adopted or new), `loop:SECONDS` with an exception in the loop that long
+after the start.
 """
 
 from __future__ import annotations
@@ -36,15 +44,7 @@ from typing import Any
 
 from clusterip.config import VipConfig
 from clusterip.core import defaults
-from clusterip.core.events import (
-    Event,
-    Notice,
-    OwnershipChanged,
-    PeerContinued,
-    PeerDown,
-    PeerUp,
-    StateChanged,
-)
+from clusterip.core.events import Event, StateChanged
 from clusterip.core.params import Params
 from clusterip.core.vipnode import Adoption, Step, VipNode
 from clusterip.core.wire import vip_bytes
@@ -53,17 +53,20 @@ from clusterip.link import Link
 from clusterip.nft import Firewall
 from clusterip.reactor.carrier import CarrierWatch
 from clusterip.reactor.commands import Commands
-from clusterip.reactor.control import ControlServer
+from clusterip.reactor.control import ControlServer, Later
 from clusterip.reactor.datapath import AgentDatapath
 from clusterip.reactor.flowwatch import FlowWatcher
 from clusterip.reactor.metrics import Metrics
 from clusterip.reactor.notify import Notifier
+from clusterip.reactor.report import log_events, status_later
 from clusterip.reactor.settings import AgentSettings
 from clusterip.reactor.transport import Transport, UdpTransport
 from clusterip.sdnotify import Notifier as SystemdNotifier
 from clusterip.sdnotify import Watchdog, watchdog_period
+from clusterip.state import Lease
 
 log = logging.getLogger("clusterip.agent")
+FAULT_ENV = "CLUSTERIP_TEST_FAULT"  # tests only: "start" or "loop:SECONDS" (see the module doc)
 RECV_BATCH = 256  # datagrams read per step at most: a flood must not delay our heartbeats
 Reloader = Callable[[], tuple[list[VipConfig], AgentSettings]]
 
@@ -75,6 +78,7 @@ class Unit:
     node: VipNode
     datapath: AgentDatapath
     metrics_due: float = 0.0
+    adopted: Lease | None = None  # the predecessor's lease this unit took over
 
     @property
     def vip(self) -> str:
@@ -91,6 +95,7 @@ class Agent:
         firewall: Firewall,
         link: Link,
         flows: FlowSource,
+        loop_flows: FlowSource | None = None,
         transport: Transport | None = None,
         carrier: CarrierWatch | None = None,
         sockets: SocketTable | None = None,
@@ -127,8 +132,9 @@ class Agent:
         self._states: dict[str, str] = {}
         self._states_changed = True  # a VIP's state changed since systemd was last told
         self._routes: tuple[tuple[int, ...], dict[bytes, Unit]] = ((), {})
+        self._fault_in_loop = os.environ.get(FAULT_ENV, "").startswith("loop:")
         self.watcher = FlowWatcher(
-            flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock
+            flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock, loop_flows
         )
 
     def _start_units(self, configs: Sequence[VipConfig]) -> None:
@@ -171,8 +177,9 @@ class Agent:
             )
             if self.carrier is not None and self.carrier.up is False:
                 node.set_carrier(False, now)
-            self.units.append(Unit(node, datapath))
+            self.units.append(Unit(node, datapath, adopted=left.lease if left else None))
         self.watcher.configs = [u.node.cfg for u in self.units]
+        self.watcher.snappers = {u.vip: u.datapath.snapshot for u in self.units}
 
     # ----- life cycle ---------------------------------------------------------------------
 
@@ -188,6 +195,7 @@ class Agent:
         if self.settings.realtime:
             _realtime(self.settings.realtime)
         handed_over = False
+        running = False
         try:
             if self.carrier is not None:
                 self.carrier.open()  # first: a node started without carrier knows it is cut off
@@ -196,6 +204,7 @@ class Agent:
             self.watcher.start()
             if self.settings.metrics:
                 self.metrics.serve(self.settings.metrics)
+            self._injected("start")
             log.info(
                 "agent up: node %d, %d VIP(s), heartbeat every %d ms, dead after %d ms",
                 self.settings.node_id,
@@ -203,6 +212,7 @@ class Agent:
                 round(self.settings.interval * 1000),
                 round(self.settings.detection_time * 1000),
             )
+            running = True
             self._loop(wake_r)
             handed_over = self._stop()
             return 0
@@ -211,7 +221,7 @@ class Agent:
             if not handed_over:
                 for unit in self.units:
                     try:
-                        unit.datapath.stop()
+                        self._give_back(unit, running)
                     except Exception as exc:  # best effort on the way out
                         log.error("cleanup of %s failed: %s", unit.vip, exc)
             self.transport.close()
@@ -223,6 +233,29 @@ class Agent:
                 signal.signal(s, h)
             wake_r.close()
             wake_w.close()
+
+    def _give_back(self, unit: Unit, running: bool) -> None:
+        """On a way out that is not a planned stop: remove the datapath (it answers nothing
+        from its first step), unless this agent failed to start after adopting a suspended
+        predecessor's: then the lease goes back for the time it had left, with the
+        predecessor's incarnation, as if this agent had never started."""
+        lease = unit.adopted
+        left = lease.until - time.time() if lease is not None else 0.0
+        if lease is not None and not running and left > 0.05:
+            unit.datapath.suspend(left, node_id=lease.node_id, incarnation=lease.incarnation)
+            log.error("%s: failed to start: the datapath serves on for the %.1f s left of its "
+                      "lease", unit.vip, left)  # fmt: skip
+            return
+        unit.datapath.stop()
+
+    def _injected(self, point: str) -> None:
+        """A failure on purpose, for tests (FAULT_ENV)."""
+        spec = os.environ.get(FAULT_ENV, "")
+        if spec == point == "start":
+            raise RuntimeError(f"{FAULT_ENV}=start: failing at start, as asked")
+        late = point == "loop" and self.clock() - self.started >= float(spec[5:] or "inf")
+        if late and spec.startswith("loop:"):
+            raise RuntimeError(f"{FAULT_ENV}={spec}: failing in the loop, as asked")
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -250,6 +283,7 @@ class Agent:
         for unit in self.units:
             step = unit.node.leave(now)
             self._apply(unit, step)
+            log.info("%s: answers nothing from here on (leaving)", unit.vip)
             for data in step.datagrams:
                 self.transport.send(data)
         log.info("left the cluster gracefully")
@@ -271,7 +305,7 @@ class Agent:
                     if key.data == "net":
                         ready = True
                     elif key.data == "control":
-                        self.control.serve_one(self.commands.handle)
+                        self.control.serve_one(self.commands.handle_later)
                     elif key.data == "wake":  # a signal arrived; "net" is read in step()
                         with contextlib.suppress(BlockingIOError):
                             wake.recv(64)
@@ -281,6 +315,8 @@ class Agent:
                     self.reload_wanted = False
                     self._reload(sel)
                 began = self.clock()
+                if self._fault_in_loop:
+                    self._injected("loop")
                 self.step(began, receive=ready)
                 self.watchdog.tick(began)
                 if self._states_changed or not self.ready_sent:
@@ -400,7 +436,7 @@ class Agent:
                 for data in step.datagrams:
                     self.transport.send(data)
                 self._log(unit, step.events, now)
-                step = node.step(now, self.watcher.measure_now(unit.node.cfg))
+                step = node.step(now, self.watcher.measure_now(unit.node.cfg, loop=True))
             self._apply(unit, step)
             for data in step.datagrams:
                 self.transport.send(data)
@@ -412,37 +448,15 @@ class Agent:
     def _apply(self, unit: Unit, step: Step) -> None:
         if step.ownership is unit.datapath.current:
             return  # the core returns the very same object while nothing changed
-        if unit.datapath.apply(step.ownership):
+        # A move that starts uses the watcher's latest snapshot (if fresh enough): sock_diag
+        # stays off the loop.
+        if unit.datapath.apply(step.ownership, flows=self.watcher.snapshot(unit.vip)):
             self.metrics.changes.labels(unit.vip).inc()
 
     def _log(self, unit: Unit, events: Sequence[Event], now: float) -> None:
-        vip = unit.vip
-        for event in events:
-            if isinstance(event, OwnershipChanged):
-                log.info(
-                    "%s: %d buckets now (+%d, %d from dead nodes, -%d)",
-                    vip,
-                    len(event.owned),
-                    len(event.gained),
-                    len(event.orphaned),
-                    len(event.lost),
-                )
-                self.notify("owned" if event.owned else "none", vip, sorted(event.owned),
-                            self.settings.buckets)  # fmt: skip
-            elif isinstance(event, Notice):
-                level = {"info": logging.INFO, "warning": logging.WARNING}.get(
-                    event.level, logging.ERROR
-                )
-                log.log(level, "%s: %s", vip, event.text)
-            elif isinstance(event, StateChanged):
-                self._states_changed = True
-                log.warning("%s: %s -> %s (%s)", vip, event.old.name, event.new.name, event.reason)
-            elif isinstance(event, PeerUp):
-                log.info("%s: node %d up at %s", vip, event.node_id, event.address)
-            elif isinstance(event, PeerContinued):
-                log.info("%s: node %d restarted, continued by its successor", vip, event.node_id)
-            elif isinstance(event, PeerDown):
-                log.warning("%s: node %d down (%s)", vip, event.node_id, event.reason)
+        if any(isinstance(e, StateChanged) for e in events):
+            self._states_changed = True
+        log_events(self, unit.vip, events)
 
     def _export(self, unit: Unit, now: float) -> None:
         st = unit.node.summary()  # (not the whole status: it is built every second)
@@ -456,35 +470,12 @@ class Agent:
             apply_seconds=unit.datapath.stats.last_seconds,
         )
 
-    # ----- report -------------------------------------------------------------------------
-
     def status(self) -> dict[str, Any]:
-        now = self.clock()
-        vips = []
-        for unit in self.units:
-            doc = unit.node.status(now)
-            if not self.watcher.active:
-                self.watcher.measure()
-            latest = self.watcher.latest(unit.vip) or (0.0, {})
-            doc["flows"] = {str(b): n for b, n in sorted(latest[1].items())}
-            doc["last_apply_ms"] = round(unit.datapath.stats.last_seconds * 1000, 3)
-            doc["changes"] = unit.datapath.stats.changes
-            doc["counters"] = unit.datapath.counters()
-            vips.append(doc)
-        return {
-            "agent": {
-                "node_id": self.settings.node_id,
-                "weight": self.units[0].node.membership.weight if self.units else 0,
-                "uptime_s": round(now - self.started, 1),
-                "interval_ms": round(self.settings.interval * 1000),
-                "detection_ms": round(self.settings.detection_time * 1000),
-                "restart_grace_s": self.settings.restart_grace,
-                "draining": self.commands.draining,
-                "weight_zero": bool(self.units) and self.units[0].node.membership.weight == 0,
-                "pid": os.getpid(),
-            },
-            "vips": vips,
-        }
+        return self.status_later().compute()
+
+    def status_later(self) -> Later:
+        """What `clusterip status` shows (clusterip.reactor.report)."""
+        return status_later(self)
 
 
 def _realtime(priority: int) -> None:

@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from clusterip.core import defaults
+from clusterip.reactor.control import Later
 
 if TYPE_CHECKING:
     from clusterip.reactor.agent import Agent
@@ -21,11 +22,18 @@ class Commands:
         self.draining = False
 
     def handle(self, request: str) -> dict[str, Any]:
+        """The reply to `request`, computed now."""
+        reply = self.handle_later(request)
+        return reply.compute() if isinstance(reply, Later) else reply
+
+    def handle_later(self, request: str) -> dict[str, Any] | Later:
+        """The reply, or (status) its part that reads the kernel as a `Later`: the loop
+        decides now, the kernel is read in a thread of its own."""
         words = request.split()
         command = words[0] if words else "status"
         args = words[1:]
         if command == "status":
-            return self.agent.status()
+            return self.agent.status_later()
         if command == "drain":
             return self._drain(args)
         if command == "resume":

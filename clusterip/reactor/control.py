@@ -9,7 +9,9 @@ import contextlib
 import json
 import socket
 import struct
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from clusterip.config import ConfigError
@@ -17,7 +19,16 @@ from clusterip.config import ConfigError
 SOCKET_NAME = "\0clusterip-agent"
 MAX_REQUEST = 4096
 
-Handler = Callable[[str], dict[str, Any]]
+
+@dataclass(frozen=True)
+class Later:
+    """A reply that reads the kernel (sockets, counters): computed in a thread of its own, so
+    that the agent's loop, which must send heartbeats on time, never waits for it."""
+
+    compute: Callable[[], dict[str, Any]]
+
+
+Handler = Callable[[str], "dict[str, Any] | Later"]
 
 
 class NoAgent(RuntimeError):
@@ -57,25 +68,40 @@ class ControlServer:
             conn, _ = self._sock.accept()
         except BlockingIOError:
             return
-        with conn:
-            conn.settimeout(1.0)
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
-            if uid != 0:
-                reply: dict[str, Any] = {"error": "permission denied: root only"}
-            else:
-                try:
-                    request = conn.recv(MAX_REQUEST).decode(errors="replace").strip()
-                    reply = handler(request)
-                except Exception as exc:  # a bad request must not stop the agent
-                    reply = {"error": f"{type(exc).__name__}: {exc}"}
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps(reply).encode())
+        conn.settimeout(1.0)
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        reply: dict[str, Any] | Later
+        if uid != 0:
+            reply = {"error": "permission denied: root only"}
+        else:
+            try:
+                request = conn.recv(MAX_REQUEST).decode(errors="replace").strip()
+                reply = handler(request)
+            except Exception as exc:  # a bad request must not stop the agent
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+        if isinstance(reply, Later):
+            threading.Thread(target=_answer, args=(conn, reply), daemon=True).start()
+        else:
+            _send(conn, reply)
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _answer(conn: socket.socket, later: Later) -> None:
+    try:
+        reply = later.compute()
+    except Exception as exc:  # as in serve_one
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    _send(conn, reply)
+
+
+def _send(conn: socket.socket, reply: dict[str, Any]) -> None:
+    with conn, contextlib.suppress(OSError):
+        conn.sendall(json.dumps(reply).encode())
 
 
 def request(command: str, name: str = SOCKET_NAME, timeout: float = 3.0) -> dict[str, Any]:

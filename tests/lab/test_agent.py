@@ -72,9 +72,14 @@ def test_kill_9_failover_and_rejoin(
 def test_stop_leave_is_a_graceful_leave(
     make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
 ) -> None:
+    import sys
+
     lab = make_lab(nodes=3, clients=30)
     a = start_cluster(lab, tmp_path, agents)
-    assert a.leave(2) == 0
+    argv = [sys.executable, "-m", "clusterip", "stop", "--leave"]  # the command, as a user types it
+    done = lab.run(lab.topo.node_ns(2), argv, timeout=30)
+    assert done.returncode == 0 and "stopping: leave" in done.stdout, done
+    assert a.procs[2].wait(timeout=15) == 0
     # Peers learn at once from the LEAVE message, not after a timeout.
     st = a.vip_status(1)
     assert [m["id"] for m in st["members"] if m["counted"]] == [3]
@@ -84,6 +89,26 @@ def test_stop_leave_is_a_graceful_leave(
     assert lab.topo.vip not in addrs.stdout
     res = lab.probe(proto="tcp", port=80, per_source=3)
     assert res.errors == 0 and set(res.by_node) == {"n1", "n3"}
+
+
+def test_sigterm_is_a_planned_stop_and_a_successor_continues(
+    make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
+) -> None:
+    """SIGTERM (systemctl stop/restart): the peers hear RESTART and keep the node's buckets
+    where they are; a new agent with the same node id continues it: nothing moves."""
+    lab = make_lab(nodes=3, clients=30)
+    a = start_cluster(lab, tmp_path, agents)
+    before = a.owned([1, 2, 3])
+    assert a.stop(2) == 0
+    st = a.vip_status(1)
+    (n2,) = [m for m in st["members"] if m["id"] == 2]
+    assert n2["state"] == "restarting", n2
+    res = lab.probe(proto="tcp", port=80, per_source=2)  # no agent on n2: its lease serves
+    assert res.errors == 0 and set(res.by_node) == {"n1", "n2", "n3"}, res.by_node
+    a.start(2)
+    a.wait_converged([1, 2, 3])
+    assert a.owned([1, 2, 3]) == before
+    assert a.log_times(1, "node 2 restarted, continued by its successor")
 
 
 def test_udp_exactly_once_across_failover(

@@ -93,3 +93,50 @@ def test_udp_set_elements_with_and_without_timeouts() -> None:
         },
     ]
     assert set_pairs(objects) == [("198.18.1.1", 5000), ("198.18.1.2", 5001)]
+
+
+UDP_SET_TEXT = (  # as nft 1.0.6 prints it (tabs), a long list wrapped over lines
+    "table netdev clusterip_198_18_0_100 {\n\tset udp_seen {\n"
+    "\t\ttype ipv4_addr . inet_service\n\t\tsize 65536\n\t\tflags dynamic,timeout\n"
+    "\t\ttimeout 30s\n\t\telements = { 198.18.1.1 . 5000 timeout 30s expires 29s990ms,\n"
+    "\t\t\t     198.18.1.2 . 53 expires 12s }\n\t}\n}\n"
+)
+
+
+class TextNft:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.asked: list[str] = []
+
+    def list_text(self, what: str) -> str:
+        self.asked.append(what)
+        return self.text
+
+
+def test_socket_flows_read_the_udp_set_as_text_and_hash_each_flow_once() -> None:
+    from dataclasses import replace
+
+    from clusterip import config
+    from clusterip.flows import FakeSockets, SocketFlows
+    from clusterip.hashing import flow_bucket
+
+    cfg = replace(config.build(vip=str(VIP), interface="eth0", total_nodes=1), total_nodes=4096)
+    tcp = Sock("198.18.1.3", 40000, 80, ESTABLISHED)
+    flows = SocketFlows(table=FakeSockets({str(VIP): [tcp]}))
+    nft = TextNft(UDP_SET_TEXT)
+    flows._nft = nft  # type: ignore[assignment]
+    got = flows.flows(cfg, 4096)
+
+    def b(src: str, sport: int, dport: int) -> int:
+        addr = ipaddress.IPv4Address(src)
+        return flow_bucket(cfg.hashmode, cfg.seed, 4096, addr, sport, dport)
+
+    assert got == [
+        ("198.18.1.3", 40000, b("198.18.1.3", 40000, 80)),
+        ("198.18.1.1", 5000, b("198.18.1.1", 5000, 0)),
+        ("198.18.1.2", 53, b("198.18.1.2", 53, 0)),
+    ]
+    assert nft.asked == ["set netdev clusterip_198_18_0_100 udp_seen"]
+    assert flows.flows(cfg, 4096) == got  # from the memo the second time
+    nft.text = ""  # the tables are gone: no UDP flow
+    assert flows.flows(cfg, 4096) == got[:1]

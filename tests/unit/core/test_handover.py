@@ -291,6 +291,22 @@ def test_kept_book_takes_forgets_and_expires() -> None:
     assert book.current(9.0) == frozenset() and book.announcers() == frozenset()
 
 
+def test_a_dead_nodes_kept_flows_are_forgotten_when_its_orphans_reset() -> None:
+    """A node declared dead keeps its flows dropped elsewhere until the RST delay of its
+    orphans: if a stall made it look dead, it still answers them, and nobody else may."""
+    c = cluster()
+    ann, h = Announcer(c), Headers(c)
+    flows = [(f"198.18.1.{i + 1}", 5000 + i, 1) for i in range(10)]
+    book = KeptBook()
+    for m in announce(ann, flows, {1}, 0.0, h):
+        book.take(m, now=0.0)
+    book.forget(2, at=1.0 + ORPHAN_RESET_DELAY)  # PeerDown at 1.0
+    assert book.current(1.0 + ORPHAN_RESET_DELAY / 2) == {(a, p) for a, p, _b in flows}
+    assert book.deadline() == pytest.approx(1.0 + ORPHAN_RESET_DELAY)
+    assert book.current(1.0 + ORPHAN_RESET_DELAY + 0.01) == frozenset()
+    assert book.announcers() == frozenset()
+
+
 def test_a_shorter_announcement_drops_the_parts_it_no_longer_has() -> None:
     c = cluster()
     ann, h = Announcer(c), Headers(c)

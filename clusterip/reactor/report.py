@@ -1,0 +1,104 @@
+"""What the agent tells: its log lines for the core's events, and `clusterip status`.
+
+Status is built in two parts: what the pure nodes know, in the loop (cheap, consistent), and
+what the kernel holds (flow counts, packet counters), in a thread of its own
+(clusterip.reactor.control.Later): reading sockets and nft sets takes milliseconds to tens of
+them on a busy node, which the heartbeat loop must not wait for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from clusterip.core.events import (
+    Event,
+    Notice,
+    OwnershipChanged,
+    PeerContinued,
+    PeerDown,
+    PeerUp,
+    StateChanged,
+)
+from clusterip.reactor.control import Later
+
+if TYPE_CHECKING:
+    from clusterip.reactor.agent import Agent
+
+log = logging.getLogger("clusterip.agent")
+STATUS_FLOWS_AGE = 1.0  # status shows flow counts at most this old (measured if older)
+LEVELS = {"info": logging.INFO, "warning": logging.WARNING}
+
+
+def log_events(agent: Agent, vip: str, events: Sequence[Event]) -> None:
+    """One log line per event (and the notify command on ownership changes)."""
+    for event in events:
+        if isinstance(event, OwnershipChanged):
+            log.info(
+                "%s: %d buckets now (+%d, %d from dead nodes, -%d)",
+                vip,
+                len(event.owned),
+                len(event.gained),
+                len(event.orphaned),
+                len(event.lost),
+            )
+            owned = sorted(event.owned)
+            agent.notify("owned" if owned else "none", vip, owned, agent.settings.buckets)
+        elif isinstance(event, Notice):
+            log.log(LEVELS.get(event.level, logging.ERROR), "%s: %s", vip, event.text)
+        elif isinstance(event, StateChanged):
+            log.warning("%s: %s -> %s (%s)", vip, event.old.name, event.new.name, event.reason)
+        elif isinstance(event, PeerUp):
+            log.info("%s: node %d up at %s", vip, event.node_id, event.address)
+        elif isinstance(event, PeerContinued):
+            log.info("%s: node %d restarted, continued by its successor", vip, event.node_id)
+        elif isinstance(event, PeerDown):
+            log.warning("%s: node %d down (%s)", vip, event.node_id, event.reason)
+
+
+def status_later(agent: Agent) -> Later:
+    """The nodes' part of the status now; the kernel's part when the `Later` is computed."""
+    now = agent.clock()
+    wall = time.time()
+    docs = [(unit, unit.node.status(now)) for unit in agent.units]
+    for _unit, doc in docs:
+        # A guard window's end as a time, beside the seconds left: what `status` shows.
+        left = doc.get("guard_until")
+        doc["guard_ends_at"] = round(wall + left, 3) if left is not None else None
+    measure = not agent.watcher.active
+    head = _head(agent, now)
+
+    def kernel() -> dict[str, Any]:
+        if measure:
+            agent.watcher.fresh(STATUS_FLOWS_AGE)
+        for unit, doc in docs:
+            latest = agent.watcher.latest(unit.vip) or (0.0, {})
+            doc["flows"] = {str(b): n for b, n in sorted(latest[1].items())}
+            doc["last_apply_ms"] = round(unit.datapath.stats.last_seconds * 1000, 3)
+            doc["changes"] = unit.datapath.stats.changes
+            doc["counters"] = unit.datapath.counters()
+        return {**head, "vips": [doc for _unit, doc in docs]}
+
+    return Later(kernel)
+
+
+def _head(agent: Agent, now: float) -> dict[str, Any]:
+    units = agent.units
+    weight = units[0].node.membership.weight if units else 0
+    s = agent.settings
+    return {
+        "agent": {
+            "node_id": s.node_id,
+            "weight": weight,
+            "uptime_s": round(now - agent.started, 1),
+            "interval_ms": round(s.interval * 1000),
+            "detection_ms": round(s.detection_time * 1000),
+            "restart_grace_s": s.restart_grace,
+            "draining": agent.commands.draining,
+            "weight_zero": bool(units) and weight == 0,
+            "pid": os.getpid(),
+        },
+    }
