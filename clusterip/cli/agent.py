@@ -68,6 +68,10 @@ def agent(verbose: bool, **params: Any) -> None:
 
     configs, settings = load()
     key = read_key(settings.key_file, allow_readable=settings.allow_readable_key)
+    from clusterip.addrcheck import warn_addresses
+
+    for cfg in configs:
+        warn_addresses(cfg)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s clusterip-agent[%(process)d] %(levelname)s %(message)s",

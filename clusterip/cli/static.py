@@ -19,20 +19,34 @@ def _node() -> Any:
     from clusterip.link import NetlinkLink
     from clusterip.nft import NftFirewall
     from clusterip.node import Node
+    from clusterip.xdp.static import StaticXdp
 
-    return Node(NftFirewall(), NetlinkLink())
+    return Node(NftFirewall(), NetlinkLink(), xdp=StaticXdp())
+
+
+XDP_HELP = "XDP pre-filter: auto (native XDP where the driver has it), on, off (default auto)"
 
 
 @click.command()
 @vip_options
-def up(**params: Any) -> None:
+@click.option("--xdp", "xdp_mode", metavar="auto|on|off", help=XDP_HELP)
+def up(xdp_mode: str | None, **params: Any) -> None:
     """Answer for a VIP as node K of N (iptables ... -j CLUSTERIP --new ...)."""
-    configs = configs_from(params)
+    from clusterip.addrcheck import warn_addresses
+    from clusterip.xdp.spec import parse_cli_mode
+
+    configs = configs_from(params, known_extra=("xdp",))
+    modes = [parse_cli_mode(xdp_mode or cfg.extra.get("xdp", "auto")) for cfg in configs]
     node = _node()
     for cfg in configs:
         node.link.check_interface(cfg.interface)
     for cfg in configs:
-        click.echo(node.up(cfg))
+        warn_addresses(cfg)
+    for cfg, mode in zip(configs, modes, strict=True):
+        line = node.up(cfg, xdp=mode)
+        if node.xdp_outcome is not None:
+            line += f"; XDP {node.xdp_outcome.text}"
+        click.echo(line)
 
 
 @click.command()
@@ -62,12 +76,14 @@ def status(as_json: bool) -> None:
     """Per VIP: interface, MAC, hashmode, nodes this node answers for, counters."""
     from clusterip.flows import SocketFlows
     from clusterip.reactor.control import NoAgent, request
+    from clusterip.xdp.static import split_note
 
     try:
         agent_doc: dict[str, Any] | None = request("status")
     except NoAgent:
         agent_doc = None
-    states = _node().states(counters=True)
+    node = _node()
+    states = node.states(counters=True)
     docs = list(agent_doc["vips"]) if agent_doc else []
     for st in states:
         if st.mode == "agent" and st.live:
@@ -75,6 +91,9 @@ def status(as_json: bool) -> None:
         doc = st.to_json()
         flows = SocketFlows(udp=False).per_bucket(st.config, st.ownership.modulus)
         doc["flows"] = {str(b): n for b, n in sorted(flows.items())}
+        code, doc["counters"] = split_note(doc["counters"])
+        if st.mode == "static":
+            doc["xdp"] = node.xdp.report(st.config, code)
         docs.append(doc)
     if as_json:
         out: dict[str, Any] = {"vips": docs}
@@ -120,6 +139,18 @@ def status(as_json: bool) -> None:
         click.echo(
             "  packets: " + "  ".join(f"{name} {c['packets']}" for name, c in counters.items())
         )
+        if "xdp" in d:
+            _print_xdp(d["xdp"]["describe"], d["xdp"]["counters"])
+
+
+def _print_xdp(line: str, counters: dict[str, int] | None) -> None:
+    """The pre-filter's line of `status`: how it runs (or why not) and what it did."""
+    click.echo(f"  XDP pre-filter: {line}")
+    if counters:
+        click.echo(
+            f"  XDP packets: dropped {counters['dropped']}  fast path {counters['owned']}  "
+            f"passed to nft {counters['passed']}  forged source {counters.get('forged', 0)}"
+        )
 
 
 def _print_agent(doc: dict[str, Any]) -> None:
@@ -143,6 +174,8 @@ def _print_agent(doc: dict[str, Any]) -> None:
             click.echo(
                 "  packets: " + "  ".join(f"{n} {c['packets']}" for n, c in counters.items())
             )
+        if v.get("xdp"):
+            _print_xdp(v["xdp"]["describe"], v["xdp"]["counters"])
         click.echo("  members:  id  address          state     weight  buckets  last heard")
         for m in v["members"]:
             where = m["address"] or f"via node {m['via']}"

@@ -60,8 +60,10 @@ from clusterip.reactor.metrics import Metrics
 from clusterip.reactor.notify import Notifier
 from clusterip.reactor.settings import AgentSettings
 from clusterip.reactor.transport import Transport, UdpTransport
+from clusterip.reactor.web import History, StatusWeb
 from clusterip.sdnotify import Notifier as SystemdNotifier
 from clusterip.sdnotify import Watchdog, watchdog_period
+from clusterip.xdp.agentside import AgentXdp
 
 log = logging.getLogger("clusterip.agent")
 RECV_BATCH = 256  # datagrams read per step at most: a flood must not delay our heartbeats
@@ -97,6 +99,7 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         reload: Reloader | None = None,
         systemd: SystemdNotifier | None = None,
+        xdp_factory: Any = None,
     ) -> None:
         self.settings = settings
         self.configs = list(configs)
@@ -112,6 +115,7 @@ class Agent:
         self.control = ControlServer()
         self.notify = Notifier(settings.notify)
         self.metrics = Metrics()
+        self.web = StatusWeb(self.metrics)
         self.commands = Commands(self)
         self.stopping: str | None = None  # "restart" (planned stop) or "leave"
         self.params = Params(
@@ -128,6 +132,9 @@ class Agent:
         self.watcher = FlowWatcher(
             flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock
         )
+        self.xdp: AgentXdp | None = None  # the interface's XDP pre-filter (opened at start)
+        self.xdp_factory = xdp_factory
+        self.history = History()  # recent events, for the status page
 
     def _start_units(self, configs: Sequence[VipConfig]) -> None:
         """The datapaths first (adopting what a predecessor left), then the pure nodes."""
@@ -136,6 +143,7 @@ class Agent:
         incarnation = time.time_ns() // 1000
         now = self.clock()
         s = self.settings
+        self._xdp_for([*[u.node.cfg for u in self.units], *configs])
         for cfg in configs:
             datapath = AgentDatapath(
                 cfg,
@@ -144,6 +152,7 @@ class Agent:
                 self.link,
                 self.sockets,
                 flow_timeout=s.drain_timeout + s.detection_time,
+                xdp=self.xdp,
             )
             left = datapath.start(node_id=s.node_id)
             adopted = None
@@ -191,7 +200,7 @@ class Agent:
                 self.carrier.open()
             self.watcher.start()
             if self.settings.metrics:
-                self.metrics.serve(self.settings.metrics)
+                self.web.serve(self.settings.metrics)
             log.info(
                 "agent up: node %d, %d VIP(s), heartbeat every %d ms, dead after %d ms",
                 self.settings.node_id,
@@ -213,6 +222,9 @@ class Agent:
             self.transport.close()
             if self.carrier is not None:
                 self.carrier.close()
+            if self.xdp is not None:  # the bpf_link: nft alone serves from here (the lease)
+                self.xdp.close()
+            self.web.close()
             self.control.close()
             signal.set_wakeup_fd(old_wakeup)
             for s, h in handlers.items():
@@ -403,6 +415,7 @@ class Agent:
     def _log(self, unit: Unit, events: Sequence[Event], now: float) -> None:
         vip = unit.vip
         for event in events:
+            self.history.add(vip, event)
             if isinstance(event, OwnershipChanged):
                 log.info(
                     "%s: %d buckets now (+%d, %d from dead nodes, -%d)",
@@ -439,6 +452,8 @@ class Agent:
             rejected=st["rejected"],
             apply_seconds=unit.datapath.stats.last_seconds,
         )
+        if self.xdp is not None:
+            self.metrics.set_xdp(unit.vip, self.xdp.counters().get(unit.vip))
 
     # ----- report -------------------------------------------------------------------------
 
@@ -454,6 +469,12 @@ class Agent:
             doc["last_apply_ms"] = round(unit.datapath.stats.last_seconds * 1000, 3)
             doc["changes"] = unit.datapath.stats.changes
             doc["counters"] = unit.datapath.counters()
+            doc["xdp"] = self._xdp_report(unit)
+            since = unit.node.handover.draining.values()
+            end = max(since, default=None)
+            doc["drain_until"] = (
+                None if end is None else round(max(0.0, end + unit.node.drain_timeout - now), 3)
+            )
             vips.append(doc)
         return {
             "agent": {
@@ -466,9 +487,27 @@ class Agent:
                 "draining": self.commands.draining,
                 "weight_zero": bool(self.units) and self.units[0].node.membership.weight == 0,
                 "pid": os.getpid(),
+                "xdp": self.xdp.describe() if self.xdp is not None else "off",
             },
             "vips": vips,
+            "events": self.history.recent(),
+            "time": time.time(),
         }
+
+    # ----- the XDP pre-filter (clusterip.xdp.agentside) ----------------------------------------
+
+    def _xdp_for(self, configs: Sequence[VipConfig]) -> None:
+        """Open the interface's pre-filter at start; give it the new VIP set on a reload."""
+        if self.xdp is None:
+            self.xdp = AgentXdp(configs[0].interface, self.settings.xdp, make=self.xdp_factory)
+            self.xdp.open(configs)
+        else:
+            self.xdp.reconfigure(configs)
+
+    def _xdp_report(self, unit: Unit) -> dict[str, Any]:
+        if self.xdp is None:
+            return {"mode": None, "describe": "off", "counters": None}
+        return self.xdp.report(unit.datapath.cfg)
 
 
 def _realtime(priority: int) -> None:

@@ -113,7 +113,12 @@ def test_production_build_drops_exactly_the_foreign_buckets(
             assert out == data  # passed frames are untouched
         dropped += verdict == bpf.XDP_DROP
     assert 2000 < dropped < 3000
-    assert f.counters()[VIP] == {"dropped": dropped, "passed": 5000 - dropped, "owned": 0}
+    assert f.counters()[VIP] == {
+        "dropped": dropped,
+        "passed": 5000 - dropped,
+        "owned": 0,
+        "forged": 0,
+    }
 
 
 def test_ipv6_vip_hashes_nft_register_layout(loaded: list[XdpFilter]) -> None:
@@ -182,4 +187,4 @@ def test_owned_fast_path_rewrites_macs_except_bare_syns(loaded: list[XdpFilter])
         frame(src, VIP, "udp", 40000, 80),  # UDP: not in owned_protos
     ):
         assert run(f, data) == (bpf.XDP_PASS, data)
-    assert f.counters()[VIP] == {"dropped": 0, "passed": 2, "owned": 1}
+    assert f.counters()[VIP] == {"dropped": 0, "passed": 2, "owned": 1, "forged": 0}
