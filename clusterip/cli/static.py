@@ -85,6 +85,7 @@ def status(as_json: bool) -> None:
     node = _node()
     states = node.states(counters=True)
     docs = list(agent_doc["vips"]) if agent_doc else []
+    ours = len(docs)  # the agent's own reports come first; the kernel's tables after them
     for st in states:
         if st.mode == "agent" and st.live:
             continue  # a running agent: its own report above is richer
@@ -105,9 +106,7 @@ def status(as_json: bool) -> None:
         click.echo("no VIP is up here")
     if agent_doc:
         _print_agent(agent_doc)
-    for d in docs:
-        if d["mode"] == "agent" and "flows" not in d:
-            continue  # reported by the agent above
+    for d in docs[ours:]:
         ports = ",".join(str(p) for p in d["dports"]) or "any"
         click.echo(
             f"{d['vip']} on {d['interface']}  mac {d['clustermac']}  {d['hashmode']}  "
@@ -159,6 +158,8 @@ def _print_agent(doc: dict[str, Any]) -> None:
         f"agent: node {a['node_id']}, weight {a['weight']}, up {a['uptime_s']} s, heartbeat "
         f"{a['interval_ms']} ms, dead after {a['detection_ms']} ms"
         + (", DRAINING (clusterip drain)" if a["draining"] else "")
+        + (", weight 0: owns no bucket" if a.get("weight_zero") and not a["draining"] else "")
+        + (f"; XDP {a['xdp']}" if a.get("xdp") else "")
     )
     for v in doc["vips"]:
         click.echo(

@@ -469,6 +469,8 @@ class Agent:
             doc["last_apply_ms"] = round(unit.datapath.stats.last_seconds * 1000, 3)
             doc["changes"] = unit.datapath.stats.changes
             doc["counters"] = unit.datapath.counters()
+            if doc["weight"] == 0 and not self.commands.draining and doc["state"] == "draining":
+                doc["reason"] = "weight 0: owns no bucket (not drained: `clusterip weight N`)"
             doc["xdp"] = self._xdp_report(unit)
             since = unit.node.handover.draining.values()
             end = max(since, default=None)

@@ -223,8 +223,11 @@ class AgentDatapath:
 
     def counters(self) -> dict[str, dict[str, int]]:
         """The VIP's packet counters (accepted, foreign, kept, midflow, fragments, down)."""
-        st = self._state()
-        return dict(st.counters) if st is not None else {}
+        # Read with the counters (the tables alone, as _state() reads them, carry none).
+        for st in parse_tables(self.firewall.ruleset(counters=True)):
+            if st.config.vip == self.cfg.vip:
+                return dict(st.counters)
+        return {}
 
     def snapshot(self) -> Snapshot:
         """This node's TCP flows on the VIP, now (sock_diag; safe in any thread)."""

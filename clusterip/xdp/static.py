@@ -62,9 +62,7 @@ class Outcome:
 def note_script(table: str, code: str) -> str:
     """nft commands that make `xdp_<code>` the table's only pre-filter note."""
     name = f"netdev {table} {NOTE_PREFIX}"
-    out = "".join(
-        f"add counter {name}{c}\ndelete counter {name}{c}\n" for c in CODES if c != code
-    )
+    out = "".join(f"add counter {name}{c}\ndelete counter {name}{c}\n" for c in CODES if c != code)
     return out + f"add counter netdev {table} {NOTE_PREFIX}{code}\n"
 
 
