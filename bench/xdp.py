@@ -18,9 +18,9 @@ drops every packet to the VIP, without hashing), and xdp-drop (an XDP program th
 frame unread: the driver's own cost of running XDP at all; a program's cost beyond it is
 reported as beyond_xdp_drop). Owned packets (the receiver owns every bucket;
 a UDP socket on the port whose buffer stays full, so the stack drops them at the socket):
-own-nft, own-nft+xdp (the pre-filter passes them), own-fast (the pre-filter's OWNED prototype
-rewrites the MACs and nft accepts at once with `ether saddr CLUSTER_MAC accept`, inserted
-first in clusterip's ingress chain; render.py does not have that rule yet).
+own-nft, own-nft+xdp (the pre-filter passes them), own-fast (`clusterip up --xdp on`: the
+pre-filter's OWNED fast path rewrites the MACs and nft accepts at once with the rule
+render.fast_rule puts first in the VIP's ingress chain).
 
 Ratios are to nft (foreign) or own-nft (owned) in the same round; median [min-max] over the
 rounds, each measurement the best of `tries` runs (other work on the machine only adds time).
@@ -180,10 +180,10 @@ class Receiver:
         self.sink: subprocess.Popen[bytes] | None = None
         self.base = ["--vip", VIP, "--interface", "eth0", "--total-nodes", str(NODES)]
 
-    def nft(self, owned: bool) -> None:
+    def nft(self, owned: bool, xdp: str = "off") -> None:
         nodes = [str(k) for k in range(1, NODES + 1)] if owned else ["1"]
         flags = [arg for k in nodes for arg in ("--local-node", k)]
-        cip(self.p.rx, "up", *self.base, *flags)
+        cip(self.p.rx, "up", *self.base, *flags, "--xdp", xdp)
         if not owned:
             cip(self.p.rx, "release", "1", "--now", "--vip", VIP)
 
@@ -220,15 +220,12 @@ class Receiver:
                 self.xdp(Buckets.of(NODES))  # owns nothing: every bucket drops
             elif name == "floor":
                 self.plain_xdp("xdp_floor")
+        elif name == "own-fast":  # as `clusterip up --xdp on` runs it: the owned fast path
+            self.nft(owned=True, xdp="on")
         elif name.startswith("own-"):
             self.nft(owned=True)
             if name == "own-nft+xdp":
                 self.xdp(Buckets.of(NODES, all_buckets))
-            elif name == "own-fast":
-                self.xdp(Buckets.of(NODES, owned=all_buckets), owned_protos=("udp",))
-                table = "clusterip_" + VIP.replace(".", "_")
-                sh(self.p.rx, "nft", "insert", "rule", "netdev", table, "ingress",
-                   "ether", "saddr", self.cfg.clustermac, "accept")  # fmt: skip
 
     def leave(self, name: str) -> None:
         if self.filter is not None:

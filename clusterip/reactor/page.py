@@ -138,14 +138,14 @@ function tiles(v) {
 
 function windows(v, now) {
   const parts = [];
-  if (v.guard_until !== null && v.guard_until !== undefined)
+  if (v.guarded && v.guarded.length && v.guard_until !== null && v.guard_until !== undefined)
     parts.push(v.guarded.length + " bucket(s) guarded until " + clock(now + v.guard_until));
   if (v.draining && v.draining.length) {
     const end = (v.drain_until !== null && v.drain_until !== undefined)
       ? " until " + clock(now + v.drain_until) + " at the latest" : "";
     parts.push(v.draining.length + " bucket(s) draining" + end);
   }
-  if (v.orphaned) parts.push(v.orphaned + " bucket(s) taken from dead nodes");
+  if (v.orphaned) parts.push(v.orphaned + " bucket(s) treated as orphans (a node died)");
   return parts.length ? parts.join("; ") : "no guard or drain window open";
 }
 

@@ -63,7 +63,7 @@ def describe(event: Event) -> tuple[str, int | None, str] | None:
             None,
             f"{event.old.name.lower()} -> {event.new.name.lower()} ({event.reason})",
         )
-    if isinstance(event, Notice):
+    if isinstance(event, Notice) and event.cause != "state":  # a state change: see above
         return "notice", None, event.text
     return None
 
