@@ -68,6 +68,7 @@ class AgentXdp:
     def open(self, configs: Sequence[VipConfig]) -> None:
         """Load and attach (bpf_link). `on`: XdpError when the kernel refuses; `auto`: nft
         alone where the driver has no native XDP or the kernel refuses, with the reason."""
+        self._clear_static(configs)
         if self.mode == "off":
             return
         f = self._new([self.vip_of(c) for c in configs])
@@ -91,6 +92,21 @@ class AgentXdp:
             return
         self.filter = f
         log.info("XDP pre-filter on %s: %s", self.ifname, att.describe())
+
+    def _clear_static(self, configs: Sequence[VipConfig]) -> None:
+        """A static `up`'s program (netlink) must not filter the VIPs this agent takes over
+        (it replaces their tables): they leave it; with no VIP left it is detached. (With
+        other static VIPs still in it, it stays, and this agent runs without XDP.)"""
+        if self._make is not None:
+            return  # fakes: no kernel to clear
+        from clusterip.xdp.static import StaticXdp
+
+        static = StaticXdp()
+        for cfg in configs:
+            try:
+                static.forget(cfg)
+            except XdpError as exc:
+                log.warning("%s: cannot remove it from the static XDP program: %s", cfg.vip, exc)
 
     def serves(self, cfg: VipConfig) -> bool:
         """Whether the running program filters this VIP (then its tables get the fast rule)."""

@@ -217,3 +217,52 @@ def test_address_warnings_at_up_and_agent_start(
         time.sleep(0.2)
     assert "interface eth0 has no IPv4 address of its own" in a.logs[1].read_text()
     assert ipaddress.IPv4Address(lab.topo.vip)
+
+
+def test_bad_xdp_mode_is_one_line_exit_2_and_changes_nothing(
+    make_lab: MakeLab, tmp_path: Path
+) -> None:
+    lab = make_lab(nodes=1, clients=1, servers=False)
+    ns = lab.topo.node_ns(1)
+    conf = tmp_path / "static.toml"
+    conf.write_text(f'[[vip]]\nvip = "{lab.topo.vip}"\ninterface = "eth0"\ntotal_nodes = 2\n'
+                    'local_node = [1]\nxdp = "fast"\n')  # fmt: skip
+    flags = ["--vip", lab.topo.vip, "--interface", "eth0", "--total-nodes", "2", "--local-node",
+             "1", "--xdp", "fast"]  # fmt: skip
+    agent = ["agent", "--vip", lab.topo.vip, "--interface", "eth0", "--node-id", "1",
+             "--key-file", str(conf), "--xdp", "fast"]  # fmt: skip
+    for args in (["up", *flags], ["up", "-c", str(conf)], agent):
+        done = lab.run(ns, [sys.executable, "-m", "clusterip", *args], timeout=30)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.splitlines() == [
+            "clusterip: error: bad XDP mode 'fast': allowed are auto, on, off"
+        ], done.stderr
+        ruleset = lab.run(ns, ["nft", "list", "ruleset"], timeout=10).stdout
+        assert ruleset.strip() == "" and prog_on(lab, 1) == ""
+
+
+def test_an_agent_takes_over_a_static_vip_and_its_xdp(
+    make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
+) -> None:
+    """The static program (netlink) would go on dropping by the static buckets: the agent
+    removes its VIP from it (here the only one: detached) and attaches its own."""
+    lab = make_lab(nodes=1, clients=20)
+    cip(lab, 1, "up", "--vip", lab.topo.vip, "--interface", "eth0", "--total-nodes", "3",
+        "--local-node", "2", "--xdp", "on")  # fmt: skip
+    assert "clusterip_xdp" in prog_on(lab, 1)
+    keyfile = tmp_path / "k"
+    keyfile.write_text("lab-shared-secret-0123456789abcdef\n")
+    keyfile.chmod(0o600)
+    a = Agents(lab, keyfile)
+    agents.append(a)
+    a.start(1)
+    deadline = time.monotonic() + 10
+    while "agent" not in a.status(1) and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the agent answers (before, status shows the static VIP)
+    a.wait_converged([1])
+    x = xdp_of(a.vip_status(1))
+    assert x["mode"] == "native" and "bpf_link" in x["describe"], x
+    res = lab.probe(proto="tcp", port=80, per_source=3)
+    assert res.errors == 0 and set(res.by_node) == {"n1"}, res.error_kinds()
+    a.stop_all()
+    assert prog_on(lab, 1) == ""
