@@ -50,7 +50,7 @@ from clusterip.lab.netops import in_netns
 from clusterip.xdp import libbpf as bpf
 from clusterip.xdp.filter import XdpFilter
 from clusterip.xdp.frames import frame
-from clusterip.xdp.spec import Buckets, XdpError, XdpVip
+from clusterip.xdp.spec import Buckets, XdpError, XdpVip, mac_bytes
 
 VIP = "198.18.0.100"
 CLIENT = "198.18.1.1"
@@ -131,14 +131,15 @@ def set_gro(ns: str, ifname: str, on: bool) -> None:
 class GenObject:
     """bench/xdp_gen.o loaded once: its xdp_gen and xdp_floor programs."""
 
-    def __init__(self, vip: str) -> None:
+    def __init__(self, vip: str, cluster_mac: str) -> None:
         lib = bpf.lib()
         if not os.path.exists(GEN_OBJ):
             raise XdpError(f"no {GEN_OBJ}: run `make setup`")
         self.obj = lib.bpf_object__open_file(GEN_OBJ.encode(), None)
         if not self.obj:
             raise bpf.fail(f"open {GEN_OBJ}")
-        conf = struct.pack("<4sHH", socket.inet_aton(vip), 40000, N_PORTS)
+        macs = mac_bytes(cluster_mac) + mac_bytes(CLIENT_MAC)
+        conf = struct.pack("<4sHH12s", socket.inet_aton(vip), 40000, N_PORTS, macs)
         rodata = lib.bpf_object__find_map_by_name(self.obj, b".rodata")
         bpf.check(lib.bpf_map__set_initial_value(rodata, conf, len(conf)), "generator config")
         bpf.check(lib.bpf_object__load(self.obj), "load the generator")
@@ -331,7 +332,7 @@ def run(
         ip(CLIENT), ip(VIP), "udp", 40000, PORT, dst_mac=cfg.clustermac, src_mac=CLIENT_MAC
     )
     with pair() as p:
-        gen = GenObject(VIP)
+        gen = GenObject(VIP, cfg.clustermac)
         rx = Receiver(p, gen, cfg)
         try:
             set_gro(p.rx, "eth0", True)
