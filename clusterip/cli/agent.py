@@ -51,6 +51,7 @@ def agent(verbose: bool, **params: Any) -> None:
     from clusterip.reactor.agent import Agent
     from clusterip.reactor.carrier import CarrierWatch
     from clusterip.reactor.keyfile import read_key
+    from clusterip.xdp.agentside import AgentXdp
 
     def load() -> tuple[list[VipConfig], AgentSettings]:
         configs = configs_from(params, known_extra=("agent",), agent=True)
@@ -89,6 +90,7 @@ def agent(verbose: bool, **params: Any) -> None:
         flows=SocketFlows(),
         carrier=CarrierWatch(configs[0].interface),
         reload=load if params.get("config_file") else None,
+        xdp=AgentXdp(configs[0].interface, settings.xdp),
     )
     sys.exit(node.run())
 

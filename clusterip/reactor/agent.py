@@ -99,7 +99,7 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         reload: Reloader | None = None,
         systemd: SystemdNotifier | None = None,
-        xdp_factory: Any = None,
+        xdp: AgentXdp | None = None,
     ) -> None:
         self.settings = settings
         self.configs = list(configs)
@@ -132,8 +132,7 @@ class Agent:
         self.watcher = FlowWatcher(
             flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock
         )
-        self.xdp: AgentXdp | None = None  # the interface's XDP pre-filter (opened at start)
-        self.xdp_factory = xdp_factory
+        self.xdp = xdp  # the interface's XDP pre-filter (opened at start); None: nft alone
         self.history = History()  # recent events, for the status page
 
     def _start_units(self, configs: Sequence[VipConfig]) -> None:
@@ -321,7 +320,7 @@ class Agent:
             self.systemd.ready("reload failed; running as before")
             return
         old = self.settings
-        fixed = ("node_id", "buckets", "interval", "tolerance", "key_file", "group", "port")
+        fixed = ("node_id", "buckets", "interval", "tolerance", "key_file", "group", "port", "xdp")
         changed_fixed = [f for f in fixed if getattr(old, f) != getattr(settings, f)]
         if changed_fixed:
             log.error("reload: %s need a restart; kept as they were", ", ".join(changed_fixed))
@@ -501,7 +500,8 @@ class Agent:
     def _xdp_for(self, configs: Sequence[VipConfig]) -> None:
         """Open the interface's pre-filter at start; give it the new VIP set on a reload."""
         if self.xdp is None:
-            self.xdp = AgentXdp(configs[0].interface, self.settings.xdp, make=self.xdp_factory)
+            return
+        if not self.xdp.opened:
             self.xdp.open(configs)
         else:
             self.xdp.reconfigure(configs)

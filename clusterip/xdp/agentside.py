@@ -42,6 +42,7 @@ class AgentXdp:
         self.mode = mode  # auto | on | off
         self._make = make
         self.filter: Any = None
+        self.opened = False
         self.reason = "--xdp off" if mode == "off" else "not started"
 
     @property
@@ -68,6 +69,7 @@ class AgentXdp:
     def open(self, configs: Sequence[VipConfig]) -> None:
         """Load and attach (bpf_link). `on`: XdpError when the kernel refuses; `auto`: nft
         alone where the driver has no native XDP or the kernel refuses, with the reason."""
+        self.opened = True
         self._clear_static(configs)
         if self.mode == "off":
             return
