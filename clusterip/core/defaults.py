@@ -71,7 +71,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("notify", None, None, None, "command run as CMD EVENT VIP OWNED BUCKETS"),
     Setting("drain_timeout", DRAIN_TIMEOUT, 0, 86400, "longest a moved bucket keeps flows (s)"),
     Setting("restart_grace", RESTART_GRACE, 0, 600, "how long a stopped agent's node serves (s)"),
-    Setting("metrics", None, None, None, "ADDR:PORT for Prometheus metrics and the status page"),
+    Setting(
+        "metrics",
+        None,
+        None,
+        None,
+        "[ADDR:]PORT (default 127.0.0.1) for metrics and the status page",
+    ),
     Setting("realtime", REALTIME, 0, 99, "SCHED_RR priority (0: normal scheduling)"),
     Setting(
         "xdp", XDP, None, None, "XDP pre-filter: auto (native where the driver has it), on, off"

@@ -123,9 +123,8 @@ class Pyroute2Ops:
         in_netns(ns, write)
 
     def setup_switch(self, ns: str, bridge: str, ports: Sequence[Port]) -> None:
-        from pyroute2 import IPRoute
 
-        with IPRoute(netns=ns) as ipr:
+        with _iproute(ns) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             ipr.link(
                 "add",
@@ -156,9 +155,8 @@ class Pyroute2Ops:
         prefixlen: int,
         routes: Sequence[tuple[str, str]],
     ) -> None:
-        from pyroute2 import IPRoute
 
-        with IPRoute(netns=ns) as ipr:
+        with _iproute(ns) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             idx = ipr.link_lookup(ifname=ifname)[0]
             ipr.link("set", index=idx, address=mac)
@@ -169,10 +167,9 @@ class Pyroute2Ops:
                 ipr.route("add", dst=dst, gateway=gateway, oif=idx)
 
     def neighbour(self, ns: str, ip: str) -> str | None:
-        from pyroute2 import IPRoute
 
         usable = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT
-        with IPRoute(netns=ns) as ipr:
+        with _iproute(ns) as ipr:
             for msg in ipr.get_neighbours(dst=ip):
                 lladdr = msg.get_attr("NDA_LLADDR")
                 if lladdr and msg["state"] & usable:
@@ -244,3 +241,14 @@ class MemoryNetOps:
         self.calls.append((call, ns))
         if ns not in self.namespaces:
             raise FileNotFoundError(f"no namespace {ns!r}")
+
+
+def _iproute(ns: str) -> Any:
+    """An rtnetlink socket in namespace `ns`: pyroute2 >= 0.9's IPRoute(netns=), or NetNS on
+    older ones (Debian 12 ships 0.7.2, where IPRoute takes no netns)."""
+    import pyroute2
+
+    try:
+        return pyroute2.IPRoute(netns=ns)
+    except TypeError:
+        return pyroute2.NetNS(ns)

@@ -403,7 +403,7 @@ class Agent:
             for data in step.datagrams:
                 self.transport.send(data)
             self._log(unit, step.events, now)
-            if now >= unit.metrics_due:
+            if step.changed or now >= unit.metrics_due:
                 unit.metrics_due = now + 1.0
                 self._export(unit, now)
 

@@ -206,7 +206,7 @@ def test_bash_completion(deb: tuple[Path, list[str]]) -> None:
         'echo "${COMPREPLY[*]}"\n'
     )
     out = run(["bash", "-c", script]).stdout.splitlines()
-    assert out[0].split() == ["status"], out
+    assert out[0].split() == ["status", "stop"], out
     assert {"--now", "--vip", "--help"} <= set(out[1].split()), out
 
 
@@ -276,11 +276,6 @@ def test_agent_with_debian_pyroute2(deb: tuple[Path, list[str]], tmp_path: Path)
     assert "Traceback" not in log, log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="clusterip/lab/netops.py calls IPRoute(netns=...), which pyroute2 0.7.2 lacks "
-    "(NetNS(ns) there): the fix is in the pkg branch's report",
-)
 def test_lab_command_with_debian_pyroute2(deb: tuple[Path, list[str]]) -> None:
     name = "pk" + secrets.token_hex(3)
     try:

@@ -57,6 +57,10 @@ def test_key_file(tmp_path: Path) -> None:
         ({"group": "198.18.0.1"}, "must be a multicast"),
         ({"tolerance": 1}, "bad tolerance"),
         ({"node_id": None}, "missing --node-id"),
+        # once 1..65535 here and a plain ValueError (a traceback) from the core's 16384
+        ({"buckets": 20000}, "bad bucket count '20000': expected a number from 1 to 16384"),
+        ({"restart_grace": -1}, "bad restart grace"),
+        ({"allow_readable_key": "maybe"}, "expected true or false"),
     ],
 )
 def test_settings_errors(kw: dict[str, object], msg: str) -> None:
@@ -242,3 +246,56 @@ def test_metrics_registry_of_its_own() -> None:
     assert 'clusterip_buckets_owned{vip="198.18.0.100"} 1366.0' in text
     assert 'clusterip_rejected_messages{cause="bad_mac",vip="198.18.0.100"} 4.0' in text
     assert Metrics().registry is not m.registry  # no global state
+
+
+def test_a_second_agent_in_the_namespace_gets_one_line() -> None:
+    """Two agents in one network namespace: the second stops at its control socket, with a
+    ConfigError (one line, exit 2 from the CLI), before anything in the kernel changes."""
+    from clusterip.reactor.control import AgentRunning, ControlServer
+
+    name = f"\0clusterip-test-{random.getrandbits(48):x}"
+    first, second = ControlServer(name), ControlServer(name)
+    first.open()
+    try:
+        with pytest.raises(AgentRunning, match="another agent already runs"):
+            second.open()
+        assert isinstance(AgentRunning("x"), ConfigError)
+    finally:
+        first.close()
+
+
+def test_flow_watcher_never_measures_twice_at_once() -> None:
+    """The worker thread and the loop (a drain's fresh count) share one flow source."""
+    import threading
+    import time as _time
+
+    from clusterip.reactor.flowwatch import FlowWatcher
+
+    class Source:
+        inside = 0
+        overlaps = 0
+
+        def flows(self, cfg_: config.VipConfig, modulus: int) -> list[tuple[str, int, int]]:
+            self.inside += 1
+            if self.inside > 1:
+                self.overlaps += 1
+            _time.sleep(0.002)
+            self.inside -= 1
+            return [("198.18.1.1", 1000, 1)]
+
+        def per_bucket(self, cfg_: config.VipConfig, modulus: int) -> dict[int, int]:
+            return {1: 1}
+
+    src = Source()
+    watcher = FlowWatcher(src, [cfg()], 4096, 0.0, _time.monotonic)
+    threads = [
+        threading.Thread(target=lambda: [watcher.measure_now(cfg()) for _ in range(20)])
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert src.overlaps == 0
+    report = watcher.latest_flows("198.18.0.100")
+    assert report is not None and report[1] == [("198.18.1.1", 1000, 1)]
