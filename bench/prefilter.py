@@ -11,6 +11,7 @@ go). Rounds are interleaved and rotated as in `bench.throughput`; ratios are per
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from bench.setups import SERVING, Spread, Vip, cip, up_args
 from bench.stats import paired_ratios, summarize
 from bench.throughput import WrkParams, _sample, _series
 from bench.wrk import MODES
-from clusterip.lab.net import Lab
+from clusterip.lab.net import Lab, LabError
 
 NAMES = ("spread", "vip", "vip+xdp")
 RATIOS = (("vip+xdp", "spread"), ("vip", "spread"), ("vip+xdp", "vip"))
@@ -27,9 +28,16 @@ TARGET = {"vip+xdp/spread": 0.98}
 SETTLE_S = 0.5
 
 
-def set_xdp(lab: Lab, on: bool) -> None:
+def set_xdp(lab: Lab, on: bool, log: Callable[[str], None] = print) -> None:
+    """`up --xdp on|off` on nodes 1-3; a command that fails (once seen: a 60 s stall on a
+    loaded machine) is tried once more before the benchmark gives up."""
     for k in SERVING:
-        cip(lab, k, *up_args(lab, k, xdp="on" if on else "off"))
+        argv = up_args(lab, k, xdp="on" if on else "off")
+        try:
+            cip(lab, k, *argv)
+        except (LabError, subprocess.TimeoutExpired) as exc:
+            log(f"  retrying `clusterip {' '.join(argv)}` on n{k}: {str(exc)[:200]}")
+            cip(lab, k, *argv)
     time.sleep(SETTLE_S)
 
 
@@ -54,7 +62,7 @@ def measure(
                 for name in (*NAMES[k:], *NAMES[:k]):
                     want = name == "vip+xdp"
                     if want != xdp_on:
-                        set_xdp(lab, want)
+                        set_xdp(lab, want, log)
                         xdp_on = want
                     best = _sample(lab, urls[name], mode, params, lab_inodes)
                     samples.append({"round": rnd, "setup": name, "mode": mode, **best})
