@@ -74,3 +74,6 @@ bench/xdp_gen.o: bpf/xdp_gen.c | $(STAMP)
 clean: bpf-clean
 bpf-clean:
 	rm -f $(BPF_OBJS)
+
+# --- the agent's live status page (issue 14): its lab test loads it in headless Chromium ---
+DEBS       += chromium

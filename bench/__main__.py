@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench import control, evenness, foreign, perpacket, report, throughput
+from bench import control, evenness, foreign, perpacket, prefilter, report, throughput
 from bench.labrun import bench_lab, isolate_port, lab_inodes, prepare_client
 from bench.servers import haproxy_conf, nginx_conf, start_haproxy, start_nginx
 from bench.setups import DIRECTOR, LAB_NODES, SERVING, VARIANTS, live_setups, make_setups
@@ -39,6 +39,8 @@ PARTS = (
     "failover",
     "falsealarm",
     "rebalance",
+    "prefilter",
+    "xdp",
 )
 CLIENTS = 100  # client addresses for the evenness sample (wrk uses the gateway address)
 
@@ -145,6 +147,19 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 "samples": samples,
                 "analysis": throughput.analyze(samples, setups),
             }
+        if "prefilter" in args.parts:
+            log("the XDP pre-filter: VIP with it, VIP with nft alone, spread (wrk)")
+            params = throughput.WrkParams(
+                duration=args.duration,
+                threads=args.threads,
+                connections=args.connections,
+                warmup=args.warmup,
+                nice=args.nice,
+                quiet=args.quiet,
+                retries=args.retries,
+            )
+            samples = prefilter.measure(lab, params, args.rounds, inodes, log)
+            results["prefilter"] = {"samples": samples, "analysis": prefilter.analyze(samples)}
         if args.variants and "datapath" in args.parts:
             log("datapath cost per packet, variant by variant (trafgen)")
             chosen = [s for s in make_setups(args.variants) if s.name not in ("direct", "haproxy")]
@@ -184,6 +199,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         if "control" in args.parts:
             log("control plane (one ownership change = one nft transaction)")
             results["control"] = control.measure(lab, count=args.control_count, log=log)
+    if "xdp" in args.parts:
+        from bench import xdp
+
+        log("XDP per packet (frames injected like a NIC's)")
+        rounds = 3 if args.quick else 7
+        results["xdp"] = xdp.run(
+            rounds=rounds, frames=1_000_000 if args.quick else 2_000_000, log=log
+        )
     results["duration_s"] = round(time.time() - started, 1)
     return results
 

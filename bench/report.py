@@ -18,7 +18,7 @@ import os
 import shlex
 from typing import Any
 
-from bench import plots
+from bench import plots, prefilter
 from bench.report_parts import (
     EXTERNAL,
     ci_cell,
@@ -354,6 +354,11 @@ def render_page(results: dict[str, Any], figs: dict[str, str], external: dict[st
     if results.get("throughput"):
         parts += ["## Throughput and latency\n", throughput_section(results, figs)]
     parts.append(variants_section(results))
+    if results.get("prefilter") or results.get("xdp"):
+        parts += [
+            "## The XDP pre-filter\n",
+            prefilter.section(results.get("prefilter", {}), results.get("xdp")),
+        ]
     if results.get("foreign"):
         parts += ["## Foreign traffic\n", foreign_section(results, figs)]
     if results.get("evenness"):
@@ -386,6 +391,10 @@ def summary_json(results: dict[str, Any], external: dict[str, Any]) -> dict[str,
         }
     if results.get("foreign"):
         out["foreign"] = results["foreign"]["analysis"]
+    if results.get("prefilter"):
+        out["prefilter"] = results["prefilter"]["analysis"]
+    if results.get("xdp"):
+        out["xdp"] = {k: results["xdp"][k]["analysis"] for k in ("foreign", "owned")}
     for key in ("evenness", "control"):
         if results.get(key):
             out[key] = results[key]

@@ -57,8 +57,10 @@ def lab_config(lab: Lab, k: int, hashmode: str = "sourceip-sourceport") -> VipCo
     return lab.topo.vip_config([k], total_nodes=len(SERVING), hashmode=hashmode)
 
 
-def up_args(lab: Lab, k: int, hashmode: str = "sourceip-sourceport") -> list[str]:
-    """The exact `clusterip up` command line of node k (printed in the report)."""
+def up_args(lab: Lab, k: int, hashmode: str = "sourceip-sourceport", xdp: str = "off") -> list[str]:
+    """The exact `clusterip up` command line of node k (printed in the report). The XDP
+    pre-filter is off unless asked for: it changes the path of every frame on the interface,
+    the other set-ups' too (bench/prefilter.py measures it on its own)."""
     return [
         "up",
         "--vip",
@@ -71,6 +73,8 @@ def up_args(lab: Lab, k: int, hashmode: str = "sourceip-sourceport") -> list[str
         str(k),
         "--hashmode",
         hashmode,
+        "--xdp",
+        xdp,
     ]
 
 

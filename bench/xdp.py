@@ -18,9 +18,9 @@ drops every packet to the VIP, without hashing), and xdp-drop (an XDP program th
 frame unread: the driver's own cost of running XDP at all; a program's cost beyond it is
 reported as beyond_xdp_drop). Owned packets (the receiver owns every bucket;
 a UDP socket on the port whose buffer stays full, so the stack drops them at the socket):
-own-nft, own-nft+xdp (the pre-filter passes them), own-fast (the pre-filter's OWNED prototype
-rewrites the MACs and nft accepts at once with `ether saddr CLUSTER_MAC accept`, inserted
-first in clusterip's ingress chain; render.py does not have that rule yet).
+own-nft, own-nft+xdp (the pre-filter passes them), own-fast (`clusterip up --xdp on`: the
+pre-filter's OWNED fast path rewrites the MACs and nft accepts at once with the rule
+render.fast_rule puts first in the VIP's ingress chain).
 
 Ratios are to nft (foreign) or own-nft (owned) in the same round; median [min-max] over the
 rounds, each measurement the best of `tries` runs (other work on the machine only adds time).
@@ -50,7 +50,7 @@ from clusterip.lab.netops import in_netns
 from clusterip.xdp import libbpf as bpf
 from clusterip.xdp.filter import XdpFilter
 from clusterip.xdp.frames import frame
-from clusterip.xdp.spec import Buckets, XdpError, XdpVip
+from clusterip.xdp.spec import Buckets, XdpError, XdpVip, mac_bytes
 
 VIP = "198.18.0.100"
 CLIENT = "198.18.1.1"
@@ -131,14 +131,15 @@ def set_gro(ns: str, ifname: str, on: bool) -> None:
 class GenObject:
     """bench/xdp_gen.o loaded once: its xdp_gen and xdp_floor programs."""
 
-    def __init__(self, vip: str) -> None:
+    def __init__(self, vip: str, cluster_mac: str) -> None:
         lib = bpf.lib()
         if not os.path.exists(GEN_OBJ):
             raise XdpError(f"no {GEN_OBJ}: run `make setup`")
         self.obj = lib.bpf_object__open_file(GEN_OBJ.encode(), None)
         if not self.obj:
             raise bpf.fail(f"open {GEN_OBJ}")
-        conf = struct.pack("<4sHH", socket.inet_aton(vip), 40000, N_PORTS)
+        macs = mac_bytes(cluster_mac) + mac_bytes(CLIENT_MAC)
+        conf = struct.pack("<4sHH12s", socket.inet_aton(vip), 40000, N_PORTS, macs)
         rodata = lib.bpf_object__find_map_by_name(self.obj, b".rodata")
         bpf.check(lib.bpf_map__set_initial_value(rodata, conf, len(conf)), "generator config")
         bpf.check(lib.bpf_object__load(self.obj), "load the generator")
@@ -180,10 +181,10 @@ class Receiver:
         self.sink: subprocess.Popen[bytes] | None = None
         self.base = ["--vip", VIP, "--interface", "eth0", "--total-nodes", str(NODES)]
 
-    def nft(self, owned: bool) -> None:
+    def nft(self, owned: bool, xdp: str = "off") -> None:
         nodes = [str(k) for k in range(1, NODES + 1)] if owned else ["1"]
         flags = [arg for k in nodes for arg in ("--local-node", k)]
-        cip(self.p.rx, "up", *self.base, *flags)
+        cip(self.p.rx, "up", *self.base, *flags, "--xdp", xdp)
         if not owned:
             cip(self.p.rx, "release", "1", "--now", "--vip", VIP)
 
@@ -220,15 +221,12 @@ class Receiver:
                 self.xdp(Buckets.of(NODES))  # owns nothing: every bucket drops
             elif name == "floor":
                 self.plain_xdp("xdp_floor")
+        elif name == "own-fast":  # as `clusterip up --xdp on` runs it: the owned fast path
+            self.nft(owned=True, xdp="on")
         elif name.startswith("own-"):
             self.nft(owned=True)
             if name == "own-nft+xdp":
                 self.xdp(Buckets.of(NODES, all_buckets))
-            elif name == "own-fast":
-                self.xdp(Buckets.of(NODES, owned=all_buckets), owned_protos=("udp",))
-                table = "clusterip_" + VIP.replace(".", "_")
-                sh(self.p.rx, "nft", "insert", "rule", "netdev", table, "ingress",
-                   "ether", "saddr", self.cfg.clustermac, "accept")  # fmt: skip
 
     def leave(self, name: str) -> None:
         if self.filter is not None:
@@ -334,7 +332,7 @@ def run(
         ip(CLIENT), ip(VIP), "udp", 40000, PORT, dst_mac=cfg.clustermac, src_mac=CLIENT_MAC
     )
     with pair() as p:
-        gen = GenObject(VIP)
+        gen = GenObject(VIP, cfg.clustermac)
         rx = Receiver(p, gen, cfg)
         try:
             set_gro(p.rx, "eth0", True)

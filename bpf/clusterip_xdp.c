@@ -19,7 +19,10 @@
  * interface's own MAC, so the stack sees PACKET_HOST, and its source MAC the VIP's cluster MAC,
  * a multicast address no real sender can use as a source: nft can recognise (and accept at
  * once) the frames this program vouched for with `ether saddr CLUSTER_MAC`. TCP bare SYNs and
- * protocols not in `owned_protos` pass unchanged, to nft's full chain.
+ * protocols not in `owned_protos` pass unchanged, to nft's full chain. Because that source marks
+ * frames this program vouched for, a frame to a VIP that arrives with a multicast source (which
+ * no real sender may use: a forgery, or a loop) is dropped first, whatever its bucket (counter
+ * `forged`).
  *
  * Configuration (VIPs, hashmode, seed, protocols, ports) is read-only data fixed at load time
  * (.rodata, frozen: the verifier prunes what a configuration does not use); the modulus and
@@ -40,7 +43,7 @@
 #define DPORT_BYTES 8192  /* one bit per port */
 
 enum verdict { V_PASS = 0, V_DROP = 1, V_OWNED = 2 };
-enum counter { C_DROPPED = 0, C_PASSED = 1, C_OWNED = 2, N_COUNTERS = 4 };
+enum counter { C_DROPPED = 0, C_PASSED = 1, C_OWNED = 2, C_FORGED = 3, N_COUNTERS = 4 };
 enum hashmode { H_SOURCEIP = 0, H_SPORT = 1, H_SPORT_DPORT = 2 };
 #define P_TCP 1
 #define P_UDP 2
@@ -142,6 +145,14 @@ static __always_inline void count(__u32 vip, __u32 which)
 		*v += 1;
 }
 
+/* A frame to a VIP with a multicast source MAC: no real sender uses one, and the OWNED fast
+ * path marks the frames it vouched for with the cluster MAC as source (nft accepts those at once). */
+static __always_inline int forged(__u32 vip)
+{
+	count(vip, C_FORGED);
+	return XDP_DROP;
+}
+
 static __always_inline int proto_bit(__u8 proto)
 {
 	switch (proto) {
@@ -230,9 +241,10 @@ pass:
 	return XDP_PASS;
 }
 
-static __always_inline int handle_v4(struct xdp_md *ctx, void *l3, void *end)
+static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, void *end)
 {
-	struct iphdr *iph = l3;
+	struct iphdr *iph = (void *)(eth + 1);
+	void *l3 = iph;
 	__u32 k[6] = {};
 	__u32 idx, daddr;
 	__u8 pbit;
@@ -250,6 +262,8 @@ static __always_inline int handle_v4(struct xdp_md *ctx, void *l3, void *end)
 	}
 	return XDP_PASS;
 found:
+	if (eth->h_source[0] & 1)
+		return forged(idx);
 	/* A fragment: later ones carry no ports, the first is passed with them (nft decides). */
 	if (iph->frag_off & bpf_htons(0x3fff))
 		goto pass;
@@ -266,9 +280,9 @@ pass:
 	return XDP_PASS;
 }
 
-static __always_inline int handle_v6(struct xdp_md *ctx, void *l3, void *end)
+static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, void *end)
 {
-	struct ipv6hdr *ip6 = l3;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	__u32 k[6] = {};
 	__u32 idx;
 	__u8 pbit;
@@ -289,6 +303,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx, void *l3, void *end)
 	}
 	return XDP_PASS;
 found:
+	if (eth->h_source[0] & 1)
+		return forged(idx);
 	/* Extension headers (fragments among them) and ICMPv6 (ND) go on to nft. */
 	pbit = proto_bit(ip6->nexthdr);
 	if (!pbit)
@@ -316,9 +332,9 @@ int clusterip_xdp(struct xdp_md *ctx)
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		return handle_v4(ctx, eth + 1, end);
+		return handle_v4(ctx, eth, end);
 	if (conf.has_v6 && eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return handle_v6(ctx, eth + 1, end);
+		return handle_v6(ctx, eth, end);
 	return XDP_PASS;
 }
 

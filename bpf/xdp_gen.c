@@ -7,7 +7,8 @@
  *           template frame into a real xdp_frame and XDP_TX sends it out of that veth, in
  *           batches, so the peer (the receiver) gets frames with full headroom through its NAPI
  *           poll, as from a NIC's ring. The UDP source port walks through `n_ports` values
- *           (from `base_port`).
+ *           (from `base_port`); the MACs are written anew into every frame (the pages are
+ *           recycled, and the pre-filter's fast path rewrites the receiver's copy in place).
  * xdp_floor: the cheapest useful receiver program: drop every IPv4 packet to `vip`.
  * xdp_drop:  drop every frame unread: what the driver costs with any XDP program at all.
  */
@@ -22,6 +23,8 @@ struct gen_conf {
 	__u32 vip;		/* network byte order */
 	__u16 base_port;
 	__u16 n_ports;		/* a power of two */
+	__u8 dst[6];		/* the template's MACs, written again into every frame: the */
+	__u8 src[6];		/* receiver may rewrite them in place, and pages are recycled */
 };
 
 const volatile struct gen_conf gconf = {};
@@ -39,6 +42,11 @@ int xdp_gen(struct xdp_md *ctx)
 
 	if ((void *)(uh + 1) > end)
 		return XDP_ABORTED;
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++) {
+		eth->h_dest[i] = gconf.dst[i];
+		eth->h_source[i] = gconf.src[i];
+	}
 	if (gconf.n_ports > 1) {
 		uh->source = bpf_htons(gconf.base_port + (seq & (gconf.n_ports - 1)));
 		seq++;

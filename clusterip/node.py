@@ -22,17 +22,27 @@ from clusterip.render import (
     render_drop_all,
     render_legacy_delete,
     render_update,
+    table_name,
 )
 from clusterip.state import VipState, mac_shared, parse_guards, parse_tables
+from clusterip.xdp.static import Outcome, StaticXdp, note_script
 
 ADDR_FLAG = "addr=1"
 
 
 class Node:
-    def __init__(self, firewall: Firewall, link: Link, sockets: SocketTable | None = None) -> None:
+    def __init__(
+        self,
+        firewall: Firewall,
+        link: Link,
+        sockets: SocketTable | None = None,
+        xdp: StaticXdp | None = None,
+    ) -> None:
         self.firewall = firewall
         self.link = link
         self.sockets: SocketTable = sockets if sockets is not None else SockDiag()
+        self.xdp = xdp  # the XDP pre-filter (clusterip.xdp.static); None: nft alone
+        self.xdp_outcome: Outcome | None = None  # what the last `up` did with it
 
     def _snapshot(self, cfg: VipConfig, own: Ownership) -> list[TcpFlow] | None:
         """This node's flows, if any bucket checks flows (None: none does)."""
@@ -56,8 +66,9 @@ class Node:
             raise ConfigError(f"VIP {vip} is not up on this node (up here: {up})")
         return st
 
-    def up(self, cfg: VipConfig) -> str:
-        """Serve cfg.vip as nodes cfg.local_nodes of cfg.total_nodes. Idempotent."""
+    def up(self, cfg: VipConfig, *, xdp: str = "auto") -> str:
+        """Serve cfg.vip as nodes cfg.local_nodes of cfg.total_nodes. Idempotent. `xdp`: the
+        pre-filter's mode (auto, on, off), where the node has one (self.xdp)."""
         self.link.check_interface(cfg.interface)
         old = self.state(cfg.vip)
         if old is not None and old.mode != "static" and old.live:
@@ -78,16 +89,22 @@ class Node:
             guarded = owned - was.owned
         own = Ownership(cfg.total_nodes, owned, keep, guarded=guarded)
         mine = self._snapshot(cfg, own)
-        script = render(
-            cfg,
-            own,
-            note_extra=ADDR_FLAG if added_addr else "",
-            mine=mine,
-            nic_mac=self.link.own_mac(cfg.interface),
-        )
-        if old is not None and not same:
-            script = render_delete(old.config) + script
-        self.firewall.apply(script)
+
+        nic_mac = self.link.own_mac(cfg.interface)
+
+        def apply(fast: bool, code: str) -> None:
+            note = ADDR_FLAG if added_addr else ""
+            script = render(cfg, own, note_extra=note, mine=mine, nic_mac=nic_mac, xdp_fast=fast)
+            if old is not None and not same:
+                script = render_delete(old.config) + script
+            if code:
+                script += note_script(table_name(cfg), code)
+            self.firewall.apply(script)
+
+        if self.xdp is None:
+            apply(False, "")
+        else:
+            self.xdp_outcome = self.xdp.up(cfg, own, xdp, apply)
         if old is not None and not same:
             self._unlink(old, keep=cfg)
         new_addr = False
@@ -99,7 +116,11 @@ class Node:
                 self.link.add_multicast(cfg.interface, cfg.clustermac)
         except Exception:
             # Undo this call's own changes so that a failed `up` leaves nothing behind.
+            if self.xdp is not None:
+                self.xdp.stop_answering(cfg, own.modulus)
             self.firewall.apply(render_delete(cfg))
+            if self.xdp is not None:
+                self.xdp.forget(cfg)
             if new_addr:
                 self.link.del_address(cfg.interface, cfg.vip, cfg.prefixlen)
             raise
@@ -120,9 +141,13 @@ class Node:
             return self._down_legacy(vip)
         if st.mode != "static" and st.live:
             raise ConfigError(f"VIP {vip} is run by an agent on this node; stop the agent")
+        if self.xdp is not None:  # XDP stops first: the fast path must end before nft's
+            self.xdp.stop_answering(st.config, st.ownership.modulus)
         self.firewall.apply(render_drop_all(st.config))
         self._unlink(st)
         self.firewall.apply(render_delete(st.config))
+        if self.xdp is not None:  # the last VIP of the interface: nothing attached or pinned
+            self.xdp.forget(st.config)
         if st.mode != "static":
             return f"{vip} down (removed what a stopped agent left)"
         return f"{vip} down"
@@ -173,7 +198,9 @@ class Node:
         if checked(own) - checked(st.ownership):
             mine = self._snapshot(cfg, own)
         script = render_update(cfg, st.ownership, own, mine=mine)
-        if script:
+        if self.xdp is not None:  # XDP opens, nft changes, XDP closes (docs/xdp.md)
+            self.xdp.change(cfg, own, lambda: self.firewall.apply(script) if script else None)
+        elif script:
             self.firewall.apply(script)
 
     def take(self, vip: Address, bucket: int) -> str:

@@ -296,6 +296,7 @@ def render(
     flow_timeout: int = STATIC_FLOW_TIMEOUT,
     live: bool = False,
     nic_mac: str = "",
+    xdp_fast: bool = False,
 ) -> str:
     """The nft script that makes the kernel's state for this VIP exactly (cfg, own).
 
@@ -349,8 +350,7 @@ flush table netdev {name}
 {sets}	chain ingress {{
 		type filter hook ingress device "{dev}" priority {INGRESS_PRIORITY}; policy accept;
 		comment "{note}"
-		{fam.ip} daddr {vip} jump vip
-	}}
+{_ingress_rules(cfg, xdp_fast=xdp_fast, live=live)}	}}
 	chain vip {{
 {rules}
 	}}
@@ -384,6 +384,40 @@ def _neighbour_table(cfg: VipConfig, nic_mac: str) -> str:
 	}}
 }}
 """
+
+
+# --- the XDP pre-filter's owned fast path (clusterip.xdp) ----------------------------------------
+def fast_rule(cfg: VipConfig, *, live: bool = False) -> str:
+    """Accept at once what the XDP pre-filter vouched for: a frame of a bucket this node owns
+    in the steady state, whose source MAC the program set to the cluster MAC (and its
+    destination to the node's own). Render it only while the
+    program runs: it drops every VIP frame that arrives with a multicast source, so only its
+    own rewrites carry that source. Under an agent, only while its live table marks the
+    packet (the program and the live table both end with the agent's process)."""
+    live_check = f"meta mark {LIVE_MARK:#010x} meta mark set 0 " if live else ""
+    # pkttype host again: a driver that keeps the skb it had before XDP (veth) computes it
+    # from the original, multicast destination, and TCP takes only PACKET_HOST.
+    ip = family(cfg).ip
+    return (
+        f"{ip} daddr {cfg.vip} ether saddr {cfg.clustermac} {live_check}"
+        "meta pkttype set host accept"
+    )
+
+
+def _ingress_rules(cfg: VipConfig, *, xdp_fast: bool, live: bool) -> str:
+    rules = [fast_rule(cfg, live=live)] if xdp_fast else []
+    rules.append(f"{family(cfg).ip} daddr {cfg.vip} jump vip")
+    return "".join(f"\t\t{r}\n" for r in rules)
+
+
+def render_ingress(cfg: VipConfig, *, xdp_fast: bool, live: bool = False) -> str:
+    """Add or remove the fast-path rule: the ingress chain's rules anew (one transaction)."""
+    name = table_name(cfg)
+    rules = [fast_rule(cfg, live=live)] if xdp_fast else []
+    rules.append(f"{family(cfg).ip} daddr {cfg.vip} jump vip")
+    return f"flush chain netdev {name} ingress\n" + "".join(
+        f"add rule netdev {name} ingress {r}\n" for r in rules
+    )
 
 
 def _down_counter(live: bool) -> str:

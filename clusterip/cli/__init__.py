@@ -77,6 +77,7 @@ def _subcommand(args: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     from clusterip.nft import FirewallError
+    from clusterip.xdp.spec import XdpError
 
     _register_lab()
     args = list(argv) if argv is not None else sys.argv[1:]
@@ -100,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except FirewallError as exc:
         fail(f"the kernel refused the change (nothing was changed): {exc}", EXIT_KERNEL)
+    except XdpError as exc:  # the kernel or driver refused the XDP pre-filter (`--xdp on`)
+        fail(f"XDP pre-filter: {exc} (nothing was changed; `--xdp auto` falls back)", EXIT_KERNEL)
     except PermissionError as exc:
         fail(f"permission denied ({exc}): run as root", EXIT_KERNEL)
     except ipaddress.AddressValueError as exc:

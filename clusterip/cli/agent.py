@@ -51,6 +51,7 @@ def agent(verbose: bool, **params: Any) -> None:
     from clusterip.reactor.agent import Agent
     from clusterip.reactor.carrier import CarrierWatch
     from clusterip.reactor.keyfile import read_key
+    from clusterip.xdp.agentside import AgentXdp
 
     def load() -> tuple[list[VipConfig], AgentSettings]:
         configs = configs_from(params, known_extra=("agent",), agent=True)
@@ -68,6 +69,10 @@ def agent(verbose: bool, **params: Any) -> None:
 
     configs, settings = load()
     key = read_key(settings.key_file, allow_readable=settings.allow_readable_key)
+    from clusterip.addrcheck import warn_addresses
+
+    for cfg in configs:
+        warn_addresses(cfg)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s clusterip-agent[%(process)d] %(levelname)s %(message)s",
@@ -86,6 +91,7 @@ def agent(verbose: bool, **params: Any) -> None:
         loop_flows=SocketFlows(),
         carrier=CarrierWatch(configs[0].interface),
         reload=load if params.get("config_file") else None,
+        xdp=AgentXdp(configs[0].interface, settings.xdp),
     )
     sys.exit(node.run())
 

@@ -19,20 +19,34 @@ def _node() -> Any:
     from clusterip.link import NetlinkLink
     from clusterip.nft import NftFirewall
     from clusterip.node import Node
+    from clusterip.xdp.static import StaticXdp
 
-    return Node(NftFirewall(), NetlinkLink())
+    return Node(NftFirewall(), NetlinkLink(), xdp=StaticXdp())
+
+
+XDP_HELP = "XDP pre-filter: auto (native XDP where the driver has it), on, off (default auto)"
 
 
 @click.command()
 @vip_options
-def up(**params: Any) -> None:
+@click.option("--xdp", "xdp_mode", metavar="auto|on|off", help=XDP_HELP)
+def up(xdp_mode: str | None, **params: Any) -> None:
     """Answer for a VIP as node K of N (iptables ... -j CLUSTERIP --new ...)."""
-    configs = configs_from(params)
+    from clusterip.addrcheck import warn_addresses
+    from clusterip.xdp.spec import parse_cli_mode
+
+    configs = configs_from(params, known_extra=("xdp",))
+    modes = [parse_cli_mode(xdp_mode or cfg.extra.get("xdp", "auto")) for cfg in configs]
     node = _node()
     for cfg in configs:
         node.link.check_interface(cfg.interface)
     for cfg in configs:
-        click.echo(node.up(cfg))
+        warn_addresses(cfg)
+    for cfg, mode in zip(configs, modes, strict=True):
+        line = node.up(cfg, xdp=mode)
+        if node.xdp_outcome is not None:
+            line += f"; XDP {node.xdp_outcome.text}"
+        click.echo(line)
 
 
 @click.command()
@@ -62,19 +76,25 @@ def status(as_json: bool) -> None:
     """Per VIP: interface, MAC, hashmode, nodes this node answers for, counters."""
     from clusterip.flows import SocketFlows
     from clusterip.reactor.control import NoAgent, request
+    from clusterip.xdp.static import split_note
 
     try:
         agent_doc: dict[str, Any] | None = request("status")
     except NoAgent:
         agent_doc = None
-    states = _node().states(counters=True)
+    node = _node()
+    states = node.states(counters=True)
     docs = list(agent_doc["vips"]) if agent_doc else []
+    ours = len(docs)  # the agent's own reports come first; the kernel's tables after them
     for st in states:
         if st.mode == "agent" and st.live:
             continue  # a running agent: its own report above is richer
         doc = st.to_json()
         flows = SocketFlows(udp=False).per_bucket(st.config, st.ownership.modulus)
         doc["flows"] = {str(b): n for b, n in sorted(flows.items())}
+        code, doc["counters"] = split_note(doc["counters"])
+        if st.mode == "static":
+            doc["xdp"] = node.xdp.report(st.config, code)
         docs.append(doc)
     if as_json:
         out: dict[str, Any] = {"vips": docs}
@@ -86,9 +106,7 @@ def status(as_json: bool) -> None:
         click.echo("no VIP is up here")
     if agent_doc:
         _print_agent(agent_doc)
-    for d in docs:
-        if d["mode"] == "agent" and "flows" not in d:
-            continue  # reported by the agent above
+    for d in docs[ours:]:
         ports = ",".join(str(p) for p in d["dports"]) or "any"
         click.echo(
             f"{d['vip']} on {d['interface']}  mac {d['clustermac']}  {d['hashmode']}  "
@@ -120,6 +138,18 @@ def status(as_json: bool) -> None:
         click.echo(
             "  packets: " + "  ".join(f"{name} {c['packets']}" for name, c in counters.items())
         )
+        if "xdp" in d:
+            _print_xdp(d["xdp"]["describe"], d["xdp"]["counters"])
+
+
+def _print_xdp(line: str, counters: dict[str, int] | None) -> None:
+    """The pre-filter's line of `status`: how it runs (or why not) and what it did."""
+    click.echo(f"  XDP pre-filter: {line}")
+    if counters:
+        click.echo(
+            f"  XDP packets: dropped {counters['dropped']}  fast path {counters['owned']}  "
+            f"passed to nft {counters['passed']}  forged source {counters.get('forged', 0)}"
+        )
 
 
 def _print_agent(doc: dict[str, Any]) -> None:
@@ -128,6 +158,8 @@ def _print_agent(doc: dict[str, Any]) -> None:
         f"agent: node {a['node_id']}, weight {a['weight']}, up {a['uptime_s']} s, heartbeat "
         f"{a['interval_ms']} ms, dead after {a['detection_ms']} ms"
         + (", DRAINING (clusterip drain)" if a["draining"] else "")
+        + (", weight 0: owns no bucket" if a.get("weight_zero") and not a["draining"] else "")
+        + (f"; XDP {a['xdp']}" if a.get("xdp") else "")
     )
     for v in doc["vips"]:
         click.echo(
@@ -143,6 +175,8 @@ def _print_agent(doc: dict[str, Any]) -> None:
             click.echo(
                 "  packets: " + "  ".join(f"{n} {c['packets']}" for n, c in counters.items())
             )
+        if v.get("xdp"):
+            _print_xdp(v["xdp"]["describe"], v["xdp"]["counters"])
         click.echo("  members:  id  address          state     weight  buckets  last heard")
         for m in v["members"]:
             where = m["address"] or f"via node {m['via']}"

@@ -22,6 +22,7 @@ RESTART_GRACE = 5.0  # a stopped agent's node keeps serving this long, for its s
 GROUP = "224.0.0.199"  # link-local multicast: never routed
 PORT = 5604  # away from corosync's 5404-5405 and VRRP (IP protocol 112)
 REALTIME = 10  # SCHED_RR priority of the agent (keepalived's vrrp_rt_priority); 0: off
+XDP = "auto"  # the XDP pre-filter (clusterip.xdp): auto, on or off
 
 # ----- internal timers ---------------------------------------------------------------------
 LISTEN = None  # startup listen period; None: one detection time
@@ -71,7 +72,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("notify", None, None, None, "command run as CMD EVENT VIP OWNED BUCKETS"),
     Setting("drain_timeout", DRAIN_TIMEOUT, 0, 86400, "longest a moved bucket keeps flows (s)"),
     Setting("restart_grace", RESTART_GRACE, 0, 600, "how long a stopped agent's node serves (s)"),
-    Setting("metrics", None, None, None, "ADDR:PORT for Prometheus metrics and the status page"),
+    Setting(
+        "metrics",
+        None,
+        None,
+        None,
+        "[ADDR:]PORT (default 127.0.0.1) for metrics and the status page",
+    ),
     Setting("realtime", REALTIME, 0, 99, "SCHED_RR priority (0: normal scheduling)"),
+    Setting(
+        "xdp", XDP, None, None, "XDP pre-filter: auto (native where the driver has it), on, off"
+    ),
 )
 SETTING_KEYS = tuple(s.key for s in SETTINGS)

@@ -61,9 +61,11 @@ from clusterip.reactor.notify import Notifier
 from clusterip.reactor.report import log_events, status_later
 from clusterip.reactor.settings import AgentSettings
 from clusterip.reactor.transport import Transport, UdpTransport
+from clusterip.reactor.web import History, StatusWeb
 from clusterip.sdnotify import Notifier as SystemdNotifier
 from clusterip.sdnotify import Watchdog, watchdog_period
 from clusterip.state import Lease
+from clusterip.xdp.agentside import AgentXdp
 
 log = logging.getLogger("clusterip.agent")
 FAULT_ENV = "CLUSTERIP_TEST_FAULT"  # tests only: "start" or "loop:SECONDS" (see the module doc)
@@ -102,6 +104,7 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         reload: Reloader | None = None,
         systemd: SystemdNotifier | None = None,
+        xdp: AgentXdp | None = None,
     ) -> None:
         self.settings = settings
         self.configs = list(configs)
@@ -117,6 +120,7 @@ class Agent:
         self.control = ControlServer()
         self.notify = Notifier(settings.notify)
         self.metrics = Metrics()
+        self.web = StatusWeb(self.metrics)
         self.commands = Commands(self)
         self.stopping: str | None = None  # "restart" (planned stop) or "leave"
         self.params = Params(
@@ -136,6 +140,8 @@ class Agent:
         self.watcher = FlowWatcher(
             flows, configs, settings.buckets, defaults.FLOW_CHECK_EVERY, clock, loop_flows
         )
+        self.xdp = xdp  # the interface's XDP pre-filter (opened at start); None: nft alone
+        self.history = History()  # recent events, for the status page
 
     def _start_units(self, configs: Sequence[VipConfig]) -> None:
         """The datapaths first (adopting what a predecessor left), then the pure nodes."""
@@ -144,6 +150,7 @@ class Agent:
         incarnation = time.time_ns() // 1000
         now = self.clock()
         s = self.settings
+        self._xdp_for([*[u.node.cfg for u in self.units], *configs])
         for cfg in configs:
             datapath = AgentDatapath(
                 cfg,
@@ -152,6 +159,7 @@ class Agent:
                 self.link,
                 self.sockets,
                 flow_timeout=s.drain_timeout + s.detection_time,
+                xdp=self.xdp,
             )
             left = datapath.start(node_id=s.node_id)
             adopted = None
@@ -203,7 +211,7 @@ class Agent:
             self.transport.open()
             self.watcher.start()
             if self.settings.metrics:
-                self.metrics.serve(self.settings.metrics)
+                self.web.serve(self.settings.metrics)
             self._injected("start")
             log.info(
                 "agent up: node %d, %d VIP(s), heartbeat every %d ms, dead after %d ms",
@@ -227,6 +235,9 @@ class Agent:
             self.transport.close()
             if self.carrier is not None:
                 self.carrier.close()
+            if self.xdp is not None:  # the bpf_link: nft alone serves from here (the lease)
+                self.xdp.close()
+            self.web.close()
             self.control.close()
             signal.set_wakeup_fd(old_wakeup)
             for s, h in handlers.items():
@@ -354,7 +365,7 @@ class Agent:
             self.systemd.ready("reload failed; running as before")
             return
         old = self.settings
-        fixed = ("node_id", "buckets", "interval", "tolerance", "key_file", "group", "port")
+        fixed = ("node_id", "buckets", "interval", "tolerance", "key_file", "group", "port", "xdp")
         changed_fixed = [f for f in fixed if getattr(old, f) != getattr(settings, f)]
         if changed_fixed:
             log.error("reload: %s need a restart; kept as they were", ", ".join(changed_fixed))
@@ -456,6 +467,8 @@ class Agent:
     def _log(self, unit: Unit, events: Sequence[Event], now: float) -> None:
         if any(isinstance(e, StateChanged) for e in events):
             self._states_changed = True
+        for event in events:
+            self.history.add(unit.vip, event)
         log_events(self, unit.vip, events)
 
     def _export(self, unit: Unit, now: float) -> None:
@@ -469,6 +482,8 @@ class Agent:
             rejected=st["rejected"],
             apply_seconds=unit.datapath.stats.last_seconds,
         )
+        if self.xdp is not None:
+            self.metrics.set_xdp(unit.vip, self.xdp.counters().get(unit.vip))
 
     def status(self) -> dict[str, Any]:
         return self.status_later().compute()
@@ -476,6 +491,22 @@ class Agent:
     def status_later(self) -> Later:
         """What `clusterip status` shows (clusterip.reactor.report)."""
         return status_later(self)
+
+    # ----- the XDP pre-filter (clusterip.xdp.agentside) ----------------------------------------
+
+    def _xdp_for(self, configs: Sequence[VipConfig]) -> None:
+        """Open the interface's pre-filter at start; give it the new VIP set on a reload."""
+        if self.xdp is None:
+            return
+        if not self.xdp.opened:
+            self.xdp.open(configs)
+        else:
+            self.xdp.reconfigure(configs)
+
+    def xdp_report(self, unit: Unit) -> dict[str, Any]:
+        if self.xdp is None:
+            return {"mode": None, "describe": "off", "counters": None}
+        return self.xdp.report(unit.datapath.cfg)
 
 
 def _realtime(priority: int) -> None:

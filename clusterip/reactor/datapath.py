@@ -34,10 +34,12 @@ from clusterip.render import (
     render_adopt,
     render_delete,
     render_drop_all,
+    render_ingress,
     render_lease,
     render_update,
 )
 from clusterip.state import Lease, VipState, mac_shared, parse_tables
+from clusterip.xdp.agentside import AgentXdp
 
 log = logging.getLogger("clusterip.core")
 ADDR_FLAG = "addr=1"
@@ -82,8 +84,10 @@ class AgentDatapath:
         sockets: SocketTable | None = None,
         *,
         flow_timeout: float = defaults.DRAIN_TIMEOUT,
+        xdp: AgentXdp | None = None,
     ) -> None:
         self.cfg = replace(cfg, total_nodes=buckets, local_nodes=())
+        self.xdp = xdp  # the interface's XDP pre-filter, shared by the agent's VIPs
         self.buckets = buckets
         self.firewall = firewall
         self.link = link
@@ -122,11 +126,18 @@ class AgentDatapath:
             note_extra=note,
             flow_timeout=self.flow_timeout,
             nic_mac=self.link.own_mac(cfg.interface),
+            xdp_fast=self._xdp_fast(),
         )
         self.firewall.apply(script)
         self.current = Ownership(self.buckets)
+        if self.xdp is not None:
+            self.xdp.set(self.cfg, self.current)
         self._link_up()
         return None
+
+    def _xdp_fast(self) -> bool:
+        """Render the fast-path rule: only while this agent's XDP program has the VIP."""
+        return self.xdp is not None and self.xdp.serves(self.cfg)
 
     def _adoptable(self, old: VipState, node_id: int | None) -> bool:
         cfg, have = self.cfg, old.config
@@ -145,11 +156,18 @@ class AgentDatapath:
         assert old.lease is not None
         try:
             # Deleting the lease fails if the kernel expired it meanwhile: then start clean.
-            self.firewall.apply(render_adopt(self.cfg))
+            # The fast-path rule as this agent's XDP wants it, in the same transaction (the
+            # predecessor may have had one: its program is gone, so was its rule's purpose).
+            script = render_adopt(self.cfg)
+            if self.xdp is not None:
+                script += render_ingress(self.cfg, xdp_fast=self._xdp_fast(), live=True)
+            self.firewall.apply(script)
         except FirewallError as exc:
             log.warning("%s: cannot adopt the previous agent's datapath: %s", self.cfg.vip, exc)
             return None
         self.current = old.ownership
+        if self.xdp is not None:  # re-attached: its buckets as the adopted tables have them
+            self.xdp.set(self.cfg, self.current)
         self.added_addr = ADDR_FLAG in _extra(old)
         self._link_up()
         log.info(
@@ -202,7 +220,9 @@ class AgentDatapath:
             fresh = flows is not None and time.monotonic() - flows.taken < SNAPSHOT_MAX_AGE
             mine = flows.flows if fresh and flows is not None else self.snapshot().flows
         script = render_update(self.cfg, self.current, own, mine=mine, live=True)
-        if script:
+        if self.xdp is not None:  # a bucket moving here passes XDP before nft takes it, etc.
+            self.xdp.change(self.cfg, own, lambda: self.firewall.apply(script) if script else None)
+        elif script:
             self.firewall.apply(script)
         took = time.perf_counter() - started
         taken_over = own.orphaned - self.current.orphaned
@@ -216,8 +236,11 @@ class AgentDatapath:
 
     def counters(self) -> dict[str, dict[str, int]]:
         """The VIP's packet counters (accepted, foreign, kept, midflow, fragments, down)."""
-        st = self._state()
-        return dict(st.counters) if st is not None else {}
+        # Read with the counters (the tables alone, as _state() reads them, carry none).
+        for st in parse_tables(self.firewall.ruleset(counters=True)):
+            if st.config.vip == self.cfg.vip:
+                return dict(st.counters)
+        return {}
 
     def snapshot(self) -> Snapshot:
         """This node's TCP flows on the VIP, now (sock_diag; safe in any thread)."""
@@ -242,6 +265,8 @@ class AgentDatapath:
         if self.suspended:
             return
         cfg = self.cfg
+        if self.xdp is not None:  # the fast path ends before nft stops answering
+            self.xdp.drop_all(cfg, self.buckets)
         try:
             self.firewall.apply(render_drop_all(cfg))
         except FirewallError as exc:  # tables already gone: go on with the rest

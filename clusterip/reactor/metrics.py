@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
 
 
 class Metrics:
@@ -35,6 +37,13 @@ class Metrics:
             registry=r,
         )
 
+        self._xdp = XdpCollector()
+        r.register(self._xdp)
+
+    def set_xdp(self, vip: str, counters: Mapping[str, int] | None) -> None:
+        """The XDP pre-filter's packet counters of `vip` (None: it has none)."""
+        self._xdp.set(vip, counters)
+
     def serve(self, spec: str) -> None:
         host, _, port = spec.rpartition(":")
         start_http_server(int(port), addr=host or "0.0.0.0", registry=self.registry)
@@ -57,3 +66,31 @@ class Metrics:
         self.apply_seconds.labels(vip).set(apply_seconds)
         for cause, n in rejected.items():
             self.rejected.labels(vip, cause).set(n)
+
+
+class XdpCollector:
+    """`clusterip_xdp_packets_total{vip, verdict}`: what the pre-filter did (dropped: foreign
+    buckets; forged: a multicast source; passed: on to nft; owned: the fast path)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[str, dict[str, int]] = {}
+
+    def set(self, vip: str, counters: Mapping[str, int] | None) -> None:
+        with self._lock:
+            if counters is None:
+                self._rows.pop(vip, None)
+            else:
+                self._rows[vip] = dict(counters)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "clusterip_xdp_packets",
+            "Packets the XDP pre-filter handled, by verdict",
+            labels=["vip", "verdict"],
+        )
+        with self._lock:
+            for vip, row in sorted(self._rows.items()):
+                for verdict, n in sorted(row.items()):
+                    family.add_metric([vip, verdict], n)
+        yield family

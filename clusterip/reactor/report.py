@@ -64,10 +64,16 @@ def status_later(agent: Agent) -> Later:
     now = agent.clock()
     wall = time.time()
     docs = [(unit, unit.node.status(now)) for unit in agent.units]
-    for _unit, doc in docs:
+    for unit, doc in docs:
         # A guard window's end as a time, beside the seconds left: what `status` shows.
         left = doc.get("guard_until")
         doc["guard_ends_at"] = round(wall + left, 3) if left is not None else None
+        if doc["weight"] == 0 and not agent.commands.draining and doc["state"] == "draining":
+            doc["reason"] = "weight 0: owns no bucket (not drained: `clusterip weight N`)"
+        end = max(unit.node.handover.draining.values(), default=None)
+        doc["drain_until"] = (
+            None if end is None else round(max(0.0, end + unit.node.drain_timeout - now), 3)
+        )
     measure = not agent.watcher.active
     head = _head(agent, now)
 
@@ -80,7 +86,13 @@ def status_later(agent: Agent) -> Later:
             doc["last_apply_ms"] = round(unit.datapath.stats.last_seconds * 1000, 3)
             doc["changes"] = unit.datapath.stats.changes
             doc["counters"] = unit.datapath.counters()
-        return {**head, "vips": [doc for _unit, doc in docs]}
+            doc["xdp"] = agent.xdp_report(unit)
+        return {
+            **head,
+            "vips": [doc for _unit, doc in docs],
+            "events": agent.history.recent(),
+            "time": time.time(),
+        }
 
     return Later(kernel)
 
@@ -100,5 +112,6 @@ def _head(agent: Agent, now: float) -> dict[str, Any]:
             "draining": agent.commands.draining,
             "weight_zero": bool(units) and weight == 0,
             "pid": os.getpid(),
+            "xdp": agent.xdp.describe() if agent.xdp is not None else "off",
         },
     }

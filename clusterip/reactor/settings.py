@@ -11,6 +11,7 @@ from clusterip.config import ConfigError, read_toml
 from clusterip.core import defaults as d
 from clusterip.core.defaults import SETTING_KEYS
 from clusterip.reactor.transport import parse_group
+from clusterip.xdp.spec import parse_cli_mode
 
 __all__ = ["SETTING_KEYS", "AgentSettings", "build_settings", "settings_from_toml"]
 
@@ -32,6 +33,7 @@ class AgentSettings:
     restart_grace: float = d.RESTART_GRACE
     metrics: str | None = None
     realtime: int = d.REALTIME  # SCHED_RR priority of the agent; 0: normal scheduling
+    xdp: str = d.XDP  # the XDP pre-filter: auto, on, off
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -89,6 +91,7 @@ def build_settings(
     restart_grace: Any = d.RESTART_GRACE,
     metrics: Any = None,
     realtime: Any = d.REALTIME,
+    xdp: Any = d.XDP,
 ) -> AgentSettings:
     if node_id is None:
         raise ConfigError("missing --node-id (a small integer unique in the cluster, 1 to 255)")
@@ -126,6 +129,7 @@ def build_settings(
         restart_grace=_float(restart_grace, "restart grace (s)", 0.0, 600.0),
         metrics=str(metrics) if metrics else None,
         realtime=_int(realtime, "realtime priority", 0, 99),
+        xdp=parse_cli_mode(xdp),
     )
 
 

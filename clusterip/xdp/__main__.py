@@ -23,20 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from clusterip.config import ConfigError, parse_interface, parse_ip
-from clusterip.core.ownership import Ownership
 from clusterip.xdp.filter import XdpFilter, detach_persistent
-from clusterip.xdp.spec import MODES, Buckets, XdpError, XdpVip
-
-
-def buckets_for(own: Ownership, *, owned_fast: bool = False) -> Buckets:
-    """The XDP view of an nft ownership: owned and draining buckets pass (nft decides their
-    flows); with owned_fast, owned buckets in the steady state (not guarded, not orphaned,
-    no kept flows anywhere) are OWNED. Everything else drops."""
-    passing = own.owned | own.draining
-    fast: frozenset[int] = frozenset()
-    if owned_fast and not own.kept:
-        fast = own.owned - own.guarded - own.orphaned
-    return Buckets.of(own.modulus, passing, fast)
+from clusterip.xdp.spec import MODES, XdpError, XdpVip, buckets_for
 
 
 def _node() -> Any:

@@ -209,6 +209,25 @@ class XdpFilter:
         self.attachment = Attachment(None, f"{reason}: auto falls back to nft alone")
         return self.attachment
 
+    def take_over(self, old: XdpFilter) -> Attachment:
+        """Put this loaded program in the place of `old`'s, atomically: through the bpf_link
+        `old` holds (this filter holds it from now on), or by a netlink replacement."""
+        if self.prog_fd < 0:
+            raise XdpError("the XDP program is not loaded: call load() first")
+        att = old.attachment
+        if att is None or att.mode is None:
+            raise XdpError(f"no XDP program of this process on {self.ifname} to replace")
+        if old._link_fd >= 0:
+            ret = bpf.link_update(old._link_fd, self.prog_fd)
+            if ret < 0:
+                raise XdpError(f"cannot replace the XDP program on {self.ifname}: "
+                               f"{os.strerror(-ret)}")  # fmt: skip
+            self._link_fd, old._link_fd = old._link_fd, -1
+            old.attachment = None
+            self.attachment = att
+            return att
+        return self.attach(att.mode, persist=True)
+
     def _attach_one(self, index: int, how: str, persist: bool) -> int:
         flags = FLAGS[how]
         if not persist:

@@ -142,6 +142,7 @@ _SIGS: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "bpf_map_lookup_elem": (_I, (_I, _P, _P)),
     "bpf_map_update_batch": (_I, (_I, _P, _P, ctypes.POINTER(_U32), _P)),
     "bpf_link_create": (_I, (_I, _I, _I, _P)),
+    "bpf_link_update": (_I, (_I, _I, _P)),
     "bpf_xdp_attach": (_I, (_I, _I, _U32, _P)),
     "bpf_xdp_detach": (_I, (_I, _U32, _P)),
     "bpf_xdp_query": (_I, (_I, _I, _P)),
@@ -298,6 +299,11 @@ def link_create_xdp(prog_fd: int, ifindex: int, flags: int) -> int:
     """A bpf_link attaching the program to `ifindex` (flags: a mode); returns the link fd."""
     opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=flags)
     return lib().bpf_link_create(prog_fd, ifindex, BPF_XDP, ctypes.byref(opts))  # type: ignore[no-any-return]
+
+
+def link_update(link_fd: int, prog_fd: int) -> int:
+    """Swap the program behind a bpf_link, atomically; 0 or a negative errno."""
+    return lib().bpf_link_update(link_fd, prog_fd, None)  # type: ignore[no-any-return]
 
 
 def xdp_attach(ifindex: int, prog_fd: int, flags: int, old_prog_fd: int = -1) -> int:

@@ -14,14 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from clusterip.config import HASHMODES, PROTOCOLS, ConfigError, VipConfig, parse_mac
+from clusterip.core.ownership import Ownership
 
 MAX_VIPS = 8
 MAX_BUCKETS = 16384  # per VIP: clusterip.agent.assign.MAX_BUCKETS
 DPORT_BYTES = 8192
 PROG_NAME = "clusterip_xdp"
 MAP_BUCKETS, MAP_MODULUS, MAP_COUNTERS = "buckets", "modulus", "counters"
-COUNTERS = ("dropped", "passed", "owned")
-N_COUNTERS = 4  # slots per VIP in the counters map (one spare)
+COUNTERS = ("dropped", "passed", "owned", "forged")  # forged: multicast source, dropped
+N_COUNTERS = 4  # slots per VIP in the counters map
 PROTO_BITS = {"tcp": 1, "udp": 2, "sctp": 4}
 MODES = ("auto", "on", "native", "generic")
 
@@ -268,6 +269,29 @@ def steps(old: Buckets, new: Buckets) -> list[Step]:
     if closing:
         out.append(("buckets", closing))
     return out
+
+
+def buckets_for(own: Ownership, *, owned_fast: bool = False) -> Buckets:
+    """The XDP view of an nft ownership: owned and draining buckets pass (nft decides their
+    flows); with owned_fast, owned buckets in the steady state (not guarded, not orphaned,
+    no kept flows anywhere) are OWNED. Everything else drops."""
+    passing = own.owned | own.draining
+    fast: frozenset[int] = frozenset()
+    if owned_fast and not own.kept:
+        fast = own.owned - own.guarded - own.orphaned
+    return Buckets.of(own.modulus, passing, fast)
+
+
+CLI_MODES = ("auto", "on", "off")  # `--xdp` and the config key `xdp`
+
+
+def parse_cli_mode(value: object) -> str:
+    """A `--xdp` / `xdp =` value: auto (native XDP where the driver has it, else nft alone),
+    on (native, else generic) or off."""
+    mode = str(value).strip().lower() if not isinstance(value, bool) else ("on" if value else "off")
+    if mode not in CLI_MODES:
+        raise ConfigError(f"bad XDP mode {value!r}: allowed are {', '.join(CLI_MODES)}")
+    return mode
 
 
 def parse_mode(text: str) -> str:

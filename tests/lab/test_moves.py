@@ -90,10 +90,11 @@ class Cell:
             self.cip(k, "down")
             self.lab.sysctls(f"n{k}", {"net.ipv4.tcp_syncookies": str(cookies)})
 
-    def up(self) -> None:
-        base = ["up", "--vip", self.lab.topo.vip, "--interface", "eth0"]
+    def up(self, xdp: str = "off") -> None:
+        base = ["up", "--vip", self.lab.topo.vip, "--interface", "eth0", "--xdp", xdp]
         for k in self.lab.topo.node_indexes:
-            self.cip(k, *base, "--total-nodes", str(NODES), "--local-node", str(k))
+            out = self.cip(k, *base, "--total-nodes", str(NODES), "--local-node", str(k)).stdout
+            assert ("XDP native" in out) == (xdp == "on"), out
 
     def serve(self, server: str, bind: str, workdir: Path) -> None:
         if server == "lab":
@@ -178,9 +179,14 @@ def run_move(cell: Cell, *, http_conns: bool) -> dict[str, Any]:
     }
 
 
-def check(cell: Cell, seen: dict[str, Any]) -> None:
+def check(cell: Cell, seen: dict[str, Any], *, xdp: bool = False) -> None:
     lab = cell.lab
     after = seen["after"]
+    if xdp:  # the pre-filter dropped the other nodes' packets and fast-pathed steady ones
+        for k in lab.topo.node_indexes:
+            counters = after[k]["xdp"]["counters"]
+            assert counters["dropped"] > 0 and counters["owned"] > 0, (k, counters)
+            assert counters["forged"] == 0
     seed = int(after[1]["seed"], 16)
     new = seen["new"]
     failed = [r for r in new if r["error"]]
@@ -247,3 +253,19 @@ def test_static_move_real_servers(
     cell.up()
     cell.serve(server, bind, tmp_path)
     check(cell, run_move(cell, http_conns=True))
+
+
+@pytest.mark.parametrize(
+    ("server", "listen", "cookies"),
+    [("lab", "wildcard", 1), ("lab", "reuseport", 2), ("nginx", "vip", 2)],
+)
+def test_static_move_with_the_xdp_prefilter(
+    cell: Cell, tmp_path: Path, server: str, listen: str, cookies: int
+) -> None:
+    """The same moves with the XDP pre-filter on (issue 15): `release` keeps nft's flows
+    before XDP drops the bucket, `take` opens XDP before nft takes it; steady buckets go
+    through the owned fast path."""
+    cell.reset(cookies)
+    cell.up(xdp="on")
+    cell.serve(server, listen, tmp_path)
+    check(cell, run_move(cell, http_conns=server != "lab"), xdp=True)

@@ -164,8 +164,21 @@ def test_non_first_fragments_pass_xdp(make_lab: MakeLab) -> None:
 
 def test_the_program_goes_with_the_process_that_holds_it(make_lab: MakeLab) -> None:
     lab = make_lab(nodes=1, clients=1, servers=False)
-    cip(lab, 1, "up", "--vip", lab.topo.vip, "--interface", "eth0", "--total-nodes", "2",
-        "--local-node", "1")  # fmt: skip
+    cip(
+        lab,
+        1,
+        "up",
+        "--vip",
+        lab.topo.vip,
+        "--interface",
+        "eth0",
+        "--total-nodes",
+        "2",
+        "--local-node",
+        "1",
+        "--xdp",
+        "off",
+    )  # fmt: skip (the tool attaches its own below)
     argv = [sys.executable, "-m", "clusterip.xdp", "sync", "--vip", lab.topo.vip, "--hold"]
     proc = lab.spawn(
         lab.topo.node_ns(1),

@@ -113,7 +113,12 @@ def test_production_build_drops_exactly_the_foreign_buckets(
             assert out == data  # passed frames are untouched
         dropped += verdict == bpf.XDP_DROP
     assert 2000 < dropped < 3000
-    assert f.counters()[VIP] == {"dropped": dropped, "passed": 5000 - dropped, "owned": 0}
+    assert f.counters()[VIP] == {
+        "dropped": dropped,
+        "passed": 5000 - dropped,
+        "owned": 0,
+        "forged": 0,
+    }
 
 
 def test_ipv6_vip_hashes_nft_register_layout(loaded: list[XdpFilter]) -> None:
@@ -182,4 +187,24 @@ def test_owned_fast_path_rewrites_macs_except_bare_syns(loaded: list[XdpFilter])
         frame(src, VIP, "udp", 40000, 80),  # UDP: not in owned_protos
     ):
         assert run(f, data) == (bpf.XDP_PASS, data)
-    assert f.counters()[VIP] == {"dropped": 0, "passed": 2, "owned": 1}
+    assert f.counters()[VIP] == {"dropped": 0, "passed": 2, "owned": 1, "forged": 0}
+
+
+def test_a_multicast_source_to_a_vip_is_dropped_first(loaded: list[XdpFilter]) -> None:
+    """The fast path marks its own rewrites with the cluster MAC as source: a frame that
+    arrives with a multicast source is a forgery (or a loop), dropped whatever its bucket."""
+    mac = "03:bf:c0:00:02:0a"
+    f = load(loaded, [XdpVip(VIP, "sourceip", 3, clustermac=mac, protocol="udp")])
+    f.set_buckets(VIP, (), 1, owned=[1])  # owned (UDP itself is not in owned_protos)
+    src = ipaddress.IPv4Address("198.51.100.7")
+    for source in (mac, "01:00:5e:00:00:01"):
+        forged = frame(src, VIP, "udp", 40000, 5300, src_mac=source)
+        assert run(f, forged)[0] == bpf.XDP_DROP, source
+        icmp = frame(src, VIP, "icmp", l4=bytes([8, 0, 0, 0, 0, 1, 0, 1]), src_mac=source)
+        assert run(f, icmp)[0] == bpf.XDP_DROP, source  # before the protocol is looked at
+    other = ipaddress.IPv4Address("192.0.2.99")
+    elsewhere = frame(src, other, "udp", 40000, 5300, src_mac=mac)
+    assert run(f, elsewhere) == (bpf.XDP_PASS, elsewhere)  # not to a VIP: none of ours
+    honest = frame(src, VIP, "udp", 40000, 5300)
+    assert run(f, honest)[0] == bpf.XDP_PASS
+    assert f.counters()[VIP] == {"dropped": 0, "passed": 1, "owned": 0, "forged": 4}
