@@ -39,7 +39,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from clusterip.config import VipConfig
@@ -61,30 +61,16 @@ from clusterip.reactor.notify import Notifier
 from clusterip.reactor.report import log_events, status_later
 from clusterip.reactor.settings import AgentSettings
 from clusterip.reactor.transport import Transport, UdpTransport
+from clusterip.reactor.unit import Unit
 from clusterip.reactor.web import History, StatusWeb
 from clusterip.sdnotify import Notifier as SystemdNotifier
 from clusterip.sdnotify import Watchdog, watchdog_period
-from clusterip.state import Lease
 from clusterip.xdp.agentside import AgentXdp
 
 log = logging.getLogger("clusterip.agent")
 FAULT_ENV = "CLUSTERIP_TEST_FAULT"  # tests only: "start" or "loop:SECONDS" (see the module doc)
 RECV_BATCH = 256  # datagrams read per step at most: a flood must not delay our heartbeats
 Reloader = Callable[[], tuple[list[VipConfig], AgentSettings]]
-
-
-@dataclass
-class Unit:
-    """One VIP: its pure node and its datapath."""
-
-    node: VipNode
-    datapath: AgentDatapath
-    metrics_due: float = 0.0
-    adopted: Lease | None = None  # the predecessor's lease this unit took over
-
-    @property
-    def vip(self) -> str:
-        return self.node.vip
 
 
 class Agent:

@@ -4,20 +4,35 @@ one line in, one JSON document out. Parsing and checking here; the decisions in 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from clusterip.core import defaults
 from clusterip.reactor.control import Later
+from clusterip.reactor.settings import AgentSettings
+from clusterip.reactor.unit import Unit
 
-if TYPE_CHECKING:
-    from clusterip.reactor.agent import Agent
+
+class Controlled(Protocol):
+    """What the requests act on (clusterip.reactor.agent.Agent)."""
+
+    stopping: str | None
+
+    @property
+    def units(self) -> Sequence[Unit]: ...
+
+    @property
+    def settings(self) -> AgentSettings: ...
+
+    def status_later(self) -> Later: ...
+
 
 log = logging.getLogger("clusterip.agent")
 ALLOWED = "status, drain [SECONDS], resume [--force], weight W, stop [--leave]"
 
 
 class Commands:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Controlled) -> None:
         self.agent = agent
         self.draining = False
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from clusterip.core.events import (
     Event,
@@ -23,10 +23,40 @@ from clusterip.core.events import (
     PeerUp,
     StateChanged,
 )
+from clusterip.reactor.commands import Commands
 from clusterip.reactor.control import Later
+from clusterip.reactor.flowwatch import FlowWatcher
+from clusterip.reactor.notify import Notifier
+from clusterip.reactor.settings import AgentSettings
+from clusterip.reactor.unit import Unit
+from clusterip.reactor.web import History
+from clusterip.xdp.agentside import AgentXdp
 
-if TYPE_CHECKING:
-    from clusterip.reactor.agent import Agent
+
+class Agent(Protocol):
+    """What the reports read (clusterip.reactor.agent.Agent)."""
+
+    @property
+    def units(self) -> Sequence[Unit]: ...
+    @property
+    def settings(self) -> AgentSettings: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def commands(self) -> Commands: ...
+    @property
+    def watcher(self) -> FlowWatcher: ...
+    @property
+    def history(self) -> History: ...
+    @property
+    def notify(self) -> Notifier: ...
+    @property
+    def xdp(self) -> AgentXdp | None: ...
+
+    def xdp_report(self, unit: Unit) -> dict[str, Any]: ...
+
 
 log = logging.getLogger("clusterip.agent")
 STATUS_FLOWS_AGE = 1.0  # status shows flow counts at most this old (measured if older)
