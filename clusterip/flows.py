@@ -121,12 +121,18 @@ class SocketFlows:
             self._nft = NftFirewall()
         # Empty when there are no agent tables (static mode), or they are being replaced.
         text = self._nft.list_text(f"set netdev {table_name(cfg)} udp_seen")
-        return [(a, int(p)) for a, p in _PAIR.findall(text)]
+        return udp_pairs(text)
 
 
-# An element of an `ipv4_addr . inet_service` set in nft's text ("198.18.1.7 . 40312 timeout
-# 30s expires 29s1ms"); nft prints ports as numbers unless asked for service names.
-_PAIR = re.compile(r"(\d+\.\d+\.\d+\.\d+) \. (\d+)")
+def udp_pairs(text: str) -> list[tuple[str, int]]:
+    """The (client address, client port) elements of a `udp_seen` set as `nft list` prints it."""
+    return [(a, int(p)) for a, p in _PAIR.findall(text)]
+
+
+# An element of an `ipv4_addr . inet_service` or `ipv6_addr . inet_service` set in nft's text
+# ("198.18.1.7 . 40312 timeout 30s expires 29s1ms", "2001:db8::7 . 40312 ..."); nft prints
+# ports as numbers unless asked for service names.
+_PAIR = re.compile(r"(?<![\w:.])(\d+\.\d+\.\d+\.\d+|[0-9a-fA-F]*:[0-9a-fA-F:.]*) \. (\d+)\b")
 
 
 def _memo_bucket(

@@ -256,9 +256,7 @@ def test_an_agent_takes_over_a_static_vip_and_its_xdp(
     a = Agents(lab, keyfile)
     agents.append(a)
     a.start(1)
-    deadline = time.monotonic() + 10
-    while "agent" not in a.status(1) and time.monotonic() < deadline:
-        time.sleep(0.1)  # until the agent answers (before, status shows the static VIP)
+    a.wait_for(lambda: "agent" in a.status(1), "the agent's control socket", timeout=10)
     a.wait_converged([1])
     x = xdp_of(a.vip_status(1))
     assert x["mode"] == "native" and "bpf_link" in x["describe"], x

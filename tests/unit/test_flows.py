@@ -140,3 +140,34 @@ def test_socket_flows_read_the_udp_set_as_text_and_hash_each_flow_once() -> None
     assert flows.flows(cfg, 4096) == got  # from the memo the second time
     nft.text = ""  # the tables are gone: no UDP flow
     assert flows.flows(cfg, 4096) == got[:1]
+
+
+def test_udp_seen_text_of_either_family() -> None:
+    """The agent reads `udp_seen` as nft's text: IPv4 and IPv6 elements alike."""
+    from clusterip.flows import udp_pairs
+
+    v4 = """table netdev clusterip_198_18_0_100 {
+    set udp_seen {
+        type ipv4_addr . inet_service
+        size 65536
+        flags dynamic,timeout
+        timeout 30s
+        elements = { 198.18.1.7 . 40312 timeout 30s expires 29s1ms,
+                 198.18.1.10 . 5 expires 2s }
+    }
+}"""
+    v6 = """table netdev clusterip_fdc0__100 {
+    set udp_seen {
+        type ipv6_addr . inet_service
+        flags dynamic,timeout
+        elements = { fdc1:0:0:1::1 . 51417 timeout 30s expires 29s, ::ffff:1.2.3.4 . 7,
+                 2001:db8::7 . 40312 expires 1s }
+    }
+}"""
+    assert udp_pairs(v4) == [("198.18.1.7", 40312), ("198.18.1.10", 5)]
+    assert udp_pairs(v6) == [
+        ("fdc1:0:0:1::1", 51417),
+        ("::ffff:1.2.3.4", 7),
+        ("2001:db8::7", 40312),
+    ]
+    assert udp_pairs("table netdev t {\n}") == []
