@@ -130,7 +130,11 @@ class MoveLab:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.servers:
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a lab server, not the system under test
+                proc.kill()
+                proc.wait(timeout=10)
         self.servers = []
         self.agents.reset()
         for k in self.lab.topo.node_indexes:
