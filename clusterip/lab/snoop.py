@@ -11,6 +11,9 @@ This process models those: in the switch namespace it reads the bridge's group m
 (its mdb, every POLL seconds) and keeps an nft `bridge` table in step, which drops a frame to a
 joined group's MAC on every port that did not join (one transaction per change). Frames to a
 multicast MAC that no port joined (multicast mode's 03:bf:...) are flooded, as by any switch.
+Membership reports and leaves go to no other host (RFC 4541 2.1.1: only to router ports, and
+the switch is the querier here): a host that heard another member's IGMPv2 report would not
+report, and then not send a leave either.
 
     python -m clusterip.lab.snoop --bridge br0     (in the switch namespace; the lab starts it)
 
@@ -52,6 +55,8 @@ table bridge {TABLE} {{
 	}}
 	chain forward {{
 		type filter hook forward priority 0; policy accept;
+		ip protocol igmp drop
+		icmpv6 type {{ mld-listener-report, mld-listener-done, mld2-listener-report }} drop
 		ether daddr @groups ether daddr . oifname != @members counter name "constrained" drop
 	}}
 }}
