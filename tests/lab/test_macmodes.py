@@ -260,3 +260,36 @@ def test_an_agent_with_another_mac_mode_is_a_foreign_fingerprint_peer(
     ), r
     res = lab.probe(proto="tcp", port=80, per_source=3)
     assert res.errors == 0 and set(res.by_node) == {"n1", "n2"}
+
+
+# ----- IPv6 ---------------------------------------------------------------------------------
+
+
+def test_ipv6_igmp_mode_is_mld_and_unicast_passes_the_router(make_lab: MakeLab) -> None:
+    """An IPv6 VIP: igmp mode joins ff05::b6XX:XXXX through MLD (node 4, a member of nothing,
+    receives no VIP frame); the router refuses an NA with a multicast MAC, not unicast's."""
+    lab = make_lab(nodes=4, clients=20, ipv6=True, snooping=True, router=True)
+    vip6 = lab.topo.vip6
+    for mode in ("igmp", "unicast"):
+        for k in (1, 2, 3):
+            args = ["up", "--vip", vip6, "-i", "eth0", "--total-nodes", "3", "--local-node"]
+            cip(lab, k, *args, str(k), "--mac-mode", mode)
+        cfg = lab.topo.vip_config(vip=vip6, mac_mode=mode)
+        if mode == "igmp":
+            group = str(cfg.mac_plan.group)
+            assert group == "ff05::b600:100"
+            wait_for(lambda: mdb_ports(lab, group) == {"n1", "n2", "n3"}, "the MLD reports")
+        lab.count_port_frames([vip6])
+        res = lab.probe(proto="tcp", port=80, vip=vip6, sources=lab.topo.client_range6())
+        assert res.errors == 0 and set(res.by_node) == {"n1", "n2", "n3"}, res.by_node
+        frames = lab.port_frames()
+        assert lab.neighbour("client", vip6) == cfg.clustermac
+        lab.run("router", ["ip", "-6", "neigh", "flush", "all"], timeout=10)
+        url = f"http://[{vip6}]/"
+        got = lab.run("router", ["curl", "-s", "-m", "2", "-g", url], timeout=15)
+        if mode == "igmp":
+            assert frames["n4"] == 0 and frames["n1"] == frames["n2"] == frames["n3"] > 0, frames
+            assert got.returncode != 0, got.stdout  # 33:33:b6:00:01:00 in the NA: refused
+        else:
+            assert frames["n4"] == frames["n1"] > 0, frames  # unicast floods
+            assert got.returncode == 0 and got.stdout.strip() in ("n1", "n2", "n3"), got
