@@ -278,7 +278,8 @@ def test_ipv6_igmp_mode_is_mld_and_unicast_passes_the_router(make_lab: MakeLab) 
         if mode == "igmp":
             group = str(cfg.mac_plan.group)
             assert group == "ff05::b600:100"
-            wait_for(lambda: mdb_ports(lab, group) == {"n1", "n2", "n3"}, "the MLD reports")
+            members = {"n1", "n2", "n3"}
+            wait_for(lambda g=group, m=members: mdb_ports(lab, g) == m, "the MLD reports")
         lab.count_port_frames([vip6])
         res = lab.probe(proto="tcp", port=80, vip=vip6, sources=lab.topo.client_range6())
         assert res.errors == 0 and set(res.by_node) == {"n1", "n2", "n3"}, res.by_node
