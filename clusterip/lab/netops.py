@@ -162,6 +162,8 @@ class Pyroute2Ops:
                 idx = ipr.link_lookup(ifname=port)[0]
                 ipr.link("set", index=idx, master=br)
                 ipr.brport("set", index=idx, mcast_flood=1, bcast_flood=1, unicast_flood=1)
+                if snooping:  # every port a router port: clusterip.lab.snoop says why
+                    ipr.brport("set", index=idx, multicast_router=2)
                 ipr.link("set", index=idx, state="up")
             ipr.link("set", index=br, state="up")
 

@@ -7,7 +7,14 @@ to a group's MAC that carries a unicast IP packet (what a cluster MAC carries) m
 and is flooded. Many hardware switches instead program the group's MAC into their MAC table
 (Microsoft NLB's IGMP mode relies on it): every frame to that MAC goes to the member ports only.
 
-This process models those: in the switch namespace it reads the bridge's group memberships
+Worse, once the bridge's querier is established (about 10 s after the bridge comes up, checked
+here), a frame to *any* multicast MAC that carries a unicast IP packet goes to multicast-router
+ports only: a Linux bridge that snoops with a querier delivers neither multicast nor igmp
+mode's VIP frames to the nodes (unicast mode is unaffected). So the lab's snooping switch makes
+every port a permanent router port (`multicast_router 2`: the bridge hands such frames to all
+ports) and does the MAC-table part itself.
+
+This process models those switches: in the switch namespace it reads the bridge's group memberships
 (its mdb, every POLL seconds) and keeps an nft `bridge` table in step, which drops a frame to a
 joined group's MAC on every port that did not join (one transaction per change). Frames to a
 multicast MAC that no port joined (multicast mode's 03:bf:...) are flooded, as by any switch.
