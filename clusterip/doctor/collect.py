@@ -214,7 +214,7 @@ def _neighbour(ifname: str, vip: Address) -> tuple[str | None, str]:
     return None, "none"
 
 
-def client(vip: Address, ifname: str, port: int, flows: int = 8) -> ClientFacts:
+def client(vip: Address, ifname: str, port: int, flows: int = 16) -> ClientFacts:
     """This host as a client: make the kernel resolve the VIP (a datagram to its discard
     port), ask the segment ourselves, then open a few test flows."""
     from clusterip.link import NetlinkLink
