@@ -298,3 +298,23 @@ def test_ipv6_igmp_mode_is_mld_and_unicast_passes_the_router(make_lab: MakeLab) 
         else:
             assert frames["n4"] == frames["n1"] > 0, frames  # unicast floods
             assert got.returncode == 0 and got.stdout.strip() in ("n1", "n2", "n3"), got
+
+
+def test_igmp_membership_outlives_an_agents_planned_restart(
+    make_lab: MakeLab, tmp_path: Path, agents: list[Agents]
+) -> None:
+    """The group is joined through an autojoin address, held by the kernel: while no agent
+    runs on node 2 (a planned restart, its lease serving), the switch still delivers the VIP's
+    frames there. A membership held by the agent's socket would have left with it."""
+    lab = make_lab(nodes=3, clients=30, snooping=True)
+    a = start_agents(lab, tmp_path, agents, [1, 2, 3], "--mac-mode", "igmp")
+    assert mdb_ports(lab) == {"n1", "n2", "n3"}
+    before = a.owned([1, 2, 3])
+    assert a.stop(2) == 0  # SIGTERM: a planned stop
+    time.sleep(2.5)  # a leave would have been processed by now (last member query: 2 x 1 s)
+    assert mdb_ports(lab) == {"n1", "n2", "n3"}
+    res = lab.probe(proto="tcp", port=80, per_source=2)
+    assert res.errors == 0 and set(res.by_node) == {"n1", "n2", "n3"}, res.by_node
+    a.start(2)
+    a.wait_converged([1, 2, 3])
+    assert a.owned([1, 2, 3]) == before
