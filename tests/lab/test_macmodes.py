@@ -1,8 +1,9 @@
 """MAC modes in the lab, on switches and routers modelled as real ones (clusterip.lab.topo):
 an IGMP-snooping switch with a querier, a router that refuses multicast MACs in ARP.
 
-- every mode, static: each flow answered by exactly the node `which` predicts, the client's
-  neighbour entry is the cluster MAC, a take/release move keeps its connections;
+- every mode, static: each flow answered by exactly the node `which` predicts (every
+  hashmode), the client's neighbour entry is the cluster MAC, a take/release move keeps its
+  connections;
 - igmp on the snooping switch: a port that joined nothing receives no VIP frame, the members
   receive all of them; multicast mode: every port receives them;
 - the router: multicast and igmp modes get no answer through it, unicast does;
@@ -110,6 +111,18 @@ def test_static_serves_each_flow_on_its_node_and_moves_keep_connections(
         k: v for k, v in answers.items() if len(v) != 1
     }
     assert lab.neighbour("client", lab.topo.vip) == cfg.clustermac
+    # The other hashmodes (the default's done above): each flow on its node too.
+    for hashmode in ("sourceip", "sourceip-sourceport-destport"):
+        up(lab, lab.topo.node_indexes, 3, mode, "--hashmode", hashmode)
+        res = lab.probe(proto="tcp", port=80, per_source=2)
+        assert res.errors == 0, (hashmode, res.error_kinds())
+        wrong = [
+            r
+            for r in res.results
+            if r.node != f"n{flow_bucket(hashmode, seed, 3, src(r.src), r.sport, r.dport)}"
+        ]
+        assert not wrong, (hashmode, wrong[:5])
+    up(lab, lab.topo.node_indexes, 3, mode)
     # A move: node 3's bucket to node 1, under long-lived connections in every bucket.
     traffic = hold(lab, cfg, 3, {"moved": ({3}, 30), "other": ({1, 2}, 15)})
     try:
