@@ -35,7 +35,7 @@ from bench.stats import paired_ratios, summarize
 from bench.throughput import WrkParams, _sample
 from bench.wrk import MODES
 from clusterip.lab.net import Lab
-from clusterip.lab.snoop import parse_mdb
+from clusterip.lab.snoop import count_port_frames, mdb_ports, port_frames
 from clusterip.lab.topo import LabTopo
 
 MAC_MODES = ("multicast", "igmp", "unicast")
@@ -61,8 +61,7 @@ def up_all(lab: Lab, mode: str) -> None:
 
 
 def _members(lab: Lab) -> set[str]:
-    done = lab.run(lab.topo.switch_ns, ["bridge", "-j", "mdb", "show"], timeout=10, check=True)
-    return {e["port"] for e in parse_mdb(done.stdout) if e.get("grp") == GROUP}
+    return mdb_ports(lab, GROUP)
 
 
 def _wait(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
@@ -75,9 +74,9 @@ def _wait(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
 
 def frames_per_request(lab: Lab, requests: int) -> dict[str, float]:
     sources = lab.topo.client_addrs()[:requests]
-    lab.count_port_frames()
+    count_port_frames(lab)
     res = lab.probe(proto="tcp", port=80, sources=list(sources), per_source=1, timeout=2.0)
-    got = lab.port_frames()
+    got = port_frames(lab)
     done = len(res.results) - res.errors
     return {
         "requests": done,

@@ -125,7 +125,9 @@ class Lab:
         try:
             lab._build_net()
             if topo.snooping and snoop:
-                lab._start_snooping()
+                from clusterip.lab.snoop import start_snooping
+
+                start_snooping(lab)
             if servers:
                 lab.start_servers()
         except BaseException:
@@ -174,20 +176,6 @@ class Lab:
             self._build_ipv6()
         if topo.router:
             ops.nft(topo.router_ns, router_rules())
-
-    def _start_snooping(self) -> None:
-        """The switch's MAC-table snooping (clusterip.lab.snoop), running once its table is in."""
-        argv = [sys.executable, "-m", "clusterip.lab.snoop", "--bridge", self.topo.bridge]
-        proc = self.spawn(
-            self.topo.switch_ns, argv, role="snoop", stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line.strip() != b"ready":
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise LabError(f"the lab switch's snooping did not start: {err.strip()[-300:]}")
-        proc.stdout.close()
 
     def _build_ipv6(self) -> None:
         topo = self.topo
@@ -450,22 +438,6 @@ class Lab:
         if done.returncode != 0:
             raise LabError(f"probe failed (exit {done.returncode}): {done.stderr.strip()}")
         return ProbeResult.from_json(done.stdout)
-
-    def count_port_frames(self, vips: Iterable[str] | None = None) -> None:
-        """Start counting, per switch port, the frames to the VIPs the switch delivers there
-        (from zero; `port_frames()` reads them)."""
-        from clusterip.lab.snoop import render_port_counters
-
-        ports = [p for p, _ in self.topo.ports()]
-        self.ops.nft(self.topo.switch_ns, render_port_counters(ports, vips or [self.topo.vip]))
-
-    def port_frames(self) -> dict[str, int]:
-        """Switch port -> frames to the VIPs delivered there since `count_port_frames()`."""
-        from clusterip.lab.snoop import PORT_TABLE, parse_port_counters
-
-        argv = ["nft", "-j", "list", "table", "bridge", PORT_TABLE]
-        done = self.run(self.topo.switch_ns, argv, timeout=10, check=True)
-        return parse_port_counters(done.stdout)
 
     def neighbour(self, ns: str, ip: str) -> str | None:
         """The link-layer address `ns` has for `ip` (None if no usable neighbour entry)."""

@@ -37,9 +37,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from clusterip.lab.errors import LabError
 from clusterip.macmode import group_mac
+
+if TYPE_CHECKING:
+    from clusterip.lab.net import Lab
 
 TABLE = "lab_snoop"
 POLL = 0.1
@@ -139,6 +143,43 @@ def parse_port_counters(text: str) -> dict[str, int]:
         if counter and str(counter["name"]).startswith("port_"):
             out[str(counter["name"])[len("port_") :]] = int(counter["packets"])
     return out
+
+
+# --- the lab's side (clusterip.lab.net.Lab builds with it; tests and benches read it) --------
+def start_snooping(lab: Lab) -> None:
+    """The switch's MAC-table snooping, this module as a process of the lab, once its table
+    is in."""
+    argv = [sys.executable, "-m", "clusterip.lab.snoop", "--bridge", lab.topo.bridge]
+    proc = lab.spawn(
+        lab.topo.switch_ns, argv, role="snoop", stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != b"ready":
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise LabError(f"the lab switch's snooping did not start: {err.strip()[-300:]}")
+    proc.stdout.close()
+
+
+def count_port_frames(lab: Lab, vips: Iterable[str] | None = None) -> None:
+    """Start counting, per switch port, the frames to the VIPs the switch delivers there
+    (from zero; `port_frames()` reads them)."""
+    ports = [p for p, _ in lab.topo.ports()]
+    lab.ops.nft(lab.topo.switch_ns, render_port_counters(ports, vips or [lab.topo.vip]))
+
+
+def port_frames(lab: Lab) -> dict[str, int]:
+    """Switch port -> frames to the VIPs delivered there since `count_port_frames()`."""
+    argv = ["nft", "-j", "list", "table", "bridge", PORT_TABLE]
+    done = lab.run(lab.topo.switch_ns, argv, timeout=10, check=True)
+    return parse_port_counters(done.stdout)
+
+
+def mdb_ports(lab: Lab, group: str) -> set[str]:
+    """The switch ports that joined `group`, as the bridge's snooping learnt them."""
+    done = lab.run(lab.topo.switch_ns, ["bridge", "-j", "mdb", "show"], timeout=10, check=True)
+    return {e["port"] for e in parse_mdb(done.stdout) if e.get("grp") == group}
 
 
 def main(argv: list[str] | None = None) -> int:

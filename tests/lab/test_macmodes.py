@@ -26,9 +26,10 @@ import pytest
 from clusterip.config import VipConfig
 from clusterip.core.holdings import claims, owner_of
 from clusterip.hashing import flow_bucket
+from clusterip.lab import snoop
 from clusterip.lab.agents import Agents
 from clusterip.lab.net import Lab
-from clusterip.lab.snoop import parse_mdb
+from clusterip.lab.snoop import count_port_frames, port_frames
 from clusterip.lab.traffic import PortPicker, Traffic
 from tests.lab.clients import udp_once
 from tests.lab.conftest import MakeLab, start_agents
@@ -144,9 +145,8 @@ def test_static_serves_each_flow_on_its_node_and_moves_keep_connections(
 
 
 def mdb_ports(lab: Lab, group: str = "239.255.0.100") -> set[str]:
-    """The switch ports that joined `group`, as the switch's snooping learnt them."""
-    done = lab.run("switch", ["bridge", "-j", "mdb", "show"], timeout=10, check=True)
-    return {e["port"] for e in parse_mdb(done.stdout) if e.get("grp") == group}
+    """The switch ports that joined `group` (the lab VIP's igmp group by default)."""
+    return snoop.mdb_ports(lab, group)
 
 
 def test_snooping_switch_igmp_reaches_members_only_multicast_every_port(make_lab: MakeLab) -> None:
@@ -161,10 +161,10 @@ def test_snooping_switch_igmp_reaches_members_only_multicast_every_port(make_lab
         up(lab, [1, 2, 3], 3, mode)
         if mode == "igmp":  # the switch learnt the members from the kernels' own reports
             wait_for(lambda: mdb_ports(lab) == {"n1", "n2", "n3"}, "the members' reports")
-        lab.count_port_frames()
+        count_port_frames(lab)
         res = lab.probe(proto="tcp", port=80, per_source=2)
         assert res.errors == 0 and set(res.by_node) == {"n1", "n2", "n3"}, res.by_node
-        seen[mode] = lab.port_frames()
+        seen[mode] = port_frames(lab)
     # Leaving igmp mode left the group: the kernels' leaves reached the switch.
     wait_for(lambda: mdb_ports(lab) == set(), "the members to leave the group")
     igmp, flood = seen["igmp"], seen["multicast"]
@@ -297,10 +297,10 @@ def test_ipv6_igmp_mode_is_mld_and_unicast_passes_the_router(make_lab: MakeLab) 
             assert group == "ff05::b600:100"
             members = {"n1", "n2", "n3"}
             wait_for(lambda g=group, m=members: mdb_ports(lab, g) == m, "the MLD reports")
-        lab.count_port_frames([vip6])
+        count_port_frames(lab, [vip6])
         res = lab.probe(proto="tcp", port=80, vip=vip6, sources=lab.topo.client_range6())
         assert res.errors == 0 and set(res.by_node) == {"n1", "n2", "n3"}, res.by_node
-        frames = lab.port_frames()
+        frames = port_frames(lab)
         assert lab.neighbour("client", vip6) == cfg.clustermac
         lab.run("router", ["ip", "-6", "neigh", "flush", "all"], timeout=10)
         url = f"http://[{vip6}]/"
