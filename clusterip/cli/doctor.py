@@ -112,8 +112,8 @@ def _client(
 ) -> list[Any]:
     from dataclasses import replace
 
-    from clusterip.doctor import checks as chk
     from clusterip.doctor import collect
+    from clusterip.doctor.clientchecks import client_checks
     from clusterip.hashing import flow_bucket
 
     ifname = cfgmod.parse_interface(interface) if interface else _route_interface(vip)
@@ -128,4 +128,4 @@ def _client(
                 for p, _macs in facts.flows
             }
             facts = replace(facts, predicted=predicted)
-    return chk.client_checks(facts)
+    return client_checks(facts)

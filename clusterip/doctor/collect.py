@@ -100,6 +100,14 @@ def _addr_flags(ifname: str, vip: Address) -> frozenset[str]:
     return frozenset(out)
 
 
+def _promiscuous(ifname: str) -> bool:
+    from pyroute2 import IPRoute
+
+    iff_promisc = 0x100
+    with IPRoute() as ipr:
+        return bool(ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0]["flags"] & iff_promisc)
+
+
 def own_address(ifname: str, version: int, skip: Address | None = None) -> Address | None:
     """The interface's first address of that family (not `skip`, the VIP; IPv6: link-local
     first, as ND uses it)."""
@@ -168,6 +176,7 @@ def node(st: VipState | None, cfg: VipConfig, window: float = 1.0) -> VipFacts:
         has_address=link.has_address(ifname, cfg.vip),
         addr_flags=_addr_flags(ifname, cfg.vip) if cfg.version == 6 else frozenset(),
         mac_held=holds_mac(link, cfg),
+        promiscuous=_promiscuous(ifname),
         counters_before=before,
         counters_after=after,
         window=window,

@@ -32,6 +32,7 @@ class VipFacts:
     has_address: bool = True
     addr_flags: frozenset[str] = frozenset()  # nodad, dadfailed, tentative (IPv6)
     mac_held: bool = True  # the interface's filter accepts the cluster MAC as the mode wants
+    promiscuous: bool = False  # the interface is (a NIC without a unicast filter, in unicast)
     counters_before: dict[str, int] = field(default_factory=dict)  # packets per counter
     counters_after: dict[str, int] = field(default_factory=dict)
     window: float = 1.0  # seconds between the two readings

@@ -305,6 +305,13 @@ def test_ipv6_igmp_mode_is_mld_and_unicast_passes_the_router(make_lab: MakeLab) 
         lab.run("router", ["ip", "-6", "neigh", "flush", "all"], timeout=10)
         url = f"http://[{vip6}]/"
         got = lab.run("router", ["curl", "-s", "-m", "2", "-g", url], timeout=15)
+        for host, args in (("n1", ["--vip", vip6]), ("client", ["--client", "--vip", vip6])):
+            argv = [sys.executable, "-m", "clusterip", "doctor", "--json", *args]
+            done = lab.run(host, argv, timeout=60)
+            checks = json.loads(done.stdout)["checks"]
+            assert not [c for c in checks if c["status"] == "FAIL"], (mode, host, checks)
+            heard = " ".join(c["message"] for c in checks if c["name"].endswith(("segment", "nd")))
+            assert "2 other node(s) answer" in heard or "every answer carries" in heard, heard
         if mode == "igmp":
             assert frames["n4"] == 0 and frames["n1"] == frames["n2"] == frames["n3"] > 0, frames
             assert got.returncode != 0, got.stdout  # 33:33:b6:00:01:00 in the NA: refused

@@ -11,6 +11,7 @@ import pytest
 from clusterip import nd
 from clusterip.doctor import checks as chk
 from clusterip.doctor import rules, wire
+from clusterip.doctor.clientchecks import client_checks
 from clusterip.doctor.facts import ClientFacts, KernelFacts, VipFacts
 
 VIP = "198.18.0.100"
@@ -56,6 +57,8 @@ def test_a_healthy_node_is_all_ok_and_exits_0() -> None:
         (dict(other_policies=("table ip filter chain INPUT (input)",)), "other tables",
          chk.WARN, "policy drop"),
         (dict(offloads=("flowtable ft in table inet f",)), "offloads", chk.WARN, "flowtable"),
+        (dict(mac_mode="unicast", promiscuous=True), "promiscuous", chk.WARN,
+         "a NIC without a unicast filter"),
     ],
 )  # fmt: skip
 def test_each_finding_is_named_with_its_fix(
@@ -121,22 +124,22 @@ CLIENT = ClientFacts(
 
 
 def test_client_checks() -> None:
-    assert chk.exit_code(chk.client_checks(CLIENT)) == 0
+    assert chk.exit_code(client_checks(CLIENT)) == 0
     router = replace(CLIENT, neighbour=None, neighbour_state="failed", flows=())
-    (n,) = [c for c in chk.client_checks(router) if c.name.endswith("neighbour")]
+    (n,) = [c for c in client_checks(router) if c.name.endswith("neighbour")]
     assert n.status == chk.FAIL and "refuses a multicast MAC" in n.message
     assert "--mac-mode unicast" in n.fix
     leaked = replace(CLIENT, neighbour="02:c1:00:00:00:01")
-    assert "leaked" in chk.client_checks(leaked)[1].message
+    assert "leaked" in client_checks(leaked)[1].message
     twice = replace(
         CLIENT, flows=((40001, ("02:c1:00:00:00:01", "02:c1:00:00:00:02")), (40002, ()))
     )
-    msgs = [c.message for c in chk.client_checks(twice) if c.status == chk.FAIL]
+    msgs = [c.message for c in client_checks(twice) if c.status == chk.FAIL]
     assert any("disagree on the hash" in m for m in msgs) and any("no node" in m for m in msgs)
     split = replace(CLIENT, predicted={40001: 2, 40002: 2})
-    assert any("bucket 2" in c.message for c in chk.client_checks(split) if c.status == chk.FAIL)
+    assert any("bucket 2" in c.message for c in client_checks(split) if c.status == chk.FAIL)
     conflict = replace(CLIENT, answers=(("a", CMAC), ("b", "0a:00:00:00:00:09")))
-    assert chk.client_checks(conflict)[0].status == chk.FAIL
+    assert client_checks(conflict)[0].status == chk.FAIL
 
 
 def test_kernel_checks() -> None:
