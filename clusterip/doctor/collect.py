@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import time
 from contextlib import suppress
@@ -26,16 +27,21 @@ PROBES = {
     f"add chain arp {TEST} o {{ type filter hook output priority 0; }}\n"
     f"add rule arp {TEST} o arp saddr ether set 03:bf:00:00:00:01\n",
     "owner flag": f"add table inet {TEST} {{ flags owner; }}\n",
+    "socket": f"add table inet {TEST}\n"
+    f"add chain inet {TEST} p {{ type filter hook prerouting priority -150; }}\n"
+    f"add rule inet {TEST} p socket transparent 1 accept\n",
 }
 
 
-def _dry_run(script: str) -> str:
-    """ "" if the kernel would take `script` (nft --check: validated, never committed)."""
+def _try(script: str) -> str:
+    """ "" if the kernel takes `script`. It runs as one transaction that also deletes the test
+    tables it made: the kernel checks every object (and loads the modules it needs), and
+    nothing stays. (nft's --check validates in user space only: it would not tell.)"""
     import nftables  # type: ignore[import-not-found,unused-ignore]
 
-    nft = nftables.Nftables()
-    nft.set_dry_run(True)
-    rc, _out, err = nft.cmd(script)
+    tables = sorted(set(re.findall(r"add table (\w+) " + TEST + r"\b", script)))
+    cleanup = "".join(f"delete table {family} {TEST}\n" for family in tables)
+    rc, _out, err = nftables.Nftables().cmd(script + cleanup)
     return "" if rc == 0 else " ".join(str(err).split())[:200] or f"nft exit {rc}"
 
 
@@ -50,7 +56,7 @@ def kernel() -> KernelFacts:
     for name, text in PROBES.items():
         if name in ("jhash", "pkttype"):
             text = chain + f"add rule netdev {TEST} c {text}\n"
-        probes[name] = _dry_run(text)
+        probes[name] = _try(text)
     return KernelFacts(release, "", probes)
 
 
@@ -98,6 +104,29 @@ def _addr_flags(ifname: str, vip: Address) -> frozenset[str]:
                     if flags & bit:
                         out.add(name)
     return frozenset(out)
+
+
+def foreign_xdp(ifname: str) -> tuple[str, ...]:
+    """An XDP program on the interface that is not clusterip's: it sees every frame before the
+    ingress hook (what it redirects or drops never reaches it)."""
+    try:
+        from clusterip.xdp import filter as xdpf
+        from clusterip.xdp import libbpf as bpf
+        from clusterip.xdp.spec import PROG_NAME
+
+        found = xdpf._attached(ifname)
+        if found is None:
+            return ()
+        fd, how = found
+        try:
+            name = bpf.prog_info(fd)[0]
+        finally:
+            os.close(fd)
+    except Exception:  # no libbpf here, no XDP: nothing to report
+        return ()
+    if name == PROG_NAME:
+        return ()
+    return (f"XDP program {name!r} ({how}) on {ifname}, not clusterip's",)
 
 
 def _promiscuous(ifname: str) -> bool:
@@ -186,7 +215,7 @@ def node(st: VipState | None, cfg: VipConfig, window: float = 1.0) -> VipFacts:
         arp_announce=_conf("arp_announce", ifname),
         other_drops=found.drops,
         other_policies=found.policies,
-        offloads=found.offloads,
+        offloads=found.offloads + foreign_xdp(ifname),
         answers=tuple(answers),
         probed=probed,
     )
