@@ -338,3 +338,25 @@ def test_igmp_membership_outlives_an_agents_planned_restart(
     a.start(2)
     a.wait_converged([1, 2, 3])
     assert a.owned([1, 2, 3]) == before
+
+
+def test_a_snooping_linux_bridge_alone_starves_the_multicast_modes(make_lab: MakeLab) -> None:
+    """What the README warns of: a Linux bridge with snooping and a querier, its ports not
+    router ports (the lab's switch without its MAC-table model), forwards multicast by the IP
+    destination inside. Once its querier is up, a multicast-MAC frame carrying a unicast IP
+    packet goes to router ports only: no node gets the VIP's frames in multicast (or igmp)
+    mode; unicast mode is unaffected."""
+    built = time.monotonic()
+    lab = make_lab(nodes=3, clients=20, snooping=True)
+    for port, _ns in lab.topo.ports():  # back to the bridge's default: learnt router ports
+        lab.run("switch", ["bridge", "link", "set", "dev", port, "mcast_router", "1"],
+                timeout=10, check=True)  # fmt: skip
+    lab.run("switch", ["nft", "delete", "table", "bridge", "lab_snoop"], timeout=10, check=True)
+    up(lab, lab.topo.node_indexes, 3, "multicast")
+    time.sleep(max(0.0, 16.0 - (time.monotonic() - built)))  # the querier is up by then
+    res = lab.probe(proto="tcp", port=80, timeout=0.5)
+    assert res.errors == len(res.results), res.by_node  # nobody answers
+    up(lab, lab.topo.node_indexes, 3, "unicast")
+    lab.run("client", ["ip", "neigh", "flush", "all"], timeout=10)
+    res = lab.probe(proto="tcp", port=80)
+    assert res.errors == 0 and set(res.by_node) == {"n1", "n2", "n3"}, res.by_node
