@@ -122,8 +122,8 @@ class MacPlan:
         return "unicast" if self.mode == "unicast" else "multicast"
 
     def describe(self) -> str:
-        extra = f", group {self.group}" if self.group is not None else ""
-        return f"{self.mode} (mac {self.mac}{extra})"
+        """`igmp, group 239.255.0.100`, `unicast`, `multicast`."""
+        return self.mode + (f", group {self.group}" if self.group is not None else "")
 
 
 def plan(mode: str, mac: str, vip: Address) -> MacPlan:
