@@ -41,6 +41,7 @@ PARTS = (
     "rebalance",
     "prefilter",
     "xdp",
+    "macmodes",
 )
 CLIENTS = 100  # client addresses for the evenness sample (wrk uses the gateway address)
 
@@ -229,6 +230,13 @@ def run_agent_benches(args: argparse.Namespace) -> None:
     if "rebalance" in args.parts:
         log("rebalancing: what each move costs clients, naive move vs clusterip")
         rebalance.run(rebalance.LISTENS, out / "rebalance.json", log=log)
+    if "macmodes" in args.parts:
+        from bench import macmodes
+
+        log("MAC modes: frames at a non-member port per request, req/s beside multicast")
+        rounds = 3 if args.quick else 10
+        macmodes.run(rounds, out / "macmodes.json", duration=args.duration, log=log,
+                     command=f"python -m bench.macmodes --rounds {rounds}")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -365,7 +365,7 @@ def render_page(results: dict[str, Any], figs: dict[str, str], external: dict[st
         parts += ["## Evenness\n", evenness_section(results, figs)]
     if results.get("control"):
         parts += ["## Control plane\n", control_section(results)]
-    for key in ("failover", "vrrp", "falsealarm", "rebalancing", "agent_idle"):
+    for key in ("failover", "vrrp", "falsealarm", "rebalancing", "agent_idle", "macmodes"):
         parts += [f"## {EXTERNAL[key][0]}\n", external_section(key, external.get(key))]
     parts += ["## Method\n", METHOD]
     return "\n".join(p for p in parts if p)

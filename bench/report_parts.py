@@ -33,6 +33,7 @@ EXTERNAL = {
     "rebalancing": ("Rebalancing", "rebalance.json"),
     "agent_idle": ("Agent CPU at idle", "agent_idle.json"),
     "falsealarm": ("False alarms under load", "falsealarm.json"),
+    "macmodes": ("MAC modes", "macmodes.json"),
 }
 
 

@@ -13,6 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from clusterip import macmode
+from clusterip.macmode import DEFAULT_MAC_MODE, MAC_MODES
+
 HASHMODES = ("sourceip", "sourceip-sourceport", "sourceip-sourceport-destport")
 PROTOCOLS = ("tcp", "udp", "sctp", "all")
 DEFAULT_HASHMODE = "sourceip-sourceport"
@@ -22,11 +25,12 @@ IFNAMSIZ = 15
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-# The default cluster MAC's first two bytes: multicast and locally administered (0x03), then
-# 0xbf for an IPv4 VIP (Microsoft NLB's multicast mode) and 0xb6 for an IPv6 VIP. Neither is in
-# a range that IGMP or MLD snooping constrains (01:00:5e, 33:33), so switches flood it to
-# every port, and an IPv4 and an IPv6 VIP never get the same default.
-MAC_PREFIX = {4: "03:bf:", 6: "03:b6:"}
+# The default cluster MAC's first two bytes (multicast mode): multicast and locally
+# administered (0x03), then 0xbf for an IPv4 VIP (Microsoft NLB's multicast mode) and 0xb6 for
+# an IPv6 VIP. Neither is in a range that IGMP or MLD snooping constrains (01:00:5e, 33:33), so
+# switches flood it to every port, and an IPv4 and an IPv6 VIP never get the same default.
+# The other MAC modes: clusterip.macmode.
+MAC_PREFIX = macmode.MULTICAST_PREFIX
 
 
 class ConfigError(ValueError):
@@ -51,6 +55,7 @@ class VipConfig:
     clustermac: str = ""
     seed: int = 0
     prefixlen: int = 32
+    mac_mode: str = DEFAULT_MAC_MODE
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -62,9 +67,16 @@ class VipConfig:
     def uses_ports(self) -> bool:
         return self.hashmode != "sourceip"
 
+    @property
+    def mac_plan(self) -> macmode.MacPlan:
+        """What the interface holds for the cluster MAC in this MAC mode (clusterip.macmode)."""
+        return macmode.plan(self.mac_mode, self.clustermac, self.vip)
+
     def cluster_fields(self) -> dict[str, Any]:
-        """The fields every node must agree on (for fingerprints and comparison)."""
-        return {
+        """The fields every node must agree on (for fingerprints and comparison). `mac_mode`
+        only when it is not the default, so that the fingerprint of a multicast-mode cluster
+        is what it was before MAC modes existed (a rolling upgrade keeps its members)."""
+        fields: dict[str, Any] = {
             "vip": str(self.vip),
             "protocol": self.protocol,
             "dports": list(self.dports),
@@ -73,6 +85,9 @@ class VipConfig:
             "seed": self.seed,
             "total_nodes": self.total_nodes,
         }
+        if self.mac_mode != DEFAULT_MAC_MODE:
+            fields["mac_mode"] = self.mac_mode
+        return fields
 
     def to_toml_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -89,21 +104,31 @@ class VipConfig:
             "local_node": list(self.local_nodes),
             "seed": f"{self.seed:08x}",
         }
+        if self.mac_mode != DEFAULT_MAC_MODE:
+            d["mac_mode"] = self.mac_mode
         if self.dports:
             d["dport"] = list(self.dports)
         return d
 
 
-def derive_mac(vip: Address) -> str:
-    """Cluster MAC from the VIP: 03:bf + the four bytes of an IPv4 VIP, as Microsoft NLB's
-    multicast mode does; 03:b6 + the last four bytes of an IPv6 VIP (as 33:33 multicast MACs
-    take an IPv6 group's last four bytes).
+def derive_mac(vip: Address, mac_mode: str = DEFAULT_MAC_MODE) -> str:
+    """Cluster MAC from the VIP. Multicast mode: 03:bf + the four bytes of an IPv4 VIP, as
+    Microsoft NLB's multicast mode does; 03:b6 + the last four bytes of an IPv6 VIP (as 33:33
+    multicast MACs take an IPv6 group's last four bytes).
 
     0x03 = multicast bit + locally-administered bit, so it can never clash with a vendor MAC,
     nor with the 01:00:5e (IPv4) and 33:33 (IPv6) multicast ranges that IGMP and MLD snooping
     switches forward only to the ports that joined a group: a VIP's frames would reach no node.
+    The igmp and unicast modes: clusterip.macmode.
     """
-    return MAC_PREFIX[vip.version] + ":".join(f"{b:02x}" for b in vip.packed[-4:])
+    return macmode.default_mac(vip, mac_mode)
+
+
+def parse_mac_mode(text: str) -> str:
+    mode = str(text).strip().lower()
+    if mode not in MAC_MODES:
+        raise ConfigError(f"bad MAC mode {text!r}: allowed are {', '.join(MAC_MODES)}")
+    return mode
 
 
 def derive_seed(vip: Address) -> int:
@@ -167,20 +192,17 @@ def parse_ip(text: str, what: str, version: int | None = None) -> Address:
     return addr
 
 
-def parse_mac(text: str) -> str:
+def parse_mac(text: str, mac_mode: str = DEFAULT_MAC_MODE, version: int = 4) -> str:
+    """A cluster MAC, checked for the MAC mode (and the VIP's family, for igmp's groups)."""
     raw = str(text).strip()
     if not _MAC_RE.match(raw):
         raise ConfigError(
             f"bad cluster MAC {raw!r}: expected six hex bytes such as 03:bf:c0:00:02:0a"
         )
     mac = raw.lower().replace("-", ":")
-    if not int(mac[:2], 16) & 1:
-        raise ConfigError(
-            f"bad cluster MAC {raw!r}: must be a multicast MAC (low bit of the first byte set, "
-            "e.g. 01:.. or 03:..)"
-        )
-    if mac == "ff:ff:ff:ff:ff:ff":
-        raise ConfigError(f"bad cluster MAC {raw!r}: the broadcast MAC is not allowed")
+    problem = macmode.mac_problem(mac, mac_mode, version)
+    if problem:
+        raise ConfigError(f"bad cluster MAC {raw!r}: {problem}")
     return mac
 
 
@@ -277,6 +299,7 @@ def build(
     hashmode: str = DEFAULT_HASHMODE,
     clustermac: str | None = None,
     seed: str | int | None = None,
+    mac_mode: str | None = None,
 ) -> VipConfig:
     """Validate raw values (from flags or TOML) into a VipConfig; raises ConfigError."""
     addr, prefixlen = parse_vip(vip)
@@ -289,7 +312,8 @@ def build(
         # Ports only exist for protocols that have them; "all" + ports means tcp, udp and sctp.
         pass
     mode = parse_hashmode(hashmode)
-    mac = parse_mac(clustermac) if clustermac else derive_mac(addr)
+    mmode = parse_mac_mode(mac_mode) if mac_mode else DEFAULT_MAC_MODE
+    mac = parse_mac(clustermac, mmode, addr.version) if clustermac else derive_mac(addr, mmode)
     seed_value = parse_seed(seed) if seed is not None and seed != "" else derive_seed(addr)
     return VipConfig(
         vip=addr,
@@ -302,6 +326,7 @@ def build(
         clustermac=mac,
         seed=seed_value,
         prefixlen=prefixlen,
+        mac_mode=mmode,
     )
 
 
@@ -317,6 +342,7 @@ _TOML_KEYS = {
     "hashmode",
     "clustermac",
     "seed",
+    "mac_mode",
 }
 
 
@@ -354,6 +380,7 @@ def from_mapping(
         hashmode=data.get("hashmode", DEFAULT_HASHMODE),
         clustermac=data.get("clustermac"),
         seed=data.get("seed"),
+        mac_mode=data.get("mac_mode"),
     )
     extra = {k: v for k, v in data.items() if k not in _TOML_KEYS}
     return replace(cfg, extra=extra)

@@ -9,6 +9,16 @@ cluster). Linux has no netlink call for a link-layer multicast
 address: `ip maddr` itself uses the SIOCADDMULTI/SIOCDELMULTI ioctls, and so do we. The kernel
 keeps a reference count per address, so we add it once and delete it once, and an entry someone
 else added stays.
+
+The MAC modes (clusterip.macmode) put the cluster MAC elsewhere: `unicast` in the NIC's
+*unicast* filter, through netlink (RTM_NEWNEIGH, AF_BRIDGE, NTF_SELF, permanent: what `bridge
+fdb add MAC dev IF self permanent` sends; the kernel's default handler adds it to the device's
+uc list, which a NIC with a unicast filter programs, and one without turns promiscuous for);
+`igmp` through the group's membership, held by the kernel: an address with IFA_F_MCAUTOJOIN
+(`ip addr add GROUP/32 dev IF autojoin`) makes the kernel join the group on the interface (its
+MAC enters the multicast list, the kernel sends the IGMP/MLD reports and answers the queries)
+with no process to keep alive: it survives `up`, and an agent's planned restart, whose node
+keeps serving while no process runs. Scope host: never a source address.
 """
 
 from __future__ import annotations
@@ -20,13 +30,17 @@ import struct
 from typing import Protocol
 
 from clusterip import nd
-from clusterip.config import Address, ConfigError
+from clusterip.config import Address, ConfigError, VipConfig
 
 SIOCADDMULTI = 0x8931
 SIOCDELMULTI = 0x8932
 ARPHRD_ETHER = 1
 ETH_P_ARP = 0x0806
 IFA_F_NODAD = 0x02
+IFA_F_MCAUTOJOIN = 0x400
+RT_SCOPE_HOST = 254
+NTF_SELF = 0x02
+NUD_PERMANENT = 0x80
 INFINITY_LIFE = 0xFFFFFFFF
 
 
@@ -40,6 +54,50 @@ class Link(Protocol):
     def add_multicast(self, ifname: str, mac: str) -> None: ...
     def del_multicast(self, ifname: str, mac: str) -> None: ...
     def send_garp(self, ifname: str, vip: Address, mac: str) -> None: ...
+    def unicast_macs(self, ifname: str) -> set[str]: ...
+    def add_unicast(self, ifname: str, mac: str) -> None: ...
+    def del_unicast(self, ifname: str, mac: str) -> None: ...
+    def groups(self, ifname: str) -> set[str]: ...
+    def join_group(self, ifname: str, group: Address) -> None: ...
+    def leave_group(self, ifname: str, group: Address) -> None: ...
+
+
+def holds_mac(link: Link, cfg: VipConfig) -> bool:
+    """The interface holds cfg's cluster MAC as its MAC mode wants (filter, and group)."""
+    plan = cfg.mac_plan
+    if plan.group is not None and str(plan.group) not in link.groups(cfg.interface):
+        return False
+    if plan.filter == "unicast":
+        return plan.mac in link.unicast_macs(cfg.interface)
+    return plan.mac in link.multicast_macs(cfg.interface)
+
+
+def attach_mac(link: Link, cfg: VipConfig) -> None:
+    """Make the interface accept cfg's cluster MAC (idempotent): the multicast list
+    (multicast), the group's membership (igmp: the kernel adds its MAC), the unicast filter
+    (unicast)."""
+    plan, ifname = cfg.mac_plan, cfg.interface
+    if plan.group is not None:
+        if str(plan.group) not in link.groups(ifname):
+            link.join_group(ifname, plan.group)
+    elif plan.filter == "unicast":
+        if plan.mac not in link.unicast_macs(ifname):
+            link.add_unicast(ifname, plan.mac)
+    elif plan.mac not in link.multicast_macs(ifname):
+        link.add_multicast(ifname, plan.mac)
+
+
+def detach_mac(link: Link, cfg: VipConfig) -> None:
+    """Undo attach_mac (the caller checked that no other VIP of the interface uses it)."""
+    plan, ifname = cfg.mac_plan, cfg.interface
+    if plan.group is not None:
+        if str(plan.group) in link.groups(ifname):
+            link.leave_group(ifname, plan.group)
+    elif plan.filter == "unicast":
+        if plan.mac in link.unicast_macs(ifname):
+            link.del_unicast(ifname, plan.mac)
+    elif plan.mac in link.multicast_macs(ifname):
+        link.del_multicast(ifname, plan.mac)
 
 
 def _mac_bytes(mac: str) -> bytes:
@@ -150,6 +208,63 @@ class NetlinkLink:
             for frame in frames:
                 sock.send(frame)
 
+    def unicast_macs(self, ifname: str) -> set[str]:
+        """The unicast addresses added to the interface's filter (its fdb `self` entries)."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            index = self._index(ipr, ifname)
+            macs = {str(m.get_attr("NDA_LLADDR")) for m in ipr.fdb("dump", ifindex=index)}
+        return {m for m in macs if ":" in m and not int(m[:2], 16) & 1}
+
+    def _fdb(self, command: str, ifname: str, mac: str) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            index = self._index(ipr, ifname)
+            ipr.fdb(command, ifindex=index, lladdr=mac, state=NUD_PERMANENT, flags=NTF_SELF)
+
+    def add_unicast(self, ifname: str, mac: str) -> None:
+        self._fdb("add", ifname, mac)
+
+    def del_unicast(self, ifname: str, mac: str) -> None:
+        self._fdb("del", ifname, mac)
+
+    def groups(self, ifname: str) -> set[str]:
+        """The groups the interface holds an autojoin address of."""
+        from pyroute2 import IPRoute
+
+        out: set[str] = set()
+        with IPRoute() as ipr:
+            index = self._index(ipr, ifname)
+            for msg in ipr.get_addr(index=index):
+                flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+                if flags & IFA_F_MCAUTOJOIN:
+                    out.add(str(ipaddress.ip_address(msg.get_attr("IFA_ADDRESS"))))
+        return out
+
+    def join_group(self, ifname: str, group: Address) -> None:
+        from pyroute2 import IPRoute
+
+        flags = IFA_F_MCAUTOJOIN | (IFA_F_NODAD if group.version == 6 else 0)
+        with IPRoute() as ipr:
+            index = self._index(ipr, ifname)
+            ipr.addr(
+                "add",
+                index=index,
+                address=str(group),
+                prefixlen=group.max_prefixlen,
+                flags=flags,
+                scope=RT_SCOPE_HOST,
+            )
+
+    def leave_group(self, ifname: str, group: Address) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            index = self._index(ipr, ifname)
+            ipr.addr("del", index=index, address=str(group), prefixlen=group.max_prefixlen)
+
 
 class FakeLink:
     """In-memory interfaces for unit tests."""
@@ -159,6 +274,8 @@ class FakeLink:
         self.addresses: dict[str, set[tuple[str, int]]] = {i: set() for i in self.interfaces}
         self.mcast: dict[str, list[str]] = {i: [] for i in self.interfaces}
         self.garps: list[tuple[str, str, str]] = []
+        self.ucast: dict[str, list[str]] = {i: [] for i in self.interfaces}
+        self.joined: dict[str, list[str]] = {i: [] for i in self.interfaces}
 
     def check_interface(self, ifname: str) -> None:
         if ifname not in self.interfaces:
@@ -190,3 +307,28 @@ class FakeLink:
 
     def send_garp(self, ifname: str, vip: Address, mac: str) -> None:
         self.garps.append((ifname, str(vip), mac))
+
+    def unicast_macs(self, ifname: str) -> set[str]:
+        return set(self.ucast.get(ifname, []))
+
+    def add_unicast(self, ifname: str, mac: str) -> None:
+        self.ucast[ifname].append(mac)
+
+    def del_unicast(self, ifname: str, mac: str) -> None:
+        self.ucast[ifname].remove(mac)
+
+    def groups(self, ifname: str) -> set[str]:
+        return set(self.joined.get(ifname, []))
+
+    def join_group(self, ifname: str, group: Address) -> None:
+        # The kernel adds the group's MAC to the multicast list with the membership.
+        from clusterip.macmode import group_mac
+
+        self.joined[ifname].append(str(group))
+        self.mcast[ifname].append(group_mac(group))
+
+    def leave_group(self, ifname: str, group: Address) -> None:
+        from clusterip.macmode import group_mac
+
+        self.joined[ifname].remove(str(group))
+        self.mcast[ifname].remove(group_mac(group))

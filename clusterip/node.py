@@ -13,7 +13,7 @@ from dataclasses import replace
 from clusterip.config import Address, ConfigError, VipConfig
 from clusterip.core.ownership import Ownership
 from clusterip.flows import SockDiag, SocketTable, TcpFlow, snapshot
-from clusterip.link import Link
+from clusterip.link import Link, attach_mac, detach_mac
 from clusterip.nft import Firewall
 from clusterip.render import (
     checked,
@@ -112,8 +112,7 @@ class Node:
             if not self.link.has_address(cfg.interface, cfg.vip):
                 self.link.add_address(cfg.interface, cfg.vip, cfg.prefixlen)
                 new_addr = True
-            if cfg.clustermac not in self.link.multicast_macs(cfg.interface):
-                self.link.add_multicast(cfg.interface, cfg.clustermac)
+            attach_mac(self.link, cfg)
         except Exception:
             # Undo this call's own changes so that a failed `up` leaves nothing behind.
             if self.xdp is not None:
@@ -130,6 +129,7 @@ class Node:
         return (
             f"{cfg.vip} {verb} on {cfg.interface}: node {nodes} of {cfg.total_nodes}, "
             f"{cfg.hashmode}, mac {cfg.clustermac}"
+            + (f" ({cfg.mac_plan.describe()})" if cfg.mac_mode != "multicast" else "")
         )
 
     def down(self, vip: Address) -> str:
@@ -172,12 +172,12 @@ class Node:
         interface: a dual-stack pair may share one MAC) still uses."""
         cfg = st.config
         same_if = keep is not None and keep.interface == cfg.interface
-        if (
-            not (same_if and keep is not None and keep.clustermac == cfg.clustermac)
-            and not mac_shared(self.states(), cfg)
-            and cfg.clustermac in self.link.multicast_macs(cfg.interface)
-        ):
-            self.link.del_multicast(cfg.interface, cfg.clustermac)
+        same_mac = keep is not None and (keep.clustermac, keep.mac_mode) == (
+            cfg.clustermac,
+            cfg.mac_mode,
+        )
+        if not (same_if and same_mac) and not mac_shared(self.states(), cfg):
+            detach_mac(self.link, cfg)
         if (
             not (same_if and keep is not None and keep.prefixlen == cfg.prefixlen)
             and ADDR_FLAG in _extra(st)

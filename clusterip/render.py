@@ -39,6 +39,7 @@ from clusterip.config import HASHMODES, Address, ConfigError, VipConfig
 from clusterip.core import defaults
 from clusterip.core.ownership import Ownership
 from clusterip.family import IPV4, Family, family
+from clusterip.macmode import DEFAULT_MAC_MODE
 
 TABLE_PREFIX = "clusterip_"
 COMMENT_MAGIC = "clusterip/2"  # the version of the rules; clusterip/1 used a socket lookup
@@ -83,6 +84,8 @@ def comment(cfg: VipConfig, modulus: int, *, mode: str = "static", extra: str = 
         f"hash={HASHMODES.index(cfg.hashmode)} n={modulus} seed={cfg.seed:08x} "
         f"proto={cfg.protocol} plen={cfg.prefixlen}"
     )
+    if cfg.mac_mode != DEFAULT_MAC_MODE:
+        text += f" mm={cfg.mac_mode}"
     if extra:
         text += " " + extra
     if len(text) > MAX_COMMENT:
@@ -404,17 +407,26 @@ def fast_rule(cfg: VipConfig, *, live: bool = False) -> str:
     )
 
 
-def _ingress_rules(cfg: VipConfig, *, xdp_fast: bool, live: bool) -> str:
+def ingress_rules(cfg: VipConfig, *, xdp_fast: bool, live: bool) -> list[str]:
+    """The ingress chain's rules. In MAC mode unicast, a frame to the cluster MAC is not to the
+    NIC's own MAC: the stack sees PACKET_OTHERHOST and drops it. Every accepted VIP packet gets
+    pkttype host (as in every mode), and so does ARP to the cluster MAC (a client's unicast
+    reachability probe, which every node answers, as it does in the multicast modes)."""
     rules = [fast_rule(cfg, live=live)] if xdp_fast else []
+    if cfg.mac_mode == "unicast" and cfg.vip.version == 4:
+        rules.append(f"ether type arp ether daddr {cfg.clustermac} meta pkttype set host accept")
     rules.append(f"{family(cfg).ip} daddr {cfg.vip} jump vip")
-    return "".join(f"\t\t{r}\n" for r in rules)
+    return rules
+
+
+def _ingress_rules(cfg: VipConfig, *, xdp_fast: bool, live: bool) -> str:
+    return "".join(f"\t\t{r}\n" for r in ingress_rules(cfg, xdp_fast=xdp_fast, live=live))
 
 
 def render_ingress(cfg: VipConfig, *, xdp_fast: bool, live: bool = False) -> str:
     """Add or remove the fast-path rule: the ingress chain's rules anew (one transaction)."""
     name = table_name(cfg)
-    rules = [fast_rule(cfg, live=live)] if xdp_fast else []
-    rules.append(f"{family(cfg).ip} daddr {cfg.vip} jump vip")
+    rules = ingress_rules(cfg, xdp_fast=xdp_fast, live=live)
     return f"flush chain netdev {name} ingress\n" + "".join(
         f"add rule netdev {name} ingress {r}\n" for r in rules
     )

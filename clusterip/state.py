@@ -12,6 +12,7 @@ from typing import Any
 
 from clusterip.config import HASHMODES, Address, VipConfig
 from clusterip.core.ownership import Ownership
+from clusterip.macmode import DEFAULT_MAC_MODE
 from clusterip.render import COMMENT_MAGIC, LEGACY_GUARD_PREFIX, OLD_MAGIC, TABLE_PREFIX
 
 
@@ -58,6 +59,8 @@ class VipState:
             "vip": str(cfg.vip),
             "interface": cfg.interface,
             "clustermac": cfg.clustermac,
+            "mac_mode": cfg.mac_mode,
+            "group": str(cfg.mac_plan.group) if cfg.mac_plan.group is not None else None,
             "hashmode": cfg.hashmode,
             "protocol": cfg.protocol,
             "dports": list(cfg.dports),
@@ -79,6 +82,7 @@ def mac_shared(states: Iterable[VipState], cfg: VipConfig) -> bool:
         s.config.vip != cfg.vip
         and s.config.interface == cfg.interface
         and s.config.clustermac == cfg.clustermac
+        and s.config.mac_mode == cfg.mac_mode
         for s in states
     )
 
@@ -211,6 +215,7 @@ def parse_tables(objects: list[dict[str, Any]]) -> list[VipState]:
             clustermac=":".join(mac[i : i + 2] for i in range(0, 12, 2)),
             seed=int(fields["seed"], 16),
             prefixlen=int(fields.get("plen", "32")),
+            mac_mode=fields.get("mm", DEFAULT_MAC_MODE),
         )
         states.append(
             VipState(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import click
 
 from clusterip.cli import agent as agent_cli
+from clusterip.cli import doctor as doctor_cli
 from clusterip.cli import static
 from clusterip.cli.options import EXIT_KERNEL, fail
 from clusterip.config import ConfigError
@@ -39,6 +40,7 @@ for _command in (
     agent_cli.resume,
     agent_cli.weight,
     agent_cli.stop,
+    doctor_cli.doctor,
 ):
     cli.add_command(_command)
 

@@ -63,7 +63,16 @@ def cluster_options(func: Any) -> Any:
             default=None,
             help="sourceip | sourceip-sourceport (default) | sourceip-sourceport-destport",
         ),
-        click.option("--clustermac", metavar="MAC", help="multicast MAC (default: from the VIP)"),
+        click.option(
+            "--mac-mode",
+            metavar="multicast|igmp|unicast",
+            default=None,
+            help="how frames reach every node: a flooded multicast MAC (default), an IGMP/MLD "
+            "group's MAC every node joins, or a shared unicast MAC",
+        ),
+        click.option(
+            "--clustermac", metavar="MAC", help="cluster MAC (default: from the VIP and MAC mode)"
+        ),
         click.option("--seed", metavar="HEX", help="hash seed (default: from the VIP)"),
     ]
     for opt in reversed(opts):
@@ -83,7 +92,16 @@ def configs_from(
     `agent`: the agents assign buckets themselves, so no --total-nodes / --local-node (the
     config's `total_nodes` is then unused: 1).
     """
-    cluster_flags = ("vip", "interface", "protocol", "dport", "hashmode", "clustermac", "seed")
+    cluster_flags = (
+        "vip",
+        "interface",
+        "protocol",
+        "dport",
+        "hashmode",
+        "mac_mode",
+        "clustermac",
+        "seed",
+    )
     names = (*cluster_flags, "total_nodes", "local_node")
     flags = {k: params[k] for k in names if params.get(k) not in (None, ())}
     if params.get("config_file"):
@@ -103,6 +121,7 @@ def configs_from(
         hashmode=params.get("hashmode") or cfgmod.DEFAULT_HASHMODE,
         clustermac=params.get("clustermac"),
         seed=params.get("seed"),
+        mac_mode=params.get("mac_mode"),
     )
     if need_local and not agent and not cfg.local_nodes:
         fail(f"VIP {cfg.vip}: no --local-node given (expected 1 to {cfg.total_nodes})")

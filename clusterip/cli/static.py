@@ -109,8 +109,8 @@ def status(as_json: bool) -> None:
     for d in docs[ours:]:
         ports = ",".join(str(p) for p in d["dports"]) or "any"
         click.echo(
-            f"{d['vip']} on {d['interface']}  mac {d['clustermac']}  {d['hashmode']}  "
-            f"{d['protocol']} port {ports}  ({d['mode']})"
+            f"{d['vip']} on {d['interface']}  mac {d['clustermac']} {_mac_mode(d)}  "
+            f"{d['hashmode']}  {d['protocol']} port {ports}  ({d['mode']})"
         )
         if d["mode"] == "agent":  # what an agent left behind, no agent running
             lease = d.get("lease")
@@ -142,6 +142,12 @@ def status(as_json: bool) -> None:
             _print_xdp(d["xdp"]["describe"], d["xdp"]["counters"])
 
 
+def _mac_mode(doc: dict[str, Any]) -> str:
+    """`(multicast)`, `(igmp, group 239.255.0.100)`, `(unicast)`: the VIP's MAC mode."""
+    mode = doc.get("mac_mode", "multicast")
+    return f"({mode}, group {doc['group']})" if doc.get("group") else f"({mode})"
+
+
 def _print_xdp(line: str, counters: dict[str, int] | None) -> None:
     """The pre-filter's line of `status`: how it runs (or why not) and what it did."""
     click.echo(f"  XDP pre-filter: {line}")
@@ -163,7 +169,8 @@ def _print_agent(doc: dict[str, Any]) -> None:
     )
     for v in doc["vips"]:
         click.echo(
-            f"{v['vip']} on {v['interface']}  mac {v['clustermac']}  {v['hashmode']}  "
+            f"{v['vip']} on {v['interface']}  mac {v['clustermac']} {_mac_mode(v)}  "
+            f"{v['hashmode']}  "
             f"{v['buckets']} buckets  state {v['state']} ({v['reason']})"
         )
         line = f"  this node: {v['owned_count']} buckets, {len(v['draining'])} draining"
@@ -247,6 +254,7 @@ def which(src: str, sport: str | None, as_json: bool, **params: Any) -> None:
                 hashmode=agent["hashmode"],
                 clustermac=agent["clustermac"],
                 seed=agent["seed"],
+                mac_mode=agent.get("mac_mode"),
             )
         else:
             cfg = _node().require(addr).config

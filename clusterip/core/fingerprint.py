@@ -7,8 +7,9 @@ Pure: `parse_key` takes the bytes of the key file (the caller reads it).
 - cluster fingerprint: 8 bytes of SHA-256 over a canonical JSON encoding of
   `VipConfig.cluster_fields()` without `total_nodes` (in agent mode the node count is whoever is
   alive, so it must not split the cluster), plus the bucket count and the key id. Two nodes with
-  different VIP, cluster MAC, hashmode, seed, protocol, ports, buckets or key never count each
-  other as members.
+  different VIP, cluster MAC, MAC mode, hashmode, seed, protocol, ports, buckets or key never
+  count each other as members (`mac_mode` is in the fields only when it is not the default,
+  multicast: a multicast-mode cluster's fingerprint is what it was before MAC modes).
 - view digest: 8 bytes of SHA-256 over the sorted (node id, weight) pairs a node assigns buckets
   to. Equal digests mean equal assignments.
 """
@@ -25,6 +26,8 @@ from clusterip.config import ConfigError, VipConfig
 KEY_MIN_BYTES = 16
 ID_BYTES = 8
 AGENT_EXCLUDED_FIELDS = ("total_nodes",)
+# Fields left out of the fingerprint when they have their default (see the module doc).
+IMPLICIT_FIELDS = {"mac_mode": "multicast"}
 
 
 def parse_key(raw: bytes) -> bytes:
@@ -84,6 +87,10 @@ def differences(theirs: Mapping[str, Any] | None, ours: Mapping[str, Any]) -> st
     if not theirs:
         return ""
     keys = sorted(set(theirs) | set(ours))
-    diffs = [f"{k} {theirs.get(k)!r} (ours {ours.get(k)!r})" for k in keys]
-    diffs = [d for k, d in zip(keys, diffs, strict=True) if theirs.get(k) != ours.get(k)]
+
+    def value(side: Mapping[str, Any], k: str) -> Any:
+        return side.get(k, IMPLICIT_FIELDS.get(k))
+
+    diffs = [f"{k} {value(theirs, k)!r} (ours {value(ours, k)!r})" for k in keys]
+    diffs = [d for k, d in zip(keys, diffs, strict=True) if value(theirs, k) != value(ours, k)]
     return ", ".join(diffs)

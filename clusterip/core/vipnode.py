@@ -285,6 +285,8 @@ class VipNode:
             "vip": self.vip,
             "interface": cfg.interface,
             "clustermac": cfg.clustermac,
+            "mac_mode": cfg.mac_mode,
+            "group": str(cfg.mac_plan.group) if cfg.mac_plan.group is not None else None,
             "hashmode": cfg.hashmode,
             "protocol": cfg.protocol,
             "dports": list(cfg.dports),

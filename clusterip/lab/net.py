@@ -48,7 +48,7 @@ from clusterip.lab.netops import Pyroute2Ops as Pyroute2Ops
 from clusterip.lab.probe import ProbeResult, ProbeSpec
 from clusterip.lab.records import STATE_DIR, _signal, pids_in_netns, proc_start_time
 from clusterip.lab.records import StateStore as StateStore
-from clusterip.lab.topo import LabTopo
+from clusterip.lab.topo import LabTopo, router_rules
 
 TERM_WAIT = 2.0
 
@@ -90,8 +90,10 @@ class Lab:
         servers: bool = True,
         state_dir: str = STATE_DIR,
         ops: NetOps | None = None,
+        snoop: bool = True,
     ) -> Lab:
-        """Create the lab; on any failure remove what was made and re-raise."""
+        """Create the lab; on any failure remove what was made and re-raise. `snoop`: start a
+        snooping switch's process (clusterip.lab.snoop; a build without a kernel says no)."""
         ops = ops if ops is not None else Pyroute2Ops()
         store = StateStore(topo.name, state_dir)
         if os.path.exists(store.path):
@@ -110,6 +112,8 @@ class Lab:
                     "nodes": topo.nodes,
                     "clients": topo.clients,
                     "ipv6": topo.ipv6,
+                    "snooping": topo.snooping,
+                    "router": topo.router,
                 },
                 "created": time.time(),
                 "namespaces": [],
@@ -120,6 +124,10 @@ class Lab:
         lab = cls(topo, store, ops)
         try:
             lab._build_net()
+            if topo.snooping and snoop:
+                from clusterip.lab.snoop import start_snooping
+
+                start_snooping(lab)
             if servers:
                 lab.start_servers()
         except BaseException:
@@ -141,14 +149,18 @@ class Lab:
         for ns in topo.namespaces:
             ops.sysctls(ns, no_ipv6)
         if topo.ipv6:
-            for ns in topo.host_namespaces:
+            # A snooping switch is the MLD querier too: its bridge needs a link-local address.
+            for ns in (*topo.host_namespaces, *((topo.switch_ns,) if topo.snooping else ())):
                 ops.sysctls(ns, IPV6_ON)
         ops.sysctls(topo.client_ns, {"net.ipv4.conf.all.arp_announce": "2"})
         # A switch forwards frames; it does not filter them. With br_netfilter loaded (by
         # anything on this machine), every bridged frame would go through the IP hooks.
         ops.sysctls(topo.switch_ns, {f"net.bridge.bridge-nf-call-{t}": "0" for t in BRIDGE_NF})
         ops.setup_switch(
-            topo.switch_ns, topo.bridge, [(p, ns, topo.interface) for p, ns in topo.ports()]
+            topo.switch_ns,
+            topo.bridge,
+            [(p, ns, topo.interface) for p, ns in topo.ports()],
+            snooping=topo.snooping,
         )
         routes = [(net, topo.gateway) for net in topo.client_subnets()]
         for ns in topo.host_namespaces:
@@ -162,6 +174,8 @@ class Lab:
             )
         if topo.ipv6:
             self._build_ipv6()
+        if topo.router:
+            ops.nft(topo.router_ns, router_rules())
 
     def _build_ipv6(self) -> None:
         topo = self.topo
@@ -177,6 +191,10 @@ class Lab:
             [],
             lo_addrs=topo.client_addrs6(),
         )
+        if topo.router:
+            self.ops.setup_ipv6(
+                topo.router_ns, topo.interface, [topo.router_addr6], topo.prefixlen6, []
+            )
 
     @classmethod
     def load(cls, name: str, *, state_dir: str = STATE_DIR, ops: NetOps | None = None) -> Lab:
@@ -191,6 +209,8 @@ class Lab:
                 nodes=int(t["nodes"]),
                 clients=int(t["clients"]),
                 ipv6=bool(t.get("ipv6", False)),
+                snooping=bool(t.get("snooping", False)),
+                router=bool(t.get("router", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LabError(f"bad lab state file {store.path}: {exc}") from None

@@ -67,7 +67,10 @@ class NetOps(Protocol):
     def ns_inode(self, name: str) -> int | None: ...
     def remove_ns(self, name: str) -> None: ...
     def sysctls(self, ns: str, values: Mapping[str, str]) -> None: ...
-    def setup_switch(self, ns: str, bridge: str, ports: Sequence[Port]) -> None: ...
+    def setup_switch(
+        self, ns: str, bridge: str, ports: Sequence[Port], *, snooping: bool = False
+    ) -> None: ...
+    def nft(self, ns: str, script: str) -> None: ...
     def setup_host(
         self,
         ns: str,
@@ -135,8 +138,10 @@ class Pyroute2Ops:
 
         in_netns(ns, write)
 
-    def setup_switch(self, ns: str, bridge: str, ports: Sequence[Port]) -> None:
-
+    def setup_switch(
+        self, ns: str, bridge: str, ports: Sequence[Port], *, snooping: bool = False
+    ) -> None:
+        """The bridge; `snooping`: IGMP/MLD snooping with the bridge as the querier."""
         with _iproute(ns) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             ipr.link(
@@ -144,7 +149,8 @@ class Pyroute2Ops:
                 ifname=bridge,
                 kind="bridge",
                 br_stp_state=0,
-                br_mcast_snooping=0,
+                br_mcast_snooping=int(snooping),
+                br_mcast_querier=int(snooping),
                 br_nf_call_iptables=0,
                 br_nf_call_arptables=0,
             )
@@ -156,8 +162,16 @@ class Pyroute2Ops:
                 idx = ipr.link_lookup(ifname=port)[0]
                 ipr.link("set", index=idx, master=br)
                 ipr.brport("set", index=idx, mcast_flood=1, bcast_flood=1, unicast_flood=1)
+                if snooping:  # every port a router port: clusterip.lab.snoop says why
+                    ipr.brport("set", index=idx, multicast_router=2)
                 ipr.link("set", index=idx, state="up")
             ipr.link("set", index=br, state="up")
+
+    def nft(self, ns: str, script: str) -> None:
+        """Load an nft script in namespace `ns` (one transaction)."""
+        from clusterip.nft import NftFirewall
+
+        in_netns(ns, lambda: NftFirewall().apply(script))
 
     def setup_host(
         self,
@@ -246,9 +260,11 @@ class MemoryNetOps:
         self._need(ns, "sysctls")
         self.sysctl_values.setdefault(ns, {}).update(values)
 
-    def setup_switch(self, ns: str, bridge: str, ports: Sequence[Port]) -> None:
+    def setup_switch(
+        self, ns: str, bridge: str, ports: Sequence[Port], *, snooping: bool = False
+    ) -> None:
         self._need(ns, "setup_switch")
-        self.links[ns][bridge] = {"kind": "bridge", "up": True}
+        self.links[ns][bridge] = {"kind": "bridge", "up": True, "snooping": snooping}
         for port, peer_ns, peer_if in ports:
             self._need(peer_ns, "setup_switch")
             self.links[ns][port] = {"kind": "veth", "master": bridge, "up": True}
@@ -286,6 +302,10 @@ class MemoryNetOps:
 
     def neighbour(self, ns: str, ip: str) -> str | None:
         return self.neighbours.get((ns, ip))
+
+    def nft(self, ns: str, script: str) -> None:
+        self._need(ns, "nft")
+        self.links[ns].setdefault("nft", []).append(script)
 
     def _need(self, ns: str, call: str) -> None:
         self.calls.append((call, ns))

@@ -29,6 +29,17 @@ The client addresses sit on `lo` for the same reason as `arp_announce=2`: the ke
 a neighbour from the address of the packet that needs it only if that address is on the
 outgoing interface, so the client's solicitations come from the gateway address, and the
 nodes (which route fdc1:0:0:1::/64 via fdc1::fe) hold one neighbour entry, not one per client.
+
+Models of real networks (the MAC modes, `clusterip.macmode`), as data:
+
+`snooping=True`: the switch does IGMP/MLD snooping with a querier (the bridge's
+    `mcast_snooping 1`, `mcast_querier 1`): it learns which ports joined which group from the
+    hosts' own reports, and forwards a frame to a group's MAC to those ports only, as switches
+    that snoop into their MAC tables do (`clusterip.lab.snoop`).
+`router=True`: one more host, NAME-r on port `r`, eth0 = 198.18.0.253/16 (fdc1::fd/64),
+    that refuses what RFC 1812 3.3.2 routers refuse: an ARP packet whose sender hardware
+    address is multicast (and, for IPv6, a Neighbor Advertisement with a multicast target
+    link-layer address): an `arp` (`ip6`) table in its namespace drops them.
 """
 
 from __future__ import annotations
@@ -53,6 +64,10 @@ GATEWAY6 = "fdc1::fe"
 INTERFACE = "eth0"
 BRIDGE = "br0"
 CLIENT_PORT = "c"
+ROUTER_PORT = "r"
+ROUTER = "198.18.0.253"
+ROUTER6 = "fdc1::fd"
+ROUTER_MAC = "02:c1:00:00:02:00"
 MAX_NODES = 64
 MAX_CLIENTS = 1000
 MAX_NAME = 8
@@ -99,6 +114,8 @@ class LabTopo:
     nodes: int
     clients: int
     ipv6: bool = False  # dual stack (see the module's doc)
+    snooping: bool = False  # the switch snoops IGMP/MLD, with a querier (see the module's doc)
+    router: bool = False  # a router host that refuses multicast MACs in ARP/ND
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -114,6 +131,20 @@ class LabTopo:
     def client_ns(self) -> str:
         return f"{self.name}-c"
 
+    @property
+    def router_ns(self) -> str:
+        if not self.router:
+            raise ConfigError(f"lab {self.name!r} has no router (build it with router=True)")
+        return f"{self.name}-r"
+
+    @property
+    def router_addr(self) -> str:
+        return ROUTER
+
+    @property
+    def router_addr6(self) -> str:
+        return ROUTER6
+
     def node_ns(self, k: int) -> str:
         return f"{self.name}-n{self._node(k)}"
 
@@ -127,8 +158,9 @@ class LabTopo:
 
     @property
     def host_namespaces(self) -> tuple[str, ...]:
-        """Node namespaces in order, then the client's."""
-        return (*(self.node_ns(k) for k in self.node_indexes), self.client_ns)
+        """Node namespaces in order, then the client's (then the router's, if any)."""
+        router = (self.router_ns,) if self.router else ()
+        return (*(self.node_ns(k) for k in self.node_indexes), self.client_ns, *router)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -140,6 +172,8 @@ class LabTopo:
         out = {self.node_name(k): self.node_ns(k) for k in self.node_indexes}
         out["client"] = self.client_ns
         out["switch"] = self.switch_ns
+        if self.router:
+            out["router"] = self.router_ns
         return out
 
     def host_ns(self, host: str) -> str:
@@ -165,6 +199,8 @@ class LabTopo:
         """Name of the bridge port (in the switch namespace) leading to host namespace `ns`."""
         if ns == self.client_ns:
             return CLIENT_PORT
+        if self.router and ns == self.router_ns:
+            return ROUTER_PORT
         for k in self.node_indexes:
             if ns == self.node_ns(k):
                 return self.node_name(k)
@@ -185,6 +221,8 @@ class LabTopo:
     def host_mac(self, ns: str) -> str:
         if ns == self.client_ns:
             return self.client_mac
+        if self.router and ns == self.router_ns:
+            return ROUTER_MAC
         return self.node_mac(int(self.switch_port(ns)[1:]))
 
     # --- addresses --------------------------------------------------------------------------
@@ -225,6 +263,8 @@ class LabTopo:
         """Addresses of host namespace `ns` on eth0, primary first."""
         if ns == self.client_ns:
             return (self.gateway, *self.client_addrs())
+        if self.router and ns == self.router_ns:
+            return (ROUTER,)
         return (self.node_addr(int(self.switch_port(ns)[1:])),)
 
     def client_range(self) -> str:
@@ -274,6 +314,7 @@ class LabTopo:
         hashmode: str = "sourceip-sourceport",
         clustermac: str | None = None,
         seed: str | int | None = None,
+        mac_mode: str | None = None,
     ) -> VipConfig:
         """A `clusterip.config.VipConfig` for this lab (VIP on eth0, one bucket per node)."""
         return build(
@@ -286,9 +327,38 @@ class LabTopo:
             hashmode=hashmode,
             clustermac=clustermac,
             seed=seed,
+            mac_mode=mac_mode,
         )
 
     def _node(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.nodes:
             raise ConfigError(f"bad node {k!r} for lab {self.name!r}: expected 1 to {self.nodes}")
         return k
+
+
+ROUTER_TABLE = "lab_router"
+
+
+def router_rules() -> str:
+    """The router's refusal (RFC 1812 3.3.2), one nft script: ARP whose sender hardware address
+    is multicast, and Neighbor Advertisements whose target link-layer address option (type 2,
+    at byte 24 of the message, the MAC at byte 26) is multicast, are dropped and counted."""
+    t = ROUTER_TABLE
+    count = 'counter name "refused"'
+    return f"""table arp {t} {{
+	counter refused {{
+	}}
+	chain input {{
+		type filter hook input priority 0; policy accept;
+		arp saddr ether & 01:00:00:00:00:00 == 01:00:00:00:00:00 {count} drop
+	}}
+}}
+table ip6 {t} {{
+	counter refused {{
+	}}
+	chain input {{
+		type filter hook input priority 0; policy accept;
+		icmpv6 type nd-neighbor-advert @th,192,8 2 @th,208,8 & 0x1 == 0x1 {count} drop
+	}}
+}}
+"""

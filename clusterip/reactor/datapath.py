@@ -26,7 +26,7 @@ from clusterip.config import ConfigError, VipConfig
 from clusterip.core import defaults
 from clusterip.core.ownership import Ownership
 from clusterip.flows import SockDiag, SocketTable, TcpFlow, snapshot
-from clusterip.link import Link
+from clusterip.link import Link, attach_mac, detach_mac
 from clusterip.nft import Firewall, FirewallError
 from clusterip.render import (
     checked,
@@ -183,8 +183,7 @@ class AgentDatapath:
         cfg = self.cfg
         if not self.link.has_address(cfg.interface, cfg.vip):
             self.link.add_address(cfg.interface, cfg.vip, cfg.prefixlen)
-        if cfg.clustermac not in self.link.multicast_macs(cfg.interface):
-            self.link.add_multicast(cfg.interface, cfg.clustermac)
+        attach_mac(self.link, cfg)
         self.link.send_garp(cfg.interface, cfg.vip, cfg.clustermac)
 
     def _announce(self) -> None:
@@ -273,8 +272,8 @@ class AgentDatapath:
             log.warning("%s: %s", cfg.vip, exc)
         try:
             shared = mac_shared(parse_tables(self.firewall.ruleset(counters=False)), cfg)
-            if not shared and cfg.clustermac in self.link.multicast_macs(cfg.interface):
-                self.link.del_multicast(cfg.interface, cfg.clustermac)
+            if not shared:
+                detach_mac(self.link, cfg)
             if self.added_addr and self.link.has_address(cfg.interface, cfg.vip):
                 self.link.del_address(cfg.interface, cfg.vip, cfg.prefixlen)
         finally:

@@ -86,7 +86,9 @@ class XdpVip:
         bad = [p for p in self.dports if not 1 <= p <= 65535]
         if bad:
             raise ConfigError(f"bad destination port {bad[0]}: expected a number from 1 to 65535")
-        parse_mac(self.clustermac)
+        # Any cluster MAC a MAC mode allows: multicast (multicast, igmp) or unicast (unicast).
+        unicast = self.clustermac[:2].lower() in {f"{b:02x}" for b in range(0, 256, 2)}
+        parse_mac(self.clustermac, "unicast" if unicast else "multicast")
         for p in self.owned_protos:
             if p not in PROTO_BITS:
                 raise ConfigError(f"bad owned protocol {p!r}: allowed are tcp, udp, sctp")

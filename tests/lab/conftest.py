@@ -68,9 +68,17 @@ def _labs(namer: Callable[[], str]) -> Iterator[MakeLab]:
     built: list[Lab] = []
 
     def make(
-        nodes: int = 3, clients: int = 10, servers: bool = True, ipv6: bool = False, **kwargs: Any
+        nodes: int = 3,
+        clients: int = 10,
+        servers: bool = True,
+        ipv6: bool = False,
+        *,
+        snooping: bool = False,
+        router: bool = False,
+        **kwargs: Any,
     ) -> Lab:
-        lab = Lab.build(LabTopo(namer(), nodes, clients, ipv6), servers=servers, **kwargs)
+        topo = LabTopo(namer(), nodes, clients, ipv6, snooping=snooping, router=router)
+        lab = Lab.build(topo, servers=servers, **kwargs)
         built.append(lab)
         return lab
 
@@ -81,8 +89,8 @@ def _labs(namer: Callable[[], str]) -> Iterator[MakeLab]:
 
 @pytest.fixture
 def make_lab(new_lab_name: Callable[[], str]) -> Iterator[MakeLab]:
-    """make_lab(nodes=3, clients=10, servers=True, ipv6=False) -> a built Lab, torn down after
-    the test."""
+    """make_lab(nodes=3, clients=10, servers=True, ipv6=False, snooping=False, router=False)
+    -> a built Lab (clusterip.lab.topo), torn down after the test."""
     yield from _labs(new_lab_name)
 
 

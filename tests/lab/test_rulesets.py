@@ -7,6 +7,7 @@ Each golden file (tests/golden/render) is loaded with `nft -f` in a private name
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -55,10 +56,15 @@ def test_golden_ruleset_loads(netns: str, path: Path) -> None:
     done = nft(netns, "-f", str(path))
     assert done.returncode == 0, done.stderr
     listing = nft(netns, "list", "ruleset").stdout
-    name = "clusterip_2001_db8__10" if path.name.startswith("v6-") else "clusterip_198_18_0_100"
+    text = path.read_text()
+    name = re.search(r"netdev (clusterip_\S+)", text).group(1)  # type: ignore[union-attr]
+    mac = re.search(r" mac=([0-9a-f]{12}) ", text)
     assert f"table netdev {name}" in listing
     if path.name.startswith("v6-"):  # the ND rewrite, as tests/unit/test_ipv6.py renders it
-        assert f"table ip6 {name}" in listing and "@th,208,48 set 0x3b600000010" in listing
+        assert f"table ip6 {name}" in listing
+        assert mac is not None and f"@th,208,48 set 0x{int(mac.group(1), 16):x}" in listing
+    if "mm=unicast" in text and not path.name.startswith("v6-"):  # ARP to the shared MAC
+        assert "ether daddr 02:bf:c6:12:00:64 meta pkttype set host accept" in listing
     if "flags owner" in path.read_text():
         # `nft -f` exits at once: its live table goes with it, as an agent's does.
         assert f"table inet {name}" not in listing

@@ -67,6 +67,8 @@ UP = ["up", "--vip", VIP, "--interface", "eth0", "--total-nodes", "3", "--local-
         (["--seed", "0xnothex"], "0xnothex"),
         (["--protocol", "icmp"], "icmp"),
         (["--dport", "99999"], "99999"),
+        (["--mac-mode", "anycast"], "anycast"),
+        (["--mac-mode", "unicast", "--clustermac", "03:bf:00:00:00:01"], "03:bf:00:00:00:01"),
     ],
 )
 def test_bad_input_one_line_exit_2_no_change(ns: Ns, args: list[str], named: str) -> None:

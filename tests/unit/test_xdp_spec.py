@@ -68,7 +68,8 @@ def test_from_config_takes_the_hash_fields() -> None:
         ({"seed": 1 << 32}, "bad seed"),
         ({"protocol": "icmp"}, "bad protocol 'icmp'"),
         ({"dports": (0,)}, "bad destination port 0"),
-        ({"clustermac": "02:00:00:00:00:01"}, "must be a multicast MAC"),
+        ({"clustermac": "ff:ff:ff:ff:ff:ff"}, "the broadcast MAC is not allowed"),
+        ({"clustermac": "00:00:00:00:00:00"}, "the all-zero MAC"),
         ({"owned_protos": ("icmp",)}, "bad owned protocol 'icmp'"),
     ],
 )
