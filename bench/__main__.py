@@ -132,7 +132,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "started": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "command": " ".join(["python -m bench", *map(shlex.quote, argv)]),
-        "params": {k: v for k, v in vars(args).items() if k not in ("out", "docs", "only")},
+        "params": {
+            k: v for k, v in vars(args).items() if k not in ("out", "docs", "only", "command")
+        },
     }
     if os.geteuid() != 0:
         sys.exit("python -m bench: needs root (it builds network namespaces)")
@@ -279,9 +281,10 @@ def run_agent_benches(args: argparse.Namespace) -> None:
     run_agent_costs(args, out)
 
 
-def with_load(path: Any, measure: Any) -> None:
+def with_load(args: argparse.Namespace, path: Any, measure: Any) -> None:
     """Run `measure()` (which writes the JSON file `path`), then add to that file the machine's
-    load average at the start and the end and how busy the CPUs were meanwhile."""
+    load average at the start and the end, how busy the CPUs were meanwhile, and the command
+    of this run (`python -m bench ...`)."""
     from bench import procstat
 
     load0, tot0 = procstat.loadavg(), procstat.cpu_totals()
@@ -291,6 +294,7 @@ def with_load(path: Any, measure: Any) -> None:
         "loadavg": [load0, procstat.loadavg()],
         "machine_busy": round(procstat.busy_share(tot0, procstat.cpu_totals()), 3),
     }
+    data["run_by"] = args.command
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -301,14 +305,16 @@ def run_agent_costs(args: argparse.Namespace, out: Any) -> None:
         from bench import idlecpu
 
         path = out / "idlecpu.json"
-        with_load(path, lambda: idlecpu.run(args.idle_nodes, args.idle_seconds, path, log=log))
+        with_load(
+            args, path, lambda: idlecpu.run(args.idle_nodes, args.idle_seconds, path, log=log)
+        )
     if "flood" in args.parts:
         from bench import flood
 
         log("a hostile flood: forged heartbeats at one agent, beside it idle")
         path = out / "flood.json"
         with_load(
-            path, lambda: flood.run(args.flood_rate, args.flood_seconds, False, path, log=log)
+            args, path, lambda: flood.run(args.flood_rate, args.flood_seconds, False, path, log=log)
         )
     if "corecost" in args.parts:
         from bench import corecost
@@ -322,24 +328,27 @@ def run_agent_costs(args: argparse.Namespace, out: Any) -> None:
             path.write_text(json.dumps(cc, indent=2) + "\n")
             log(corecost.table(cc["rows"]))
 
-        with_load(path, core)
+        with_load(args, path, core)
     if "partition" in args.parts:
         from bench import partition
 
         log("partitions that heal: clusterip beside keepalived VRRP")
         path = out / "partition.json"
-        with_load(path, lambda: partition.run(args.partitions, path, log=log))
+        with_load(args, path, lambda: partition.run(args.partitions, path, log=log))
     if "ipv6" in args.parts:
         from bench import ipv6
 
         log("IPv6 beside IPv4: throughput and failover")
         path = out / "ipv6.json"
-        with_load(path, lambda: ipv6.run(args.ipv6_rounds, 3.0, args.ipv6_kills, path, log=log))
+        with_load(
+            args, path, lambda: ipv6.run(args.ipv6_rounds, 3.0, args.ipv6_kills, path, log=log)
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    args.command = " ".join(["python -m bench", *map(shlex.quote, argv)])
     raw = os.path.join(args.out, "results.json")
     if args.report_only:
         with open(raw) as fh:

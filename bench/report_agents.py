@@ -39,7 +39,8 @@ def load_line(data: dict[str, Any]) -> str:
     if not load:
         return ""
     a, b = load["loadavg"]
-    return (
+    by = f"\nProduced by `{data['run_by']}`.\n" if data.get("run_by") else ""
+    return by + (
         f"\nMachine load during this part: load average (1, 5, 15 min) {a['1m']:.2f} "
         f"{a['5m']:.2f} {a['15m']:.2f} at the start, {b['1m']:.2f} {b['5m']:.2f} "
         f"{b['15m']:.2f} at the end; both CPUs {load['machine_busy']:.0%} busy on average.\n"
@@ -100,6 +101,19 @@ def ipv6_section(data: dict[str, Any]) -> str:
     return text
 
 
+PARTITION = (
+    "Each system serves one VIP from 3 nodes to 40 client addresses (long-lived TCP "
+    "connections, UDP flows, new connections all along) while one node is cut off for {s:g} s, "
+    "then healed; the partitions alternate between *cut* (the node's switch port down) and "
+    "*split* (only heartbeats, or VRRP adverts, dropped in the switch: clients still reach "
+    "every node). clusterip cuts node 3; VRRP (keepalived, default timers, preemption) cuts its "
+    "master, the only node that serves. *heal → all answered once*: from the heal until every "
+    "client's UDP flow is answered by exactly one node again; *broken on untouched nodes*: "
+    "long-lived connections of nodes the partition did not touch (VRRP: the backups, which hold "
+    "the connections opened while the master was away). `bench/partition.py`.\n\n"
+)
+
+
 def agent_section(key: str, data: dict[str, Any] | None) -> str:
     """An external part's section: the special renderings, else the generic table."""
     if data is None or "error" in data:
@@ -108,6 +122,12 @@ def agent_section(key: str, data: dict[str, Any] | None) -> str:
         text = corecost_section(data)
     elif key == "ipv6":
         text = ipv6_section(data)
+    elif key == "partition":
+        return (
+            PARTITION.format(s=data.get("seconds", 5.0))
+            + external_section(key, data)
+            + (load_line(data))
+        )
     else:
         return external_section(key, data) + load_line(data)
     if data.get("command"):

@@ -147,7 +147,8 @@ def external_section(key: str, data: dict[str, Any] | None) -> str:
         )
     if "error" in data:
         return f"**Error:** {data['error']}\n"
-    text = data.get("summary", "") + "\n\n" if data.get("summary") else ""
+    summary = data.get("summary")
+    text = summary + "\n\n" if isinstance(summary, str) and summary else ""
     if key == "failover" and "p50_ms" in data:
         text += table(
             [
