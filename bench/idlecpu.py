@@ -88,22 +88,26 @@ def one_size(n: int, seconds: float, log: Log) -> dict[str, Any]:
                 began = time.monotonic()
                 for k in nodes:
                     agents.start(k)
+                error = None
                 try:
                     agents.wait_converged(nodes, timeout=converge_timeout(n))
-                except AgentError as exc:
-                    took = time.monotonic() - began
-                    first = str(exc).splitlines()[0]
-                    log(f"  {n} agents did not converge in {took:.0f} s: {first}")
-                    return {"nodes": n, "converged": False, "start_s": round(took, 1),
-                            "error": first[:500]}  # fmt: skip
+                except AgentError as exc:  # measured all the same, and said so
+                    error = str(exc).splitlines()[0][:500]
                 start_s = time.monotonic() - began
-                log(f"  {n} agents converged in {start_s:.1f} s; idle for {seconds:g} s")
+                if error:
+                    log(f"  {n} agents did not converge in {start_s:.0f} s: {error[:200]}")
+                    log(f"  measuring them as they are for {seconds:g} s")
+                else:
+                    log(f"  {n} agents converged in {start_s:.1f} s; idle for {seconds:g} s")
                 time.sleep(2.0)  # the status polls of wait_converged are over
                 m = measure_idle(agents, nodes, seconds)
                 ok = still_converged(agents, nodes)
             finally:
                 agents.stop_all()
-    return summarize(n, seconds, start_s, m, ok)
+    r = summarize(n, seconds, start_s, m, ok)
+    if error:
+        r["converged"], r["error"] = False, error
+    return r
 
 
 def summarize(
@@ -149,16 +153,19 @@ COLUMNS = ["agents", "heartbeats heard per agent", "CPU per agent: median", "max
 def rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
     out = []
     for r in results:
-        if not r.get("converged"):
+        if "cpu_percent" not in r:
             out.append([str(r["nodes"]), "-", f"did not converge in {r['start_s']} s", "-",
                         target_cell(r), "-", "-", "-", "-", "-"])  # fmt: skip
             continue
         c = r["cpu_percent"]
+        after = "yes" if r["converged_after"] else "**no**"
+        if not r.get("converged", True):
+            after = f"**never converged** (waited {r['start_s']} s)"
         la = r["loadavg"]
         out.append([
             str(r["nodes"]), f"{r['heartbeats_heard_per_s']:g}/s", f"{c['median']:.2f}%",
             f"{c['max']:.2f}%", target_cell(r), f"{r['us_per_heartbeat_heard']}",
-            str(r["false_alarms"]), "yes" if r["converged_after"] else "**no**",
+            str(r["false_alarms"]), after,
             f"{r['machine_busy']:.0%}",
             f"{procstat.load_text(la[0])} → {procstat.load_text(la[1])}",
         ])  # fmt: skip

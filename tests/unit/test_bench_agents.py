@@ -112,10 +112,12 @@ def test_idlecpu_summary_and_rows() -> None:
     r32 = idlecpu.summarize(32, 60.0, 40.0, measured({k: 5.0 for k in range(1, 33)}, 1), False)
     assert r32["target_percent"] is None and r32["met"] is None and r32["false_alarms"] == 32
     failed = {"nodes": 64, "converged": False, "start_s": 148.0, "error": "x"}
-    rows = idlecpu.rows([r, r32, failed])
+    never = {**r32, "converged": False, "start_s": 91.0}
+    rows = idlecpu.rows([r, r32, failed, never])
     assert rows[0][2] == "0.90%" and "not met" in rows[0][4] and rows[0][6] == "0"
     assert rows[1][4] == "(none set)" and rows[1][7] == "**no**"
     assert "did not converge in 148.0 s" in rows[2][2]
+    assert rows[3][2] == "5.00%" and "never converged** (waited 91.0 s)" in rows[3][7]
     assert all(len(row) == len(idlecpu.COLUMNS) for row in rows)
 
 
