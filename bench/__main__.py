@@ -355,8 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = json.load(fh)
     else:
         try:
+            began = time.time()
             results = run(args, argv)
             run_agent_benches(args)
+            results["duration_s"] = round(time.time() - began, 1)
         except KeyboardInterrupt:
             log("interrupted: the lab was torn down, no report written")
             return 130

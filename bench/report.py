@@ -447,6 +447,9 @@ def write(results: dict[str, Any], docs: str, out_dir: str) -> list[str]:
         old = {}
     for key, value in old.items():
         doc.setdefault(key, value)
+    for key, value in old.get("external", {}).items():
+        if doc["external"].get(key, {"status": "pending"}) == {"status": "pending"}:
+            doc["external"][key] = value
     with open(page, "w") as fh:
         fh.write(render_page(results, figs, external, previous))
     with open(summary, "w") as fh:
