@@ -110,7 +110,9 @@ PARTITION = (
     "master, the only node that serves. *heal → all answered once*: from the heal until every "
     "client's UDP flow is answered by exactly one node again; *broken on untouched nodes*: "
     "long-lived connections of nodes the partition did not touch (VRRP: the backups, which hold "
-    "the connections opened while the master was away). `bench/partition.py`.\n\n"
+    "the connections opened while the master was away); *VIP unreachable before the partition*: "
+    "the clients could not open their connections when the partition was to begin (counted, "
+    "not measured). `bench/partition.py`.\n\n"
 )
 
 
