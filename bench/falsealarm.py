@@ -141,14 +141,6 @@ def run(seconds: float, out: Path, log: Callable[[str], None] = print) -> dict[s
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    idle_cpu = {
-        "summary": "CPU use of the busiest of 3 idle agents (default timing: a heartbeat every "
-        f"{DEFAULT_INTERVAL_MS} ms), from /proc/PID/stat over {seconds:g} s.",
-        "columns": ["agents", "heartbeat", "CPU of one agent"],
-        "rows": [[3, f"{DEFAULT_INTERVAL_MS} ms", f"{idle['agent_cpu_percent']}%"]],
-        "command": result["command"],
-    }
-    (out.parent / "agent_idle.json").write_text(json.dumps(idle_cpu, indent=2) + "\n")
     return result
 
 

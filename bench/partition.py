@@ -149,11 +149,23 @@ def vrrp_runs(n: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
         vrrp.wait_holder(lab, 1, timeout=20)
         for i in range(n):
             kind = list(KINDS)[i % len(KINDS)]
-            row = {**_row(vrrp_once(lab, kind)), "kind": kind}
+            try:
+                row = {**_row(vrrp_once(lab, kind)), "kind": kind}
+            except RuntimeError as exc:  # the clients could not even connect: counted, not fatal
+                row = unreachable(kind, str(exc))
             rows.append(row)
             log(f"VRRP partition {i + 1}/{n} ({kind}): {_line(row)}")
             time.sleep(1.0)
+            if row.get("error"):
+                time.sleep(5.0)  # a little longer for VRRP to settle before the next one
     return rows
+
+
+def unreachable(kind: str, error: str) -> dict[str, Any]:
+    """A partition whose clients could not connect to the VIP before it even began."""
+    return {"kind": kind, "heal_to_all_answered_s": None, "udp_doubles": 0,
+            "udp_lost_in_fault": 0, "longest_outage_s": 0.0, "untouched_broken": 0,
+            "new_failed": 0, "held": {}, "error": error[:300]}  # fmt: skip
 
 
 def _seconds(x: float | None) -> str:
@@ -161,6 +173,8 @@ def _seconds(x: float | None) -> str:
 
 
 def _line(r: dict[str, Any]) -> str:
+    if r.get("error"):
+        return f"VIP unreachable before the partition: {r['error']}"
     return (
         f"all answered once {_seconds(r['heal_to_all_answered_s'])} after the heal, "
         f"{r['udp_doubles']} UDP doubles, {r['untouched_broken']} broken on untouched nodes, "
@@ -177,6 +191,7 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "heal_p50_s": round(statistics.median(known), 3) if known else None,
         "heal_max_s": round(max(known), 3) if known and not never else None,
         "heal_never": never,  # partitions after which some client was never answered once
+        "unreachable": sum(1 for r in rows if r.get("error")),  # clients could not connect
         "udp_doubles": sum(r["udp_doubles"] for r in rows),
         "untouched_broken": sum(r["untouched_broken"] for r in rows),
         "new_failed": sum(r["new_failed"] for r in rows),
@@ -186,7 +201,12 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _heal(agg: dict[str, Any]) -> str:
     if agg["heal_never"]:
-        return f"never in {agg['heal_never']} of {agg['partitions']}"
+        text = f"never in {agg['heal_never']} of {agg['partitions']}"
+        if agg.get("unreachable"):
+            text += f" ({agg['unreachable']} of them: VIP unreachable before the partition)"
+        if agg["heal_p50_s"] is not None:
+            text += f"; p50 of the others {agg['heal_p50_s']} s"
+        return text
     return f"{agg['heal_p50_s']} s / {agg['heal_max_s']} s"
 
 
