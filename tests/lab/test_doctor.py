@@ -3,7 +3,7 @@
 A healthy cluster first (no FAIL, node and client), then one fault per test: a wrong seed on
 one node, the cluster MAC missing from a node's filter, another host holding the VIP, rp_filter
 dropping the clients' packets, a router refusing the multicast MAC, an agent with another
-configuration (a foreign-fingerprint peer).
+configuration (a foreign-fingerprint peer), an agent started with another node's id.
 """
 
 from __future__ import annotations
@@ -154,3 +154,24 @@ def test_a_foreign_fingerprint_peer(
     )
     code, checks = doctor(lab, "n3")  # the odd one knows it too
     assert any("passive" in c["message"] for c in failed(checks)), failed(checks)
+
+
+def test_a_duplicate_node_id(make_lab: MakeLab, tmp_path: Path, agents: list[Agents]) -> None:
+    """A third agent started with node 2's id: node 2 hears its own id from another address,
+    and doctor there names it. The newer incarnation of an id wins (as a restarted agent's
+    does), so node 2 also reports itself passive, for that reason."""
+    lab = make_lab(nodes=3, clients=10)
+    a = start_agents(lab, tmp_path, agents, [1, 2])
+    a.start(3, args=("--node-id", "2"))
+    a.wait_for(
+        lambda: any(r["cause"] == "duplicate_node_id" for r in a.vip_status(2)["refused"]),
+        "node 2 to hear its id from another address",
+    )
+    code, checks = doctor(lab, "n2")
+    bad = {c["name"]: c for c in failed(checks)}
+    vip = lab.topo.vip
+    assert code == 2 and set(bad) == {f"{vip} peers", f"{vip} agent"}, bad
+    c = bad[f"{vip} peers"]
+    assert "duplicate node id: node 2 (198.18.0.3)" in c["message"], c
+    assert c["fix"] == "give every node its own --node-id", c
+    assert "node id 2 is also used by 198.18.0.3" in bad[f"{vip} agent"]["message"], bad
