@@ -47,6 +47,7 @@ from clusterip.core.wire import (
     MsgType,
     NodeState,
     Rejected,
+    Replay,
     Restart,
     authenticate,
     config_fields,
@@ -207,6 +208,9 @@ class PeerTable:
         if header.node_id == self.node_id:
             if header.incarnation != self.incarnation:
                 self._same_id(header.incarnation, src, header.interval_ms, now)
+            else:  # the transport never loops our own datagrams back: reflected or replayed
+                why = f"our own message (incarnation {header.incarnation}) sent back to us"
+                self._refuse(Replay(why, header), src, now, self.node_id)
             return None
         try:
             fresh = self.guard.admit(header.node_id, header.incarnation, header.seq, now)

@@ -67,6 +67,18 @@ def test_the_fast_path_still_authenticates_and_checks_the_sequence() -> None:
     assert t.peers[2].last_heard == 0.0 and not t.changed
 
 
+def test_our_own_heartbeat_sent_back_is_a_replay_and_changes_nothing() -> None:
+    """The transport never loops our datagrams back (IP_MULTICAST_LOOP 0): one of ours that
+    arrives is reflected or replayed, counted as a replay, and taken for nothing. Another
+    incarnation of our id is a duplicate node id, as before."""
+    t = table()
+    t.served = True
+    assert t.receive(hb(9, node=US, inc=OURS), "10.0.0.77", 0.0) is None
+    assert t.refusals.stats.as_dict()["replay"] == 1 and not t.changed and US not in t.peers
+    t.receive(hb(1, node=US, inc=OURS - 1), "10.0.0.77", 0.01)
+    assert t.refusals.stats.as_dict()["duplicate_node_id"] == 1
+
+
 def test_a_heartbeat_that_changes_only_what_we_hear_ourselves_decides_nothing() -> None:
     """Node 2's ack of node 3 ages: we hear node 3 directly (it acks us), so nothing a full
     tick decides can change; what node 2 relays is kept up to date all the same."""
