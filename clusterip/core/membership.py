@@ -625,10 +625,15 @@ class Membership:
         return p.status
 
     def _losing_us(self, p: Peer) -> bool:
+        """The other node of a two-node view has not heard us for a detection time less two
+        intervals (as `_quiet_threshold` judges our own silence): it takes our buckets one
+        interval or two from now. Not sooner: a loop step or two of delay on either side (a
+        takeover's nft transaction) must not make us drop everything for a heartbeat."""
+        interval = self.params.interval
         return (
             len(p.members) == 2
             and p.acks_us
-            and p.our_age >= 2 * self.params.interval
+            and p.our_age >= max(2 * interval, self.params.dead_after - 2 * interval)
             and {n for n, _w in p.members} == {p.node_id, self.node_id}
         )
 

@@ -240,6 +240,30 @@ def test_one_way_loss_in_two_nodes_the_unheard_one_steps_back() -> None:
     assert bad == []
 
 
+def test_two_nodes_a_short_silence_is_no_reason_to_step_back() -> None:
+    """Found in the lab: right after a third node's death, a takeover's nft transaction kept
+    one survivor from hearing the other for a little over two intervals; its heartbeat said
+    so, and the other dropped all its buckets for a heartbeat (new connections timed out).
+    Stepping back waits until a takeover could really be near: a detection time less two
+    intervals of silence (the node takes over at a full detection time)."""
+    sim = build(3, params=P)
+    rng = random.Random(6)
+    with_clients(sim, ready(P), rng)
+    sim.crash(3)
+    with_clients(sim, sim.clock.now() + settle(P), rng)
+    before = shares(sim)
+    assert sorted(before) == [1, 2] and sum(map(len, before.values())) == P.buckets
+    a, b = sim.nodes[2].address, sim.nodes[1].address
+    sim.network.cut(a, b)  # node 1 does not hear node 2 for 2.5 intervals
+    end = sim.clock.now() + 2.5 * P.interval
+    while sim.clock.now() < end:
+        sim.run_for(0.005)
+        assert shares(sim) == before
+    sim.network.cut(a, b, on=False)
+    with_clients(sim, sim.clock.now() + settle(P), rng)
+    assert shares(sim) == before and sim.violations == [] and sim.problems() == []
+
+
 def _capture(sim: Simulation, seconds: float) -> list[bytes]:
     """Real datagrams of the cluster, as a recorder on the segment would keep them."""
     got: list[bytes] = []
