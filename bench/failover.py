@@ -1,6 +1,6 @@
 """Failover time: kill -9 an agent N times, measure how long its clients go unserved.
 
-    python -m bench.failover [--kills 20] [--out bench/out/failover.json]
+    python -m bench.failover [--kills 20] [--xdp auto,off] [--out bench/out/failover.json]
 
 A 3-node agent cluster in the lab (hashmode sourceip, so each client address has one owner),
 clients on 30 addresses requesting all the time (a new TCP connection every ~20 ms each). For
@@ -8,7 +8,9 @@ every kill: the orphaned clients are those whose last answer before the kill cam
 victim; each one's failover time runs from the kill to its first answered request after it.
 Reported: p50, p99 and max over all orphaned clients of all kills, beside the configured
 detection time (heartbeat interval x tolerance). The victim is restarted and the cluster left
-to converge before the next kill.
+to converge before the next kill. Run once per `--xdp` mode of the agents (default: the XDP
+pre-filter as shipped, `auto`, then nft alone, `off`), in the same invocation; the JSON's top
+level is the first mode's, `modes` has each.
 """
 
 from __future__ import annotations
@@ -146,7 +148,22 @@ def one_kill(lab: Lab, agents: Agents, feed: Feed, victim: int) -> dict[str, Any
     }
 
 
-def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
+XDP_MODES = ("auto", "off")
+
+
+def run(
+    kills: int, out: Path, log: Any = print, xdp_modes: Sequence[str] = XDP_MODES
+) -> dict[str, Any]:
+    """One run per XDP mode, side by side; written to `out` (the first mode's at the top)."""
+    modes = {m: run_mode(kills, m, log) for m in xdp_modes}
+    first = modes[xdp_modes[0]]
+    summary = {**first, "modes": modes}
+    summary["command"] = f"python -m bench.failover --kills {kills} --xdp {','.join(xdp_modes)}"
+    write(out, summary)
+    return summary
+
+
+def run_mode(kills: int, xdp: str, log: Any = print) -> dict[str, Any]:
     detection_ms = DEFAULT_INTERVAL_MS * DEFAULT_TOLERANCE
     results = []
     with tempfile.TemporaryDirectory(prefix="clusterip-failover-") as tmp:
@@ -154,7 +171,7 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
         write_key(keyfile)
         with bench_lab(3, CLIENTS, log) as lab:
             lab.start_servers()
-            agents = Agents(lab, keyfile, "--hashmode", "sourceip")
+            agents = Agents(lab, keyfile, "--hashmode", "sourceip", "--xdp", xdp)
             try:
                 for k in lab.topo.node_indexes:
                     agents.start(k)
@@ -166,8 +183,8 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
                     kill_log.append((1 + i % 3, time.time()))
                     r = one_kill(lab, agents, feed, 1 + i % 3)
                     log(
-                        f"kill {i + 1}/{kills} of {r['victim']}: {r['recovered']}/{r['orphans']} "
-                        f"orphaned clients back, max "
+                        f"xdp {xdp}: kill {i + 1}/{kills} of {r['victim']}: "
+                        f"{r['recovered']}/{r['orphans']} orphaned clients back, max "
                         f"{max(r['times'], default=0) * 1000:.0f} ms"
                     )
                     results.append(r)
@@ -178,7 +195,8 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
             finally:
                 agents.stop_all()
     detections = [r["detected"] for r in results if r["detected"] is not None]
-    summary = {
+    return {
+        "xdp": xdp,
         "kills": kills,
         **client_times(results),
         "detection_ms": detection_ms,
@@ -194,27 +212,36 @@ def run(kills: int, out: Path, log: Any = print) -> dict[str, Any]:
             "adds the clients' retry granularity (a new connection every ~50 ms, 100 ms timeout)."
         ),
         "kills_detail": results,
-        "command": f"python -m bench.failover --kills {kills}",
     }
-    write(out, summary)
-    return summary
 
 
 def main(argv: Sequence[str] = ()) -> int:
     ap = argparse.ArgumentParser(prog="bench.failover")
     ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument(
+        "--xdp",
+        default=",".join(XDP_MODES),
+        help="the agents' --xdp modes, one run each (comma-separated; default: auto,off)",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/out/failover.json"))
     args = ap.parse_args(argv)
-    s = run(args.kills, args.out)
-    print(
-        f"failover over {s['kills']} kills, {s['recovered_clients']}/{s['orphaned_clients']} "
-        f"orphaned clients: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, max {s['max_ms']} ms "
-        f"(detection configured: {s['detection_ms']} ms, measured kill -> first survivor's "
-        f"verdict p50 {s['detection_p50_ms']} ms, max {s['detection_max_ms']} ms); requests of "
-        f"other clients that failed meanwhile: {s['other_clients_failed_requests']}; false "
-        f"alarms: {s['false_alarms']}"
-    )
-    return 0 if s["recovered_clients"] == s["orphaned_clients"] else 1
+    modes = [m.strip() for m in args.xdp.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("auto", "on", "off")]
+    if bad or not modes:
+        ap.error(f"bad --xdp {args.xdp!r}: allowed are auto, on, off (comma-separated)")
+    summary = run(args.kills, args.out, xdp_modes=modes)
+    for s in summary["modes"].values():
+        print(
+            f"xdp {s['xdp']}: failover over {s['kills']} kills, "
+            f"{s['recovered_clients']}/{s['orphaned_clients']} orphaned clients: p50 "
+            f"{s['p50_ms']} ms, p99 {s['p99_ms']} ms, max {s['max_ms']} ms (detection "
+            f"configured: {s['detection_ms']} ms, measured kill -> first survivor's verdict p50 "
+            f"{s['detection_p50_ms']} ms, max {s['detection_max_ms']} ms); requests of other "
+            f"clients that failed meanwhile: {s['other_clients_failed_requests']}; false alarms: "
+            f"{s['false_alarms']}"
+        )
+    back = all(s["recovered_clients"] == s["orphaned_clients"] for s in summary["modes"].values())
+    return 0 if back else 1
 
 
 if __name__ == "__main__":

@@ -139,6 +139,9 @@ def control_section(results: dict[str, Any]) -> str:
     return table(["one ownership change (one nft transaction)", "ms, median (min–max)"], rows)
 
 
+XDP_LABEL = {"auto": "auto (XDP pre-filter, as shipped)", "off": "off (nft alone)", "on": "on"}
+
+
 def external_section(key: str, data: dict[str, Any] | None) -> str:
     title, name = EXTERNAL[key]
     if data is None:
@@ -151,8 +154,10 @@ def external_section(key: str, data: dict[str, Any] | None) -> str:
     summary = data.get("summary")
     text = summary + "\n\n" if isinstance(summary, str) and summary else ""
     if key == "failover" and "p50_ms" in data:
+        modes = data.get("modes") or {data.get("xdp", "auto"): data}
         text += table(
             [
+                "agents' --xdp",
                 "kills",
                 "orphaned clients back",
                 "configured detection",
@@ -160,17 +165,21 @@ def external_section(key: str, data: dict[str, Any] | None) -> str:
                 "p99",
                 "max",
                 "other clients' failed requests",
+                "false alarms",
             ],
             [
                 [
-                    data.get("kills"),
-                    f"{data.get('recovered_clients')} / {data.get('orphaned_clients')}",
-                    f"{data.get('detection_ms')} ms",
-                    f"{data.get('p50_ms')} ms",
-                    f"{data.get('p99_ms')} ms",
-                    f"{data.get('max_ms')} ms",
-                    data.get("other_clients_failed_requests"),
+                    XDP_LABEL.get(str(mode), str(mode)),
+                    d.get("kills"),
+                    f"{d.get('recovered_clients')} / {d.get('orphaned_clients')}",
+                    f"{d.get('detection_ms')} ms",
+                    f"{d.get('p50_ms')} ms",
+                    f"{d.get('p99_ms')} ms",
+                    f"{d.get('max_ms')} ms",
+                    d.get("other_clients_failed_requests"),
+                    d.get("false_alarms"),
                 ]
+                for mode, d in modes.items()
             ],
         )
     if key == "vrrp" and "p50_ms" in data:

@@ -60,12 +60,12 @@ class FakeSockets:
 
 
 def snapshot(sockets: Iterable[Sock]) -> list[TcpFlow]:
-    """The `mine` set's keys for this node's sockets on the VIP: every flow it has, whatever
-    its bucket (only the buckets that check flows ever look at the set, and a bucket that
-    starts to check gets a fresh snapshot; hashing each flow in Python to leave some out would
-    cost more than nft spends adding them). TIME_WAIT included: the last packets of a closed
-    flow belong to this node too."""
-    return [(s.raddr, s.rport, s.lport) for s in sockets]
+    """The `mine` set's keys for this node's sockets on the VIP: every live flow it has,
+    whatever its bucket (only the buckets that check flows ever look at the set, and a bucket
+    that starts to check gets a fresh snapshot; hashing each flow in Python to leave some out
+    would cost more than nft spends adding them). TIME_WAIT left out (the kernel does not even
+    send them, see clusterip.sockdiag): the flow is over, and there are many."""
+    return [(s.raddr, s.rport, s.lport) for s in sockets if not s.over]
 
 
 def _bucket(cfg: VipConfig, modulus: int, src: str, sport: int, dport: int) -> int:

@@ -1,8 +1,11 @@
 """This node's TCP sockets on one local address, read through sock_diag netlink (inet_diag).
 
-The kernel filters by local address (an inet_diag bytecode condition), so only the VIP's
-sockets cross netlink: connections in every state that carries a flow (established, SYN_RECV
-request sockets, FIN_WAIT*, CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT), never listeners.
+The kernel filters by local address (an inet_diag bytecode condition) and by state, so only
+the VIP's live connections cross netlink: established, SYN_RECV request sockets, FIN_WAIT*,
+CLOSE_WAIT, LAST_ACK, CLOSING; never listeners, and TIME_WAIT only when asked for
+(`LINGERING_STATES`). A busy service has far more TIME_WAIT sockets than live ones (600 new
+connections a second leave 36,000 for 60 s): read and kept in the `mine` set, they made every
+move's nft transaction 40-50 ms and the agent's loop late for its heartbeats (bench.failover).
 
 Why not pyroute2's `DiagSocket`: it has no bytecode filter and decodes each message into
 dicts, about 40-80 us a socket (10,000 sockets: 0.4-0.8 s, measured). This reads the fixed
@@ -30,7 +33,10 @@ INET_DIAG_BC_S_COND = 7  # local ("source") address/port condition
 # include/net/tcp_states.h
 ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, TIME_WAIT = 1, 2, 3, 4, 5, 6
 CLOSE, CLOSE_WAIT, LAST_ACK, LISTEN, CLOSING, NEW_SYN_RECV = 7, 8, 9, 10, 11, 12
-FLOW_STATES = (1 << 13) - 1 & ~((1 << LISTEN) | (1 << CLOSE))
+# The states a flow's packets may still come in, TIME_WAIT left out: its flow is over (a lost
+# final ACK costs the client a retransmitted FIN, never data).
+FLOW_STATES = (1 << 13) - 1 & ~((1 << LISTEN) | (1 << CLOSE) | (1 << TIME_WAIT))
+LINGERING_STATES = FLOW_STATES | 1 << TIME_WAIT
 STATE_NAMES = {
     ESTABLISHED: "established",
     SYN_SENT: "syn-sent",
@@ -65,11 +71,11 @@ class Sock(NamedTuple):
         return self.state == TIME_WAIT
 
 
-def request(local: Address, seq: int = 1) -> bytes:
-    """A SOCK_DIAG_BY_FAMILY dump request for TCP sockets bound to `local`."""
+def request(local: Address, seq: int = 1, states: int = FLOW_STATES) -> bytes:
+    """A SOCK_DIAG_BY_FAMILY dump request for TCP sockets bound to `local` in `states`."""
     family = socket.AF_INET if local.version == 4 else socket.AF_INET6
     # struct inet_diag_req_v2: family, protocol, ext, pad, states, then a zeroed sockid.
-    req = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, FLOW_STATES) + bytes(48)
+    req = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, states) + bytes(48)
     # struct inet_diag_hostcond {u8 family; u8 prefix_len; int port (-1: any); addr}
     cond = struct.pack("=BBxxi", family, local.max_prefixlen, -1) + local.packed
     size = 4 + len(cond)
@@ -109,12 +115,13 @@ def parse(data: bytes, out: list[Sock]) -> bool:
     return False
 
 
-def tcp_sockets(local: Address) -> list[Sock]:
-    """The TCP sockets of this network namespace whose local address is `local`."""
+def tcp_sockets(local: Address, states: int = FLOW_STATES) -> list[Sock]:
+    """The TCP sockets of this network namespace whose local address is `local`, in `states`
+    (a bit mask of tcp_states.h; default: the live ones, TIME_WAIT left out)."""
     out: list[Sock] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV)
-        sock.sendall(request(local))
+        sock.sendall(request(local, states=states))
         while not parse(sock.recv(_RECV), out):
             pass
     return out

@@ -14,7 +14,10 @@ import pytest
 from clusterip.flows import snapshot
 from clusterip.sockdiag import (
     ESTABLISHED,
+    FIN_WAIT2,
     FLOW_STATES,
+    LAST_ACK,
+    LINGERING_STATES,
     LISTEN,
     NLMSG_DONE,
     NLMSG_ERROR,
@@ -50,7 +53,10 @@ def test_request_asks_for_flows_on_the_vip_only() -> None:
     family, proto, _ext, states = struct.unpack_from("=BBBxI", data, 16)
     assert (family, proto) == (socket.AF_INET, socket.IPPROTO_TCP)
     assert states == FLOW_STATES and not states & (1 << LISTEN)
-    assert states & (1 << TIME_WAIT) and states & (1 << SYN_RECV)
+    assert states & (1 << SYN_RECV) and states & (1 << LAST_ACK)
+    assert not states & (1 << TIME_WAIT)  # over, and a busy service has many
+    _f, _p, _e, lingering = struct.unpack_from("=BBBxI", request(VIP, states=LINGERING_STATES), 16)
+    assert lingering == FLOW_STATES | 1 << TIME_WAIT
     assert data.endswith(VIP.packed)  # the bytecode's address condition
 
 
@@ -74,9 +80,13 @@ def test_parse_error() -> None:
         parse(err, [])
 
 
-def test_snapshot_is_every_flow_on_the_vip() -> None:
-    socks = [Sock("198.18.1.1", 40000, 80, ESTABLISHED), Sock("198.18.1.2", 40001, 443, TIME_WAIT)]
-    assert snapshot(socks) == [("198.18.1.1", 40000, 80), ("198.18.1.2", 40001, 443)]
+def test_snapshot_is_every_live_flow_on_the_vip() -> None:
+    socks = [
+        Sock("198.18.1.1", 40000, 80, ESTABLISHED),
+        Sock("198.18.1.2", 40001, 443, TIME_WAIT),
+        Sock("198.18.1.3", 40002, 443, FIN_WAIT2),
+    ]
+    assert snapshot(socks) == [("198.18.1.1", 40000, 80), ("198.18.1.3", 40002, 443)]
 
 
 def test_udp_set_elements_with_and_without_timeouts() -> None:
