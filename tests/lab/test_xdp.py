@@ -1,6 +1,6 @@
 """The XDP pre-filter in a lab, in front of the static nft datapath (`clusterip up`).
 
-The filter is attached with `python -m clusterip.xdp sync`, which mirrors the node's nft
+The filter is attached with `python -m clusterip.lab.xdptool sync`, which mirrors the node's nft
 ownership into the program's bucket map, natively on the lab's veth interfaces.
 """
 
@@ -25,7 +25,7 @@ HASHMODE = "sourceip-sourceport"
 
 
 def xdp(lab: Lab, k: int, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "clusterip.xdp", *args]
+    argv = [sys.executable, "-m", "clusterip.lab.xdptool", *args]
     done = lab.run(lab.topo.node_ns(k), argv, timeout=30)
     assert not check or done.returncode == 0, (args, done.stdout, done.stderr)
     return done
@@ -179,7 +179,7 @@ def test_the_program_goes_with_the_process_that_holds_it(make_lab: MakeLab) -> N
         "--xdp",
         "off",
     )  # fmt: skip (the tool attaches its own below)
-    argv = [sys.executable, "-m", "clusterip.xdp", "sync", "--vip", lab.topo.vip, "--hold"]
+    argv = [sys.executable, "-m", "clusterip.lab.xdptool", "sync", "--vip", lab.topo.vip, "--hold"]
     proc = lab.spawn(
         lab.topo.node_ns(1),
         argv,

@@ -1,8 +1,10 @@
-"""A stand-alone tool for the XDP pre-filter, until the main CLI grows `--xdp`.
+"""A lab tool for the XDP pre-filter apart from `clusterip up --xdp` and the agent: the lab's
+XDP tests drive the program with it (it reads a static node's nft state, so it lives with the
+lab, above both `clusterip.node` and `clusterip.xdp`).
 
-    python -m clusterip.xdp sync --vip VIP [--mode auto] [--hold] [--owned-fast]
-    python -m clusterip.xdp status [--interface IF] [--json]
-    python -m clusterip.xdp detach --interface IF
+    python -m clusterip.lab.xdptool sync --vip VIP [--mode auto] [--hold] [--owned-fast]
+    python -m clusterip.lab.xdptool status [--interface IF] [--json]
+    python -m clusterip.lab.xdptool detach --interface IF
 
 `sync` mirrors this node's static nft state of VIP (`clusterip up/take/release`) into the
 pre-filter of the VIP's interface: owned and draining buckets pass, the others drop (with
@@ -109,7 +111,9 @@ def status(ifname: str | None, as_json: bool) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m clusterip.xdp", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m clusterip.lab.xdptool", description=__doc__.split("\n")[0]
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sync", help="mirror the static nft state of a VIP into XDP")
     s.add_argument("--vip", required=True)
