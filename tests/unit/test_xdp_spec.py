@@ -10,7 +10,6 @@ import pytest
 
 from clusterip.config import ConfigError, build
 from clusterip.render import Ownership
-from clusterip.xdp.__main__ import buckets_for
 from clusterip.xdp.frames import checksum, frame
 from clusterip.xdp.spec import (
     DROP,
@@ -19,6 +18,7 @@ from clusterip.xdp.spec import (
     Buckets,
     Conf,
     XdpVip,
+    buckets_for,
     build_conf,
     parse_conf,
     parse_mode,
