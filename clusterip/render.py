@@ -271,8 +271,9 @@ def _flow_elements(flows: Iterable[TcpFlow]) -> str:
     return ", ".join(f"{a} . {p} . {d}" for a, p, d in sorted(flows))
 
 
-def _mine(name: str, flows: Collection[TcpFlow] | None) -> str:
-    """Replace the snapshot: this node's flows of the buckets that now need one."""
+def render_mine(name: str, flows: Collection[TcpFlow] | None) -> str:
+    """Replace the snapshot: this node's flows of the buckets that now need one (nothing for
+    None). Also a transaction of its own (the agent writes it ahead of moves)."""
     if flows is None:
         return ""
     out = f"flush set netdev {name} mine\n"
@@ -335,7 +336,7 @@ def render(
         fill += f"add element netdev {name} buckets {{ {_elements(bucket_verdicts(own))} }}\n"
     if own.kept:
         fill += f"add element netdev {name} kept {{ {_flows(own.kept)} }}\n"
-    fill += _mine(name, mine)
+    fill += render_mine(name, mine)
     return f"""# clusterip: VIP {vip} on {dev} (generated, do not edit)
 add table netdev {name} {{ comment "{note}"; }}
 flush table netdev {name}
@@ -454,7 +455,7 @@ def render_update(
     if old.modulus != new.modulus:
         raise ValueError(f"bucket count changed ({old.modulus} -> {new.modulus}): render anew")
     name = table_name(cfg)
-    out = [_mine(name, mine)]
+    out = [render_mine(name, mine)]
     before, after = bucket_verdicts(old), bucket_verdicts(new)
     gone = sorted(b for b, v in before.items() if after.get(b) != v)
     added = {b: v for b, v in after.items() if before.get(b) != v}

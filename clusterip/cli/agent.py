@@ -86,6 +86,7 @@ def agent(verbose: bool, **params: Any) -> None:
         settings,
         key,
         firewall=NftFirewall(),
+        ahead_firewall=NftFirewall(),
         link=NetlinkLink(),
         flows=SocketFlows(),
         loop_flows=SocketFlows(),

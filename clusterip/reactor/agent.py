@@ -91,8 +91,12 @@ class Agent:
         reload: Reloader | None = None,
         systemd: SystemdNotifier | None = None,
         xdp: AgentXdp | None = None,
+        ahead_firewall: Firewall | None = None,
     ) -> None:
         self.settings = settings
+        # The flow watcher's own nft socket: it writes each VIP's `mine` set ahead of moves
+        # (AgentDatapath.snapshot_ahead); None: every move writes its own.
+        self.ahead_firewall = ahead_firewall
         self.configs = list(configs)
         self.key = key
         self.clock = clock
@@ -146,6 +150,7 @@ class Agent:
                 self.sockets,
                 flow_timeout=s.drain_timeout + s.detection_time,
                 xdp=self.xdp,
+                ahead=self.ahead_firewall,
             )
             left = datapath.start(node_id=s.node_id)
             adopted = None
@@ -173,7 +178,7 @@ class Agent:
                 node.set_carrier(False, now)
             self.units.append(Unit(node, datapath, adopted=left.lease if left else None))
         self.watcher.configs = [u.node.cfg for u in self.units]
-        self.watcher.snappers = {u.vip: u.datapath.snapshot for u in self.units}
+        self.watcher.snappers = {u.vip: u.datapath.snapshot_ahead for u in self.units}
 
     # ----- life cycle ---------------------------------------------------------------------
 

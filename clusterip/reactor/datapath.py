@@ -14,11 +14,20 @@ Fail-safe, and restartable without losing a flow:
   own live table, the lease deleted, one transaction; the sets and their flows untouched) and
   returns what the kernel holds. Otherwise it starts clean, replacing whatever was there.
 - `stop()`: graceful removal. Stop answering first, then address and MAC, then the tables.
+
+The `mine` set (this node's TCP flows, which buckets that start to drain or are guarded check)
+is written *ahead*: the flow watcher's thread calls `snapshot_ahead()` every few seconds, which
+writes a fresh snapshot into the kernel through its own netlink socket when the flows changed.
+A move then needs no snapshot in its own transaction while the one written ahead is younger
+than SNAPSHOT_MAX_AGE (flows since are in `syns`). A snapshot costs libnftables about 4.4 us a
+flow to parse (30,000 flows: 133 ms on the lab's VM); inside a move it held up the loop, and so
+the heartbeats, at the very moment a failover needs them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -36,7 +45,9 @@ from clusterip.render import (
     render_drop_all,
     render_ingress,
     render_lease,
+    render_mine,
     render_update,
+    table_name,
 )
 from clusterip.state import Lease, VipState, mac_shared, parse_tables
 from clusterip.xdp.agentside import AgentXdp
@@ -53,6 +64,7 @@ class ApplyStats:
     snapshots: int = 0
     last_snapshot_flows: int = 0
     last_snapshot_seconds: float = 0.0
+    ahead_writes: int = 0
 
 
 # A snapshot may be this old when its buckets start to move: every flow established since
@@ -85,8 +97,15 @@ class AgentDatapath:
         *,
         flow_timeout: float = defaults.DRAIN_TIMEOUT,
         xdp: AgentXdp | None = None,
+        ahead: Firewall | None = None,
     ) -> None:
         self.cfg = replace(cfg, total_nodes=buckets, local_nodes=())
+        # Another netlink socket for `snapshot_ahead` (libnftables contexts are per thread);
+        # None: every move takes and writes its own snapshot.
+        self.ahead = ahead
+        self._ahead_flows: frozenset[TcpFlow] | None = None  # what `mine` holds, written ahead
+        self._ahead_taken = -math.inf  # when that snapshot was taken (time.monotonic())
+        self._ahead_written = -math.inf  # when it was last written (timeouts run from there)
         self.xdp = xdp  # the interface's XDP pre-filter, shared by the agent's VIPs
         self.buckets = buckets
         self.firewall = firewall
@@ -215,7 +234,7 @@ class AgentDatapath:
             return False
         started = time.perf_counter()
         mine = None
-        if checked(own) - checked(self.current):
+        if checked(own) - checked(self.current) and not self.ahead_fresh():
             fresh = flows is not None and time.monotonic() - flows.taken < SNAPSHOT_MAX_AGE
             mine = flows.flows if fresh and flows is not None else self.snapshot().flows
         script = render_update(self.cfg, self.current, own, mine=mine, live=True)
@@ -249,6 +268,40 @@ class AgentDatapath:
         self.stats.last_snapshot_flows = len(flows)
         self.stats.last_snapshot_seconds = time.perf_counter() - began
         return Snapshot(flows, time.monotonic())
+
+    def ahead_fresh(self) -> bool:
+        """Whether `mine` holds a snapshot written ahead that a move may rely on: taken less
+        than SNAPSHOT_MAX_AGE ago, and written less than half the flow timeout ago."""
+        now = time.monotonic()
+        return (
+            now - self._ahead_taken < SNAPSHOT_MAX_AGE
+            and now - self._ahead_written < self.flow_timeout / 2
+        )
+
+    def snapshot_ahead(self) -> Snapshot:
+        """A snapshot, also written into the kernel's `mine` set in a transaction of its own
+        when the flows changed since the last one written (or their timeouts run short). For
+        the flow watcher's thread: the loop's transactions go through another socket. Adding
+        this node's own flows is right at any time (a bucket that checks nothing ignores the
+        set); a flow that ended meanwhile only lingers until its timeout (a new SYN on its
+        port deletes it)."""
+        snap = self.snapshot()
+        if self.ahead is None or self.suspended:
+            return snap
+        flows = frozenset(snap.flows)
+        now = time.monotonic()
+        if flows != self._ahead_flows or now - self._ahead_written >= self.flow_timeout / 4:
+            name = table_name(self.cfg)
+            try:
+                self.ahead.apply(render_mine(name, snap.flows))
+            except FirewallError as exc:  # tables gone (stopping): the moves take their own
+                log.debug("%s: cannot write the flows ahead: %s", self.cfg.vip, exc)
+                self._ahead_taken = -math.inf
+                return snap
+            self._ahead_flows, self._ahead_written = flows, now
+            self.stats.ahead_writes += 1
+        self._ahead_taken = snap.taken  # unchanged flows: the set holds this snapshot too
+        return snap
 
     def suspend(self, grace: float, *, node_id: int, incarnation: int) -> None:
         """Leave the node serving for `grace` seconds after this process exits, for a

@@ -6,9 +6,10 @@ it would delay heartbeats and get healthy nodes declared dead. A worker thread m
 zero only when it was measured after the bucket started draining.
 
 The same thread takes each VIP's snapshot of this node's TCP flows (`snappers`) every
-SNAPSHOT_EVERY seconds, so that a move that starts needs none of its own: the datapath takes a
-snapshot up to clusterip.reactor.datapath.SNAPSHOT_MAX_AGE old (flows younger than that are in
-its `syns` set).
+SNAPSHOT_EVERY seconds, and the agent's snapper writes it into the kernel's `mine` set when the
+flows changed, so that a move that starts needs none of its own: the datapath relies on one up
+to clusterip.reactor.datapath.SNAPSHOT_MAX_AGE old (flows younger than that are in its `syns`
+set).
 """
 
 from __future__ import annotations

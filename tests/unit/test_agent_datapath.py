@@ -157,3 +157,56 @@ def test_a_snapshot_taken_elsewhere_is_used_while_fresh() -> None:
     stale = replace(taken, taken=taken.taken - 60)
     dp.apply(every.release(1).release(2), flows=stale)  # too old: a fresh one is taken
     assert "198.18.1.1" not in fw.scripts[-1] and sockets.calls == 2
+
+
+def ahead_datapath() -> tuple[AgentDatapath, RecordingFirewall, RecordingFirewall, FakeSockets]:
+    fw, ahead = RecordingFirewall(), RecordingFirewall()
+    sockets = FakeSockets({VIP: [Sock("198.18.1.1", 40001, 80, ESTABLISHED)]})
+    dp = AgentDatapath(cfg(), 16, fw, FakeLink(), sockets, flow_timeout=300, ahead=ahead)
+    dp.start()
+    return dp, fw, ahead, sockets
+
+
+def test_flows_written_ahead_keep_the_move_small() -> None:
+    """The watcher's thread writes `mine` through its own socket; a move that starts while
+    that snapshot is young carries none (its flows are in the kernel already)."""
+    dp, fw, ahead, sockets = ahead_datapath()
+    every = Ownership.of(16, range(1, 17))
+    dp.apply(every)
+    dp.snapshot_ahead()
+    (written,) = ahead.scripts
+    assert written.startswith("flush set netdev clusterip_198_18_0_100 mine\n")
+    assert "198.18.1.1 . 40001 . 80" in written
+    calls = sockets.calls
+    assert dp.apply(every.release(1))
+    assert "mine" not in fw.scripts[-1] and sockets.calls == calls  # no snapshot of its own
+    dp.snapshot_ahead()  # the same flows: nothing to write again
+    assert len(ahead.scripts) == 1 and dp.ahead_fresh()
+    sockets.table[VIP] = [Sock("198.18.1.2", 40002, 80, ESTABLISHED)]
+    dp.snapshot_ahead()  # changed: written anew
+    assert len(ahead.scripts) == 2 and "198.18.1.2 . 40002 . 80" in ahead.scripts[-1]
+
+
+def test_a_stale_or_failed_write_ahead_leaves_the_snapshot_to_the_move() -> None:
+    dp, fw, ahead, sockets = ahead_datapath()
+    every = Ownership.of(16, range(1, 17))
+    dp.apply(every)
+    dp.snapshot_ahead()
+    dp._ahead_taken -= 60  # as if the thread had stalled for a minute
+    assert not dp.ahead_fresh()
+    dp.apply(every.release(1))
+    assert "mine" in fw.scripts[-1] and "198.18.1.1 . 40001 . 80" in fw.scripts[-1]
+    ahead.fail_with = "No such file or directory"  # e.g. the tables went with a stop
+    sockets.table[VIP] = [Sock("198.18.1.2", 40002, 80, ESTABLISHED)]  # a write is due
+    dp.snapshot_ahead()
+    assert not dp.ahead_fresh()
+    dp.apply(every.release(1).release(2))
+    assert "mine" in fw.scripts[-1]
+
+
+def test_no_write_ahead_without_its_socket() -> None:
+    fw = RecordingFirewall()
+    dp = datapath(fw)
+    dp.start()
+    dp.snapshot_ahead()
+    assert not dp.ahead_fresh() and len(fw.scripts) == 1
