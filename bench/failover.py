@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.labrun import bench_lab
+from clusterip.config import ConfigError
 from clusterip.core.defaults import INTERVAL_MS as DEFAULT_INTERVAL_MS
 from clusterip.core.defaults import TOLERANCE as DEFAULT_TOLERANCE
 from clusterip.lab.agents import Agents, write_key
 from clusterip.lab.net import Lab
+from clusterip.xdp.spec import parse_cli_mode
 
 CLIENTS = 30
 
@@ -225,10 +227,10 @@ def main(argv: Sequence[str] = ()) -> int:
     )
     ap.add_argument("--out", type=Path, default=Path("bench/out/failover.json"))
     args = ap.parse_args(argv)
-    modes = [m.strip() for m in args.xdp.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("auto", "on", "off")]
-    if bad or not modes:
-        ap.error(f"bad --xdp {args.xdp!r}: allowed are auto, on, off (comma-separated)")
+    try:
+        modes = [parse_cli_mode(m) for m in args.xdp.split(",")]
+    except ConfigError as exc:
+        ap.error(f"--xdp {args.xdp!r}: {exc} (comma-separated)")
     summary = run(args.kills, args.out, xdp_modes=modes)
     for s in summary["modes"].values():
         print(

@@ -115,6 +115,8 @@ def status_later(agent: Agent) -> Later:
             doc["flows"] = {str(b): n for b, n in sorted(latest[1].items())}
             doc["last_apply_ms"] = round(unit.datapath.stats.last_seconds * 1000, 3)
             doc["changes"] = unit.datapath.stats.changes
+            # this node's flows written into `mine` ahead of moves (0: each move writes its own)
+            doc["flow_writes_ahead"] = unit.datapath.stats.ahead_writes
             doc["counters"] = unit.datapath.counters()
             doc["xdp"] = agent.xdp_report(unit)
         return {

@@ -185,6 +185,7 @@ def test_flows_written_ahead_keep_the_move_small() -> None:
     sockets.table[VIP] = [Sock("198.18.1.2", 40002, 80, ESTABLISHED)]
     dp.snapshot_ahead()  # changed: written anew
     assert len(ahead.scripts) == 2 and "198.18.1.2 . 40002 . 80" in ahead.scripts[-1]
+    assert dp.stats.ahead_writes == 2
 
 
 def test_a_stale_or_failed_write_ahead_leaves_the_snapshot_to_the_move() -> None:
